@@ -1,0 +1,5 @@
+import sys
+
+from perdure.cli import main
+
+sys.exit(main())

@@ -1,0 +1,89 @@
+"""Numeric codes of journal records, shared with the Rust core.
+
+They mirror ``rust/core/src/record.rs`` and ``docs/format.md``; a record is
+passed to the core as a tuple ``(kind, op_type, sub_type, op_id, name,
+attempt, aux, aux2, extra, payload)``.
+"""
+
+from __future__ import annotations
+
+from typing import TypeAlias
+
+# Record kinds.
+STARTED = 1
+SUCCEEDED = 2
+FAILED = 3
+RETRY = 4
+CANCELLED = 5
+TIMED_OUT = 6
+INVOCATION_COMPLETED = 7
+
+# Operation types.
+EXECUTION = 0
+STEP = 1
+WAIT = 2
+CALLBACK = 3
+CONTEXT = 4
+CHAINED_INVOKE = 5
+
+OP_TYPE_NAMES = {
+    EXECUTION: "EXECUTION",
+    STEP: "STEP",
+    WAIT: "WAIT",
+    CALLBACK: "CALLBACK",
+    CONTEXT: "CONTEXT",
+    CHAINED_INVOKE: "CHAINED_INVOKE",
+}
+
+# Sub-types, as the AWS history names them.
+SUB_NONE = 0
+SUB_STEP = 1
+SUB_WAIT = 2
+SUB_CALLBACK = 3
+SUB_CHILD_CONTEXT = 4
+SUB_MAP = 5
+SUB_MAP_ITERATION = 6
+SUB_PARALLEL = 7
+SUB_PARALLEL_BRANCH = 8
+SUB_WAIT_FOR_CALLBACK = 9
+SUB_WAIT_FOR_CONDITION = 10
+SUB_CHAINED_INVOKE = 11
+
+SUB_TYPE_NAMES = {
+    SUB_NONE: None,
+    SUB_STEP: "Step",
+    SUB_WAIT: "Wait",
+    SUB_CALLBACK: "Callback",
+    SUB_CHILD_CONTEXT: "RunInChildContext",
+    SUB_MAP: "Map",
+    SUB_MAP_ITERATION: "MapIteration",
+    SUB_PARALLEL: "Parallel",
+    SUB_PARALLEL_BRANCH: "ParallelBranch",
+    SUB_WAIT_FOR_CALLBACK: "WaitForCallback",
+    SUB_WAIT_FOR_CONDITION: "WaitForCondition",
+    SUB_CHAINED_INVOKE: "ChainedInvoke",
+}
+SUB_TYPE_CODES = {name: code for code, name in SUB_TYPE_NAMES.items() if name}
+
+RecordIn: TypeAlias = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None]
+
+# Indexes into the tuple `Invocation.lookup` returns.
+OP_TYPE, OP_SUB_TYPE, OP_NAME, OP_STATUS, OP_ATTEMPT = 0, 1, 2, 3, 4
+OP_AUX, OP_AUX2, OP_TIMESTAMP, OP_EXTRA, OP_PAYLOAD = 5, 6, 7, 8, 9
+OP_START_AUX, OP_STARTED_MS = 10, 11
+
+
+def record(
+    kind: int,
+    op_type: int,
+    sub_type: int,
+    op_id: str,
+    name: str | None = None,
+    *,
+    attempt: int = 0,
+    aux: int = 0,
+    aux2: int = 0,
+    extra: str | None = None,
+    payload: bytes | None = None,
+) -> RecordIn:
+    return (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload)

@@ -1,0 +1,157 @@
+"""The ``perdure`` command: look into a store and answer callbacks from any
+process, and run the demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from perdure.errors import PerdureError
+
+__all__ = ["main"]
+
+DEFAULT_STORE = "./perdure-store"
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
+
+
+def _client(args: argparse.Namespace) -> Any:
+    from perdure.engine import Engine
+
+    # The CLI never runs executions: it works beside an engine in another process.
+    return Engine(args.store, owner=False, durability=args.durability)
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    with _client(args) as engine:
+        rows = engine.list(status=args.status, name=args.function, limit=args.limit)
+        for info in rows:
+            print(
+                f"{info.execution_id}\t{info.status}\t{info.function}\t{info.updated_at.isoformat()}"
+            )
+    return 0
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    with _client(args) as engine:
+        info = engine.get(args.execution_id).info()
+        _print_json(
+            {
+                "ExecutionId": info.execution_id,
+                "Function": info.function,
+                "Status": info.status,
+                "CreatedAt": info.created_at.isoformat(),
+                "UpdatedAt": info.updated_at.isoformat(),
+            }
+        )
+    return 0
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    with _client(args) as engine:
+        _print_json({"Events": engine.history(args.execution_id)})
+    return 0
+
+
+def _cmd_callback(args: argparse.Namespace) -> int:
+    with _client(args) as engine:
+        if args.action == "succeed":
+            result = None
+            if args.payload is not None:
+                try:
+                    result = orjson.loads(args.payload)
+                except orjson.JSONDecodeError as exc:
+                    raise PerdureError(f"--payload is not valid JSON: {exc}") from None
+            engine.send_callback_success(args.callback_id, result)
+        elif args.action == "fail":
+            engine.send_callback_failure(
+                args.callback_id, args.message, error_type=args.error_type, error_data=args.payload
+            )
+        else:
+            engine.send_callback_heartbeat(args.callback_id)
+    print(f"callback {args.callback_id}: {args.action} sent")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from perdure.demo import run_demo
+
+    return run_demo(args.store, cool_off=args.cool_off)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="perdure", description="Embedded durable execution.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    def command(
+        name: str, help: str, default_store: str | None = DEFAULT_STORE
+    ) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help, description=help)
+        sub.add_argument(
+            "--store", default=default_store, help=f"store directory (default {default_store})"
+        )
+        sub.add_argument(
+            "--durability",
+            default="full",
+            choices=("full", "process", "none"),
+            help=argparse.SUPPRESS,
+        )
+        return sub
+
+    demo = command("demo", "run the order workflow demo on a fresh store", default_store=None)
+    demo.add_argument("--cool-off", type=float, default=2.0, help="seconds of the durable wait")
+    demo.set_defaults(run=_cmd_demo)
+
+    listing = command("list", "list executions")
+    listing.add_argument(
+        "--status",
+        choices=(
+            "PENDING",
+            "RUNNING",
+            "SUSPENDED",
+            "SUCCEEDED",
+            "FAILED",
+            "CANCELLED",
+            "TIMED_OUT",
+        ),
+    )
+    listing.add_argument("--function")
+    listing.add_argument("--limit", type=int)
+    listing.set_defaults(run=_cmd_list)
+
+    show = command("show", "show one execution")
+    show.add_argument("execution_id")
+    show.set_defaults(run=_cmd_show)
+
+    history = command("history", "print an execution's history as JSON (AWS event shape)")
+    history.add_argument("execution_id")
+    history.set_defaults(run=_cmd_history)
+
+    callback = command("callback", "complete or heartbeat a callback")
+    callback.add_argument("action", choices=("succeed", "fail", "heartbeat"))
+    callback.add_argument("callback_id")
+    callback.add_argument("--payload", help="JSON result (succeed) or error data (fail)")
+    callback.add_argument("--message", default="Callback failed", help="error message (fail)")
+    callback.add_argument("--error-type", default="CallbackFailure", help="error type (fail)")
+    callback.set_defaults(run=_cmd_callback)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        code: int = args.run(args)
+    except PerdureError as exc:
+        print(f"perdure: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,649 @@
+"""DurableContext: the operations a workflow performs, each checkpointed.
+
+Every operation gets a deterministic id from its position (its parent's id
+and a per-context counter). The invocation's replay index, built in Rust from
+the journal, answers whether that operation already happened; if so its
+recorded outcome is returned without running user code, otherwise the
+operation runs and its outcome is committed before user code sees it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+
+from perdure import _records as R
+from perdure.config import (
+    CallbackConfig,
+    ChildConfig,
+    StepConfig,
+    StepSemantics,
+    WaitForCallbackConfig,
+)
+from perdure.duration import Duration
+from perdure.errors import (
+    CallbackError,
+    CallbackExternalError,
+    CallbackSubmitterError,
+    CallbackTimeoutError,
+    ChildContextError,
+    ExecutionFinishedError,
+    NonDeterministicExecutionError,
+    PayloadTooLargeError,
+    SerDesError,
+    StepError,
+    StepInterruptedError,
+    ValidationError,
+    error_object,
+    rebuild_error,
+)
+from perdure.retries import RetryDecision, RetryPresets
+from perdure.serdes import SerDes, SerDesContext, deserialize, serialize
+
+if TYPE_CHECKING:
+    from perdure._core import Core, Invocation
+
+__all__ = [
+    "Callback",
+    "DurableContext",
+    "StepContext",
+    "WaitForCallbackContext",
+    "durable_step",
+]
+
+T = TypeVar("T")
+P = ParamSpec("P")
+
+_DEFAULT_STEP_CONFIG = StepConfig()
+_DEFAULT_RETRY = RetryPresets.default()
+_workflow_logger = logging.getLogger("perdure.workflow")
+
+
+class _Suspend(BaseException):
+    """Unwinds an invocation that reached work it cannot finish now.
+
+    A BaseException, so that a workflow's ``except Exception`` does not
+    swallow it.
+    """
+
+
+class _Abort(BaseException):
+    """Unwinds an invocation whose execution was finished elsewhere (cancelled)."""
+
+
+class _InvocationState:
+    """What one invocation shares across its contexts."""
+
+    def __init__(self, core: Core, invocation: Invocation, max_payload: int) -> None:
+        self.core = core
+        self.invocation = invocation
+        self.exec_key = invocation.exec_key
+        self.execution_id = invocation.execution_id
+        self.lookup = invocation.lookup
+        self.max_payload = max_payload
+        self.has_history = invocation.op_count > 0
+        # Records that need not be durable on their own (a context's START, a
+        # wait's end): they ride along with the next commit. Timers are
+        # (delay after that commit, op id).
+        self.deferred: list[R.RecordIn] = []
+        self.deferred_timers: list[tuple[int, str]] = []
+
+    def now_ms(self) -> int:
+        return self.core.now_ms()
+
+    def commit(
+        self,
+        records: list[R.RecordIn],
+        wake_at: list[tuple[int, str]] | None = None,
+        callback: tuple[str, int, int] | None = None,
+    ) -> str | None:
+        """Makes records durable (with anything deferred) before returning."""
+        if self.deferred:
+            records = [*self.deferred, *records]
+            self.deferred = []
+        timers = wake_at or []
+        if self.deferred_timers:
+            timers = [*self.deferred_timers, *timers]
+            self.deferred_timers = []
+        try:
+            return self.core.append(self.exec_key, records, timers, callback)
+        except ExecutionFinishedError:
+            raise _Abort() from None
+
+    def check_size(self, payload: bytes, what: str) -> bytes:
+        if len(payload) > self.max_payload:
+            raise PayloadTooLargeError(
+                f"{what}: serialized payload is {len(payload)} bytes, over the limit of "
+                f"{self.max_payload} bytes (Engine(max_payload_size=...))",
+                size=len(payload),
+                limit=self.max_payload,
+                operation=what,
+            )
+        return payload
+
+    def suspend(self) -> _Suspend:
+        return _Suspend()
+
+    def wait_until(self, due_ms: int, op_id: str) -> None:
+        """Returns if ``due_ms`` has passed, else suspends. The durable timer
+        armed with the record normally wakes it; one is armed again in case
+        the clock stepped back since."""
+        now = self.now_ms()
+        if now < due_ms:
+            self.deferred_timers.append((due_ms - now, op_id))
+            raise _Suspend()
+
+
+class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """``ctx.logger``: drops records while its context replays, so a log line
+    appears once per execution, not once per invocation."""
+
+    def __init__(self, context: DurableContext, logger: logging.Logger) -> None:
+        super().__init__(logger, {})
+        self._context = context
+
+    def isEnabledFor(self, level: int) -> bool:
+        return not self._context.is_replaying() and self.logger.isEnabledFor(level)
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = dict(kwargs.get("extra") or {})
+        extra.setdefault("execution_id", self._context._state.execution_id)
+        if self._context._parent_id is not None:
+            extra.setdefault("parent_id", self._context._parent_id)
+        kwargs["extra"] = extra
+        return msg, kwargs
+
+
+@dataclass(frozen=True)
+class StepContext:
+    """Handed to a step body: which attempt this is, and a logger."""
+
+    attempt: int
+    operation_id: str
+    logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+
+
+@dataclass(frozen=True)
+class WaitForCallbackContext:
+    """Handed to a wait_for_callback submitter."""
+
+    logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+
+
+class Callback(Generic[T]):
+    """A callback created by :meth:`DurableContext.create_callback`.
+
+    Give :attr:`callback_id` to whoever will answer; :meth:`result` returns
+    their answer, suspending the execution until it arrives.
+    """
+
+    def __init__(
+        self,
+        context: DurableContext,
+        operation_id: str,
+        callback_id: str,
+        serdes: SerDes[Any] | None,
+    ) -> None:
+        self._context = context
+        self.operation_id = operation_id
+        self.callback_id = callback_id
+        self._serdes = serdes
+
+    def result(self) -> T:
+        state = self._context._state
+        op = state.lookup(self.operation_id)
+        status = op[R.OP_STATUS] if op is not None else R.STARTED
+        if status == R.SUCCEEDED:
+            payload = op[R.OP_PAYLOAD] if op is not None else None
+            if payload is None:
+                return None  # type: ignore[return-value]
+            context = SerDesContext(self.operation_id, state.execution_id)
+            value: T = deserialize(self._serdes, payload, context)
+            return value
+        if status == R.FAILED:
+            obj = _error_obj(op[R.OP_PAYLOAD] if op is not None else None)
+            raise CallbackExternalError(
+                obj.get("ErrorMessage") or "Callback failed",
+                callback_id=self.callback_id,
+                error_type=obj.get("ErrorType"),
+                error_message=obj.get("ErrorMessage"),
+                error_data=obj.get("ErrorData"),
+            )
+        if status == R.TIMED_OUT:
+            heartbeat = op is not None and op[R.OP_AUX] == 1
+            raise CallbackTimeoutError(
+                "Callback timed out on heartbeat" if heartbeat else "Callback timed out",
+                callback_id=self.callback_id,
+            )
+        # Not answered yet: end this invocation; the answer wakes a new one.
+        self._context._replaying = False
+        raise state.suspend()
+
+
+def _error_obj(payload: bytes | None) -> dict[str, Any]:
+    if not payload:
+        return {}
+    try:
+        obj = deserialize(None, payload, SerDesContext("", ""))
+    except SerDesError:
+        return {"ErrorMessage": payload.decode("utf-8", "replace")}
+    return obj if isinstance(obj, dict) else {"ErrorMessage": str(obj)}
+
+
+def _error_payload(exc: BaseException) -> bytes:
+    return serialize(None, error_object(exc), SerDesContext("", ""))
+
+
+def durable_step(func: Callable[P, Callable[[StepContext], T]] | Callable[..., T]) -> Any:
+    """Decorates ``f(step_context, *args)`` so ``ctx.step(f(*args))`` works.
+
+    The step is named after the function unless ``ctx.step`` gives a name.
+    """
+
+    name = getattr(func, "__name__", None)
+
+    def bind(*args: Any, **kwargs: Any) -> Callable[[StepContext], T]:
+        def body(step_context: StepContext) -> T:
+            result: T = func(step_context, *args, **kwargs)
+            return result
+
+        body._perdure_name = name  # type: ignore[attr-defined]
+        return body
+
+    bind.__name__ = name or "durable_step"
+    bind.__doc__ = func.__doc__
+    bind.__wrapped__ = func  # type: ignore[attr-defined]
+    return bind
+
+
+class DurableContext:
+    """The handle a durable function receives as its first argument."""
+
+    def __init__(
+        self, state: _InvocationState, parent_id: str | None = None, replaying: bool | None = None
+    ) -> None:
+        self._state = state
+        self._parent_id = parent_id
+        self._prefix = "" if parent_id is None else f"{parent_id}-"
+        self._counter = 0
+        self._replaying = state.has_history if replaying is None else replaying
+        self.logger = ReplayAwareLogger(self, _workflow_logger)
+
+    # -- identity -------------------------------------------------------------
+
+    @property
+    def execution_id(self) -> str:
+        return self._state.execution_id
+
+    def is_replaying(self) -> bool:
+        """True while this context is re-running operations the journal already holds."""
+        return self._replaying
+
+    def _next_id(self) -> str:
+        self._counter += 1
+        return f"{self._prefix}{self._counter}"
+
+    def _recorded(self, op_id: str, op_type: int, sub_type: int, name: str | None) -> Any:
+        """The recorded state of this operation, checked against what the code asks for."""
+        op = self._state.lookup(op_id)
+        if op is None:
+            self._replaying = False
+            return None
+        if (
+            op[R.OP_TYPE] != op_type
+            or op[R.OP_SUB_TYPE] != sub_type
+            or (op[R.OP_NAME] or None) != (name or None)
+        ):
+            recorded = _describe(op[R.OP_TYPE], op[R.OP_SUB_TYPE], op[R.OP_NAME])
+            requested = _describe(op_type, sub_type, name)
+            raise NonDeterministicExecutionError(
+                f"execution {self._state.execution_id!r}: operation {op_id} was recorded as "
+                f"{recorded} but the code now asks for {requested}; the workflow code changed "
+                "in a way that is not compatible with this execution's history",
+                execution_id=self._state.execution_id,
+                operation_id=op_id,
+                recorded=recorded,
+                requested=requested,
+            )
+        return op
+
+    def _serdes_context(self, op_id: str) -> SerDesContext:
+        return SerDesContext(op_id, self._state.execution_id)
+
+    def _encode(self, serdes: SerDes[Any] | None, value: Any, op_id: str, what: str) -> bytes:
+        payload = serialize(serdes, value, self._serdes_context(op_id))
+        return self._state.check_size(payload, what)
+
+    # -- step -------------------------------------------------------------------
+
+    def step(
+        self,
+        func: Callable[[StepContext], T],
+        name: str | None = None,
+        config: StepConfig | None = None,
+    ) -> T:
+        """Runs ``func(step_context)`` once and checkpoints its result."""
+        if not callable(func):
+            raise ValidationError(f"step needs a callable, got {type(func).__name__}")
+        if config is None:
+            config = _DEFAULT_STEP_CONFIG
+        elif not isinstance(config, StepConfig):
+            raise ValidationError(f"step config must be a StepConfig, got {type(config).__name__}")
+        if name is None:
+            name = getattr(func, "_perdure_name", None)
+        return self._step(func, name, config, R.SUB_STEP)
+
+    def _step(
+        self, func: Callable[[StepContext], T], name: str | None, config: StepConfig, sub_type: int
+    ) -> T:
+        state = self._state
+        op_id = self._next_id()
+        op = self._recorded(op_id, R.STEP, sub_type, name)
+        attempt = 1
+        interrupted = False
+        if op is not None:
+            status = op[R.OP_STATUS]
+            if status == R.SUCCEEDED:
+                payload = op[R.OP_PAYLOAD]
+                return (
+                    None
+                    if payload is None
+                    else deserialize(  # type: ignore[no-any-return]
+                        config.serdes, payload, self._serdes_context(op_id)
+                    )
+                )
+            if status == R.FAILED:
+                raise _step_error(_error_obj(op[R.OP_PAYLOAD]))
+            if status == R.RETRY:
+                state.wait_until(op[R.OP_TIMESTAMP] + op[R.OP_AUX2], op_id)
+                attempt = op[R.OP_ATTEMPT] + 1
+            elif status == R.STARTED:
+                attempt = op[R.OP_ATTEMPT]
+                interrupted = config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY
+        self._replaying = False
+        logger = ReplayAwareLogger(self, _workflow_logger)
+        started_ms = state.now_ms()
+        if interrupted:
+            error: BaseException = StepInterruptedError(
+                f"step {op_id} ({name or 'unnamed'}) attempt {attempt} was interrupted before "
+                "it completed; AT_MOST_ONCE_PER_RETRY does not run it again blindly",
+                execution_id=state.execution_id,
+                operation_id=op_id,
+                attempt=attempt,
+            )
+            return self._step_failed(op_id, name, config, sub_type, attempt, started_ms, error)
+        if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
+            state.commit([R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=attempt)])
+        try:
+            result = func(StepContext(attempt, op_id, logger))
+        except Exception as exc:  # noqa: BLE001 - every user error goes to the retry strategy
+            return self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
+        payload = self._encode(config.serdes, result, op_id, f"step {name or op_id}")
+        value: T = deserialize(config.serdes, payload, self._serdes_context(op_id))
+        state.commit(
+            [
+                R.record(
+                    R.SUCCEEDED,
+                    R.STEP,
+                    sub_type,
+                    op_id,
+                    name,
+                    attempt=attempt,
+                    aux=state.now_ms() - started_ms,
+                    payload=payload,
+                )
+            ]
+        )
+        return value
+
+    def _step_failed(
+        self,
+        op_id: str,
+        name: str | None,
+        config: StepConfig,
+        sub_type: int,
+        attempt: int,
+        started_ms: int,
+        error: BaseException,
+    ) -> Any:
+        state = self._state
+        strategy = config.retry_strategy or _DEFAULT_RETRY
+        decision = strategy(error, attempt)
+        if not isinstance(decision, RetryDecision):
+            raise ValidationError(
+                f"retry strategy of step {name or op_id} returned {type(decision).__name__}, "
+                "not a RetryDecision"
+            )
+        payload = _error_payload(error)
+        duration = state.now_ms() - started_ms
+        if decision.should_retry:
+            delay_ms = max(0, decision.delay.to_millis())
+            # The RETRY record and its timer commit with the end of this
+            # invocation; the next attempt runs in a new one when due.
+            state.deferred.append(
+                R.record(
+                    R.RETRY,
+                    R.STEP,
+                    sub_type,
+                    op_id,
+                    name,
+                    attempt=attempt,
+                    aux=duration,
+                    aux2=delay_ms,
+                    payload=payload,
+                )
+            )
+            state.deferred_timers.append((delay_ms, op_id))
+            raise state.suspend()
+        state.commit(
+            [
+                R.record(
+                    R.FAILED,
+                    R.STEP,
+                    sub_type,
+                    op_id,
+                    name,
+                    attempt=attempt,
+                    aux=duration,
+                    payload=payload,
+                )
+            ]
+        )
+        raise _step_error(error_object(error)) from error
+
+    # -- wait -------------------------------------------------------------------
+
+    def wait(self, duration: Duration, name: str | None = None) -> None:
+        """Suspends the execution for ``duration``; no thread waits meanwhile."""
+        if not isinstance(duration, Duration):
+            raise ValidationError(f"wait needs a Duration, got {type(duration).__name__}")
+        millis = duration.to_millis()
+        if millis <= 0:
+            raise ValidationError(f"wait duration must be positive, got {duration!r}")
+        state = self._state
+        op_id = self._next_id()
+        op = self._recorded(op_id, R.WAIT, R.SUB_WAIT, name)
+        if op is None:
+            state.deferred.append(R.record(R.STARTED, R.WAIT, R.SUB_WAIT, op_id, name, aux=millis))
+            state.deferred_timers.append((millis, op_id))
+            raise state.suspend()
+        if op[R.OP_STATUS] == R.SUCCEEDED:
+            return
+        state.wait_until(op[R.OP_STARTED_MS] + op[R.OP_START_AUX], op_id)
+        self._replaying = False
+        state.deferred.append(
+            R.record(R.SUCCEEDED, R.WAIT, R.SUB_WAIT, op_id, name, aux=op[R.OP_START_AUX])
+        )
+
+    # -- callbacks --------------------------------------------------------------
+
+    def create_callback(
+        self, name: str | None = None, config: CallbackConfig | None = None
+    ) -> Callback[Any]:
+        """Creates a callback whose id an external party answers with."""
+        if config is None:
+            config = CallbackConfig()
+        elif not isinstance(config, CallbackConfig):
+            raise ValidationError(
+                f"create_callback config must be a CallbackConfig, got {type(config).__name__}"
+            )
+        return self._create_callback(name, config, R.SUB_CALLBACK)
+
+    def _create_callback(
+        self, name: str | None, config: CallbackConfig, sub_type: int
+    ) -> Callback[Any]:
+        op_id = self._next_id()
+        op = self._recorded(op_id, R.CALLBACK, sub_type, name)
+        if op is not None:
+            return Callback(self, op_id, op[R.OP_EXTRA], config.serdes)
+        timeout_ms = config.timeout.to_millis() if config.timeout else 0
+        heartbeat_ms = config.heartbeat_timeout.to_millis() if config.heartbeat_timeout else 0
+        started = R.record(
+            R.STARTED, R.CALLBACK, sub_type, op_id, name, aux=timeout_ms, aux2=heartbeat_ms
+        )
+        callback_id = self._state.commit([started], callback=(op_id, timeout_ms, heartbeat_ms))
+        assert callback_id is not None
+        return Callback(self, op_id, callback_id, config.serdes)
+
+    def wait_for_callback(
+        self,
+        submitter: Callable[[str, WaitForCallbackContext], Any],
+        name: str | None = None,
+        config: WaitForCallbackConfig | None = None,
+    ) -> Any:
+        """Creates a callback, hands its id to ``submitter`` (run as a step) and
+        waits for the answer."""
+        if not callable(submitter):
+            raise ValidationError(
+                f"wait_for_callback needs a callable submitter, got {type(submitter).__name__}"
+            )
+        if config is None:
+            config = WaitForCallbackConfig()
+        elif not isinstance(config, WaitForCallbackConfig):
+            raise ValidationError(
+                f"wait_for_callback config must be a WaitForCallbackConfig, got {type(config).__name__}"
+            )
+        prefix = f"{name} " if name else ""
+        callback_config = CallbackConfig(
+            timeout=config.timeout, heartbeat_timeout=config.heartbeat_timeout, serdes=config.serdes
+        )
+        step_config = StepConfig(retry_strategy=config.retry_strategy)
+
+        def body(child: DurableContext) -> Any:
+            callback = child._create_callback(
+                f"{prefix}create callback id", callback_config, R.SUB_CALLBACK
+            )
+
+            def submit(step_context: StepContext) -> Any:
+                return submitter(callback.callback_id, WaitForCallbackContext(step_context.logger))
+
+            child._step(submit, f"{prefix}submitter", step_config, R.SUB_STEP)
+            return callback.result()
+
+        try:
+            return self._child(
+                body, name, ChildConfig(serdes=config.serdes), R.SUB_WAIT_FOR_CALLBACK
+            )
+        except ChildContextError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, CallbackError):
+                raise cause from None
+            if isinstance(cause, StepError):
+                raise CallbackSubmitterError(
+                    cause.error_message or "callback submitter failed",
+                    error_type=cause.error_type,
+                    error_data=cause.error_data,
+                    stack_trace=cause.stack_trace,
+                ) from cause
+            raise
+
+    # -- child contexts -----------------------------------------------------------
+
+    def run_in_child_context(
+        self,
+        func: Callable[[DurableContext], T],
+        name: str | None = None,
+        config: ChildConfig | None = None,
+    ) -> T:
+        """Runs ``func(child_context)`` in its own operation namespace and
+        checkpoints its result; a completed child is not run again."""
+        if not callable(func):
+            raise ValidationError(
+                f"run_in_child_context needs a callable, got {type(func).__name__}"
+            )
+        if config is None:
+            config = ChildConfig()
+        elif not isinstance(config, ChildConfig):
+            raise ValidationError(
+                f"child context config must be a ChildConfig, got {type(config).__name__}"
+            )
+        if name is None:
+            name = getattr(func, "_perdure_name", None)
+        sub_type = R.SUB_TYPE_CODES.get(config.sub_type or "", R.SUB_CHILD_CONTEXT)
+        return self._child(func, name, config, sub_type)
+
+    def _child(
+        self,
+        func: Callable[[DurableContext], T],
+        name: str | None,
+        config: ChildConfig,
+        sub_type: int,
+    ) -> T:
+        state = self._state
+        op_id = self._next_id()
+        op = self._recorded(op_id, R.CONTEXT, sub_type, name)
+        if op is not None:
+            status = op[R.OP_STATUS]
+            if status == R.SUCCEEDED:
+                payload = op[R.OP_PAYLOAD]
+                return (
+                    None
+                    if payload is None
+                    else deserialize(  # type: ignore[no-any-return]
+                        config.serdes, payload, self._serdes_context(op_id)
+                    )
+                )
+            if status == R.FAILED:
+                obj = _error_obj(op[R.OP_PAYLOAD])
+                raise _child_error(obj) from rebuild_error(obj)
+        else:
+            state.deferred.append(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
+        child = DurableContext(state, op_id, replaying=self._replaying and op is not None)
+        try:
+            result = func(child)
+        except Exception as exc:  # noqa: BLE001 - the child's failure is recorded, then raised
+            obj = error_object(exc)
+            state.commit(
+                [R.record(R.FAILED, R.CONTEXT, sub_type, op_id, name, payload=_error_payload(exc))]
+            )
+            raise _child_error(obj) from rebuild_error(obj)
+        payload = self._encode(config.serdes, result, op_id, f"child context {name or op_id}")
+        value: T = deserialize(config.serdes, payload, self._serdes_context(op_id))
+        state.commit([R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)])
+        self._replaying = child._replaying and self._replaying
+        return value
+
+
+def _describe(op_type: int, sub_type: int, name: str | None) -> str:
+    label = R.SUB_TYPE_NAMES.get(sub_type) or R.OP_TYPE_NAMES.get(op_type, str(op_type))
+    return f"{label} {name!r}" if name else f"unnamed {label}"
+
+
+def _step_error(obj: dict[str, Any]) -> StepError:
+    return StepError(
+        obj.get("ErrorMessage"),
+        error_type=obj.get("ErrorType"),
+        error_data=obj.get("ErrorData"),
+        stack_trace=obj.get("StackTrace"),
+    )
+
+
+def _child_error(obj: dict[str, Any]) -> ChildContextError:
+    return ChildContextError(
+        obj.get("ErrorMessage"),
+        error_type=obj.get("ErrorType"),
+        error_data=obj.get("ErrorData"),
+        stack_trace=obj.get("StackTrace"),
+    )

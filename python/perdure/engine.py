@@ -1,0 +1,433 @@
+"""The embedded engine: one store directory, worker threads that run
+invocations, and the calls to start, inspect, cancel and answer executions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from perdure import _records as R
+from perdure._core import Core
+from perdure.context import DurableContext, _Abort, _InvocationState, _Suspend
+from perdure.errors import (
+    EngineClosedError,
+    ExecutionCancelledError,
+    ExecutionFailedError,
+    ExecutionNotFoundError,
+    ExecutionTimedOutError,
+    PayloadTooLargeError,
+    PerdureError,
+    ValidationError,
+    error_object,
+)
+from perdure.history import build_history
+from perdure.registry import function_name, lookup
+from perdure.serdes import SerDes, SerDesContext, deserialize, serialize
+
+__all__ = ["Engine", "ExecutionHandle", "ExecutionInfo"]
+
+log = logging.getLogger("perdure")
+
+DEFAULT_MAX_PAYLOAD = 4 << 20
+_DURABILITIES = ("full", "process", "none")
+_STATUSES = ("PENDING", "RUNNING", "SUSPENDED", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
+_NO_CONTEXT = SerDesContext("", "")
+
+
+@dataclass(frozen=True)
+class ExecutionInfo:
+    """One execution as ``Engine.list`` and ``ExecutionHandle.info`` report it."""
+
+    execution_id: str
+    function: str
+    status: str
+    created_at: datetime
+    updated_at: datetime
+
+
+def _timestamp(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+
+
+class Engine:
+    """An embedded durable-execution engine on one store directory.
+
+    ``Engine(path)`` creates or opens the store, resumes every execution a
+    previous process left unfinished, and runs invocations on ``workers``
+    threads until :meth:`close`. With ``owner=False`` it only reads the store
+    and answers callbacks, as the CLI does while another process runs the
+    executions.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: str = "full",
+        workers: int | None = None,
+        owner: bool = True,
+        max_payload_size: int = DEFAULT_MAX_PAYLOAD,
+        poll_interval: float = 0.005,
+        map_size: int | None = None,
+    ) -> None:
+        if durability not in _DURABILITIES:
+            raise ValidationError(
+                f"durability must be one of {', '.join(_DURABILITIES)}; got {durability!r}"
+            )
+        if workers is None:
+            workers = min(32, 2 * (os.cpu_count() or 1) + 2)
+        if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
+            raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
+        if not isinstance(max_payload_size, int) or max_payload_size < 1:
+            raise ValidationError(
+                f"max_payload_size must be a positive int, got {max_payload_size!r}"
+            )
+        if not isinstance(poll_interval, int | float) or not 0 < poll_interval <= 10:
+            raise ValidationError(
+                f"poll_interval must be in (0, 10] seconds, got {poll_interval!r}"
+            )
+        options: dict[str, Any] = {
+            "durability": durability,
+            "owner": owner,
+            "poll_interval": float(poll_interval),
+        }
+        if map_size is not None:
+            options["map_size"] = map_size
+        self.path = Path(path)
+        self.durability = durability
+        self.max_payload_size = max_payload_size
+        self._core = Core(str(path), **options)
+        self._closed = False
+        self._threads: list[threading.Thread] = []
+        if owner:
+            for index in range(workers):
+                thread = threading.Thread(
+                    target=self._work, name=f"perdure-worker-{index}", daemon=True
+                )
+                thread.start()
+                self._threads.append(thread)
+
+    # -- lifecycle ----------------------------------------------------------------
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Lets running invocations finish (up to ``timeout`` seconds), stops the
+        workers and flushes the store. Executions not finished stay durable and
+        resume when the store is opened again."""
+        if self._closed:
+            return
+        self._closed = True
+        self._core.close(timeout)
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout)
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise EngineClosedError(f"engine on {self.path} is closed")
+
+    # -- executions ---------------------------------------------------------------
+
+    def start(
+        self,
+        function: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+    ) -> ExecutionHandle:
+        """Starts ``function(ctx, input)`` durably. Idempotent by ``execution_id``:
+        starting an id that exists returns the existing execution."""
+        self._check_open()
+        name = function_name(function)
+        if execution_id is None:
+            execution_id = str(uuid.uuid4())
+        elif (
+            not isinstance(execution_id, str)
+            or not execution_id
+            or len(execution_id.encode()) > 256
+        ):
+            raise ValidationError(
+                f"execution_id must be 1 to 256 bytes of text, got {execution_id!r}"
+            )
+        payload = serialize(None, input, SerDesContext("input", execution_id))
+        if len(payload) > self.max_payload_size:
+            raise PayloadTooLargeError(
+                f"execution input is {len(payload)} bytes, over the limit of {self.max_payload_size}",
+                size=len(payload),
+                limit=self.max_payload_size,
+                operation="input",
+            )
+        exec_key, _created = self._core.start(execution_id, name, payload)
+        return ExecutionHandle(self, exec_key, execution_id, name)
+
+    def run(
+        self,
+        function: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Starts the execution and waits for its result."""
+        return self.start(function, input, execution_id=execution_id).result(timeout)
+
+    def get(self, execution_id: str) -> ExecutionHandle:
+        row = self._core.execution(execution_id)
+        if row is None:
+            raise ExecutionNotFoundError(
+                f"no execution with id {execution_id!r}", execution_id=execution_id
+            )
+        return ExecutionHandle(self, row[0], row[1], row[2])
+
+    def list(
+        self, *, status: str | None = None, name: str | None = None, limit: int | None = None
+    ) -> list[ExecutionInfo]:
+        """Executions in start order, optionally filtered by status and function name."""
+        if status is not None and status not in _STATUSES:
+            raise ValidationError(f"status must be one of {', '.join(_STATUSES)}; got {status!r}")
+        if limit is not None and (not isinstance(limit, int) or limit < 1):
+            raise ValidationError(f"limit must be a positive int, got {limit!r}")
+        active = status in ("PENDING", "RUNNING", "SUSPENDED")
+        stored = "ACTIVE" if active else status
+        rows = self._core.list(stored, name, 0 if active else (limit or 0))
+        infos = [self._info(row) for row in rows]
+        if active:
+            infos = [info for info in infos if info.status == status]
+        return infos[:limit] if limit else infos
+
+    def history(self, execution_id: str) -> list[dict[str, Any]]:
+        """The execution's events in the AWS Durable Execution history shape."""
+        handle = self.get(execution_id)
+        return build_history(handle.execution_id, self._core.journal(handle._exec_key))
+
+    def cancel(self, execution_id: str, reason: str = "Execution stopped by user request") -> None:
+        """Ends an active execution as CANCELLED; late callbacks are refused."""
+        payload = serialize(None, {"ErrorMessage": reason}, _NO_CONTEXT)
+        self._core.cancel(execution_id, payload)
+
+    def unregistered(self) -> list[str]:
+        """Ids of executions this engine left alone because their function is
+        not registered in this process."""
+        ids = []
+        for exec_key in self._core.parked():
+            row = self._core.execution_by_key(exec_key)
+            if row is not None:
+                ids.append(row[1])
+        return ids
+
+    # -- callbacks ----------------------------------------------------------------
+
+    def send_callback_success(
+        self, callback_id: str, result: Any = None, *, serdes: SerDes[Any] | None = None
+    ) -> None:
+        """Completes a callback; its execution resumes with ``result``."""
+        _check_callback_id(callback_id)
+        payload = serialize(serdes, result, SerDesContext("callback", callback_id))
+        if len(payload) > self.max_payload_size:
+            raise PayloadTooLargeError(
+                f"callback result is {len(payload)} bytes, over the limit of {self.max_payload_size}",
+                size=len(payload),
+                limit=self.max_payload_size,
+                operation="callback",
+            )
+        self._core.complete_callback(callback_id, True, payload)
+
+    def send_callback_failure(
+        self,
+        callback_id: str,
+        error: BaseException | str | None = None,
+        *,
+        error_type: str | None = None,
+        error_data: str | None = None,
+    ) -> None:
+        """Fails a callback; the workflow's ``result()`` raises CallbackExternalError."""
+        _check_callback_id(callback_id)
+        if isinstance(error, BaseException):
+            obj = error_object(error)
+        else:
+            obj = {
+                "ErrorType": error_type or "CallbackFailure",
+                "ErrorMessage": error or "Callback failed",
+            }
+            if error_data is not None:
+                obj["ErrorData"] = error_data
+        self._core.complete_callback(callback_id, False, serialize(None, obj, _NO_CONTEXT))
+
+    def send_callback_heartbeat(self, callback_id: str) -> None:
+        """Tells perdure the callback's answerer is still working."""
+        _check_callback_id(callback_id)
+        self._core.heartbeat(callback_id)
+
+    # -- internals ----------------------------------------------------------------
+
+    def _info(self, row: tuple[Any, ...]) -> ExecutionInfo:
+        exec_key, execution_id, function, state, pending, created_ms, updated_ms = row
+        if state == "ACTIVE":
+            if self._core.is_running(exec_key):
+                state = "RUNNING"
+            else:
+                state = "PENDING" if pending else "SUSPENDED"
+        return ExecutionInfo(
+            execution_id, function, state, _timestamp(created_ms), _timestamp(updated_ms)
+        )
+
+    def _work(self) -> None:
+        core = self._core
+        while not self._closed:
+            try:
+                exec_key = core.next_ready(0.5)
+            except EngineClosedError:
+                return
+            if exec_key is None:
+                continue
+            try:
+                self._invoke(exec_key)
+            except BaseException:  # noqa: BLE001 - a worker must survive anything
+                log.exception("perdure: invocation of execution key %s failed", exec_key)
+                core.finish(exec_key, False)
+
+    def _invoke(self, exec_key: int) -> None:
+        """Runs one invocation of an execution, from the top."""
+        core = self._core
+        invocation = core.load(exec_key)
+        function = lookup(invocation.function)
+        if function is None:
+            log.warning(
+                "perdure: execution %r needs durable function %r, which is not registered in this "
+                "process; it stays pending",
+                invocation.execution_id,
+                invocation.function,
+            )
+            core.park(exec_key)
+            return
+        state = _InvocationState(core, invocation, self.max_payload_size)
+        started_ms = core.now_ms()
+        final: str | None
+        try:
+            raw = invocation.input
+            input = (
+                None
+                if raw is None
+                else deserialize(None, raw, SerDesContext("input", invocation.execution_id))
+            )
+            result = function(DurableContext(state), input)
+            payload = serialize(None, result, SerDesContext("result", invocation.execution_id))
+            if len(payload) > self.max_payload_size:
+                raise PayloadTooLargeError(
+                    f"execution result is {len(payload)} bytes, over the limit of {self.max_payload_size}",
+                    size=len(payload),
+                    limit=self.max_payload_size,
+                    operation="result",
+                )
+            outcome = R.record(R.SUCCEEDED, R.EXECUTION, R.SUB_NONE, "", payload=payload)
+            final = "SUCCEEDED"
+        except _Suspend:
+            outcome, final = None, None
+        except _Abort:
+            core.finish(exec_key, False)
+            return
+        except Exception as exc:  # noqa: BLE001 - the workflow failed: record why
+            obj = error_object(exc)
+            outcome = R.record(
+                R.FAILED, R.EXECUTION, R.SUB_NONE, "", payload=serialize(None, obj, _NO_CONTEXT)
+            )
+            final = "FAILED"
+        elapsed = core.now_ms() - started_ms
+        records = [
+            *state.deferred,
+            R.record(R.INVOCATION_COMPLETED, R.EXECUTION, R.SUB_NONE, "", aux=elapsed),
+        ]
+        if outcome is not None:
+            records.append(outcome)
+        try:
+            rerun = core.end_invocation(
+                exec_key, invocation.wake, final, records, state.deferred_timers
+            )
+        except PerdureError as exc:
+            if type(exc).__name__ != "ExecutionFinishedError":
+                raise
+            rerun = False  # cancelled while it ran
+        core.finish(exec_key, rerun)
+
+
+class ExecutionHandle:
+    """A started execution: wait for its result, read its status and history."""
+
+    def __init__(self, engine: Engine, exec_key: int, execution_id: str, function: str) -> None:
+        self._engine = engine
+        self._exec_key = exec_key
+        self.execution_id = execution_id
+        self.function = function
+
+    def __repr__(self) -> str:
+        return f"ExecutionHandle({self.execution_id!r}, function={self.function!r})"
+
+    def info(self) -> ExecutionInfo:
+        row = self._engine._core.execution_by_key(self._exec_key)
+        if row is None:
+            raise ExecutionNotFoundError(
+                f"execution {self.execution_id!r} vanished", execution_id=self.execution_id
+            )
+        return self._engine._info(row)
+
+    def status(self) -> str:
+        return self.info().status
+
+    def history(self) -> list[dict[str, Any]]:
+        return build_history(self.execution_id, self._engine._core.journal(self._exec_key))
+
+    def result(self, timeout: float | None = None) -> Any:
+        """Waits for the execution to finish and returns its result; raises
+        ExecutionFailedError (or Cancelled/TimedOut) if it did not succeed, and
+        TimeoutError if ``timeout`` seconds pass first."""
+        core = self._engine._core
+        row = core.wait_finished(self._exec_key, timeout)
+        if row is None:
+            raise TimeoutError(f"execution {self.execution_id!r} did not finish within {timeout} s")
+        state = row[3]
+        last = core.last_record(self._exec_key)
+        payload = last[9] if last is not None else None
+        if state == "SUCCEEDED":
+            return (
+                None
+                if payload is None
+                else deserialize(None, payload, SerDesContext("result", self.execution_id))
+            )
+        obj = deserialize(None, payload, _NO_CONTEXT) if payload else {}
+        message = obj.get("ErrorMessage") or state.lower()
+        if state == "CANCELLED":
+            raise ExecutionCancelledError(
+                f"execution {self.execution_id!r} was cancelled: {message}",
+                execution_id=self.execution_id,
+            )
+        if state == "TIMED_OUT":
+            raise ExecutionTimedOutError(
+                f"execution {self.execution_id!r} timed out: {message}",
+                execution_id=self.execution_id,
+            )
+        raise ExecutionFailedError(
+            f"execution {self.execution_id!r} failed: {obj.get('ErrorType', 'Error')}: {message}",
+            execution_id=self.execution_id,
+            error_type=obj.get("ErrorType"),
+            error_message=obj.get("ErrorMessage"),
+            error_data=obj.get("ErrorData"),
+            stack_trace=obj.get("StackTrace"),
+        )
+
+
+def _check_callback_id(callback_id: object) -> None:
+    if not isinstance(callback_id, str) or not callback_id:
+        raise ValidationError(f"callback id must be a non-empty string, got {callback_id!r}")

@@ -1,0 +1,87 @@
+//! The one error type of the core. Every fallible function returns it; the
+//! bindings map each variant to a Python exception class.
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A journal record failed its checksum or could not be decoded.
+    #[error("corrupt journal record: execution {execution_id:?}, sequence {sequence}: {reason}")]
+    CorruptRecord {
+        execution_id: String,
+        sequence: u32,
+        reason: String,
+    },
+
+    /// Some other part of the store (metadata, index entry) is unreadable.
+    #[error("corrupt store: {0}")]
+    CorruptStore(String),
+
+    /// The store was written by a format this build does not understand.
+    #[error("store {path:?} has format version {found}; this perdure reads version {supported}")]
+    FormatVersion {
+        path: PathBuf,
+        found: u32,
+        supported: u32,
+    },
+
+    /// The store directory cannot be created, opened or written.
+    #[error("cannot use store directory {path:?}: {source}")]
+    StoreAccess {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Another engine already owns this store.
+    #[error("store {path:?} is already opened by another engine ({holder})")]
+    StoreBusy { path: PathBuf, holder: String },
+
+    #[error("no execution with id {0:?}")]
+    ExecutionNotFound(String),
+
+    /// The execution finished (or was cancelled) and takes no more records.
+    #[error("execution {execution_id:?} is {status} and cannot be changed")]
+    ExecutionFinished {
+        execution_id: String,
+        status: &'static str,
+    },
+
+    /// An execution id was reused for a different function.
+    #[error("execution id {execution_id:?} already belongs to function {existing:?}, not {requested:?}")]
+    ExecutionIdConflict {
+        execution_id: String,
+        existing: String,
+        requested: String,
+    },
+
+    #[error("unknown callback id {0:?}")]
+    UnknownCallback(String),
+
+    #[error("callback {callback_id:?} is already {state}")]
+    CallbackAlreadyCompleted {
+        callback_id: String,
+        state: &'static str,
+    },
+
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+
+    /// The engine or store was closed while the call was waiting.
+    #[error("the store is closed")]
+    Closed,
+
+    #[error("LMDB error: {0}")]
+    Lmdb(#[from] heed::Error),
+
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl Error {
+    pub(crate) fn corrupt_store(what: impl Into<String>) -> Self {
+        Error::CorruptStore(what.into())
+    }
+}

@@ -1,0 +1,396 @@
+//! A store opened for use: the writer, and for the owning engine the owner
+//! lock, the ready queue, the timer thread and the poller that notices what
+//! other processes wrote (a callback completed from the CLI, say).
+
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::keys::{CallbackEntry, CallbackState, ExecState, Timer, TimerKind};
+use crate::lock::OwnerLock;
+use crate::record::{OpType, Record, RecordKind, SubType};
+use crate::scheduler::Scheduler;
+use crate::store::{ExecSummary, Store, StoreOptions};
+use crate::timers::{TimerContext, Timers};
+use crate::writer::{Mutation, Outcome, Writer};
+
+pub struct RuntimeOptions {
+    pub store: StoreOptions,
+    /// Run executions (take the owner lock, timers, ready queue), or only
+    /// read and complete callbacks, as the CLI does.
+    pub owner: bool,
+    /// How often the owner looks for wake-ups written by other processes.
+    pub poll_interval: Duration,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> Self {
+        RuntimeOptions {
+            store: StoreOptions::default(),
+            owner: true,
+            poll_interval: Duration::from_millis(5),
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+/// A callback to register together with an append.
+pub struct NewCallback {
+    pub op_id: String,
+    pub timeout_ms: u64,
+    pub heartbeat_timeout_ms: u64,
+}
+
+struct Owner {
+    /// Released on close, so another engine may take over at once.
+    lock: Mutex<Option<OwnerLock>>,
+    scheduler: Arc<Scheduler>,
+    timers: Arc<Timers>,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+pub struct Runtime {
+    pub store: Arc<Store>,
+    writer: Arc<Writer>,
+    clock: Arc<dyn Clock>,
+    owner: Option<Owner>,
+    /// Bumped when an execution of this process finishes; wakes `wait_finished`.
+    finished: (Mutex<u64>, Condvar),
+}
+
+impl Runtime {
+    pub fn open(path: &Path, options: RuntimeOptions) -> Result<Runtime> {
+        let store = Store::open(path, &options.store)?;
+        let lock = if options.owner { Some(OwnerLock::acquire(store.path())?) } else { None };
+        let writer = Arc::new(Writer::spawn(store.clone())?);
+        let mut runtime = Runtime {
+            store,
+            writer,
+            clock: options.clock,
+            owner: None,
+            finished: (Mutex::new(0), Condvar::new()),
+        };
+        if let Some(lock) = lock {
+            runtime.owner = Some(runtime.start_owner(lock, options.poll_interval)?);
+        }
+        Ok(runtime)
+    }
+
+    /// Loads every timer and pending execution a previous owner left, then
+    /// starts the timer and poller threads.
+    fn start_owner(&self, lock: OwnerLock, poll_interval: Duration) -> Result<Owner> {
+        let scheduler = Arc::new(Scheduler::default());
+        let timers = Arc::new(Timers::default());
+        for timer in self.store.timers()? {
+            timers.add(timer);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let timer_context = TimerContext {
+            clock: self.clock.clone(),
+            writer: self.writer.clone(),
+            scheduler: scheduler.clone(),
+            timers: timers.clone(),
+        };
+        let timer_thread = std::thread::Builder::new()
+            .name("perdure-timers".into())
+            .spawn(move || timer_context.run())?;
+        let poller = Poller { store: self.store.clone(), scheduler: scheduler.clone(), stop: stop.clone() };
+        let seen = self.store.wake_seq()?;
+        for (exec_key, _) in self.store.pending()? {
+            scheduler.schedule(exec_key);
+        }
+        let poller_thread = std::thread::Builder::new()
+            .name("perdure-poller".into())
+            .spawn(move || poller.run(seen, poll_interval))?;
+        Ok(Owner { lock: Mutex::new(Some(lock)), scheduler, timers, stop, threads: Mutex::new(vec![timer_thread, poller_thread]) })
+    }
+
+    pub fn is_owner(&self) -> bool {
+        self.owner.is_some()
+    }
+
+    pub fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    fn owner(&self) -> Result<&Owner> {
+        self.owner.as_ref().ok_or_else(|| Error::InvalidInput("this store handle does not run executions".into()))
+    }
+
+    /// Commits a batch and acts on what it did: arms timers, queues woken
+    /// executions, signals finished ones.
+    fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
+        let mut new_timers = Vec::new();
+        let mut finishes = false;
+        for mutation in &batch {
+            match mutation {
+                Mutation::AddTimer(timer) => new_timers.push(timer.clone()),
+                Mutation::CreateCallback { callback_id, entry } => {
+                    if let Some((due_ms, kind)) = entry.next_deadline() {
+                        new_timers.push(Timer { due_ms, exec_key: entry.exec_key, kind, subject: callback_id.clone() });
+                    }
+                }
+                Mutation::EndInvocation { final_state: Some(_), .. } | Mutation::Cancel { .. } => finishes = true,
+                _ => {}
+            }
+        }
+        let outcomes = self.writer.submit(batch)?;
+        if let Some(owner) = &self.owner {
+            for timer in new_timers {
+                owner.timers.add(timer);
+            }
+            for outcome in &outcomes {
+                match outcome {
+                    Outcome::Woke(Some(exec_key)) | Outcome::Created { exec_key, created: true } => {
+                        owner.scheduler.schedule(*exec_key)
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if finishes {
+            let (count, signal) = &self.finished;
+            *count.lock().unwrap_or_else(|poison| poison.into_inner()) += 1;
+            signal.notify_all();
+        }
+        Ok(outcomes)
+    }
+
+    /// Starts an execution, or finds the one with this id. Returns (key, created).
+    pub fn start(&self, execution_id: &str, function: &str, input: Vec<u8>) -> Result<(u64, bool)> {
+        if execution_id.is_empty() || execution_id.len() > 256 {
+            return Err(Error::InvalidInput("execution id must be 1 to 256 bytes".into()));
+        }
+        let mut started = Record::new(RecordKind::Started, OpType::Execution, SubType::None, "");
+        started.timestamp_ms = self.now_ms();
+        started.name = Some(function.to_string());
+        started.extra = Some(execution_id.to_string());
+        started.payload = Some(input);
+        let outcomes = self.submit(vec![Mutation::CreateExecution {
+            execution_id: execution_id.to_string(),
+            function: function.to_string(),
+            started,
+        }])?;
+        match outcomes.first() {
+            Some(Outcome::Created { exec_key, created }) => Ok((*exec_key, *created)),
+            _ => Err(Error::corrupt_store("create execution returned no key")),
+        }
+    }
+
+    /// Appends records (stamped now) and arms wake timers `delay_ms` after that
+    /// same stamp, in one commit, so a record and its timer agree exactly;
+    /// `callback` registers a new callback and returns its unguessable id.
+    pub fn append(
+        &self,
+        exec_key: u64,
+        mut records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+        callback: Option<NewCallback>,
+    ) -> Result<Option<String>> {
+        let now = self.now_ms();
+        let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 1);
+        let mut callback_id = None;
+        if let Some(callback) = callback {
+            let id = new_callback_id()?;
+            let entry = CallbackEntry {
+                state: CallbackState::Pending,
+                exec_key,
+                deadline_ms: if callback.timeout_ms == 0 { 0 } else { now + callback.timeout_ms },
+                heartbeat_timeout_ms: callback.heartbeat_timeout_ms,
+                last_heartbeat_ms: now,
+                op_id: callback.op_id,
+            };
+            batch.push(Mutation::CreateCallback { callback_id: id.clone(), entry });
+            // The CallbackStarted record carries the id so replay finds it.
+            for record in records.iter_mut().filter(|r| r.op_type == OpType::Callback && r.kind == RecordKind::Started) {
+                record.extra = Some(id.clone());
+            }
+            callback_id = Some(id);
+        }
+        for mut record in records {
+            record.timestamp_ms = now;
+            batch.push(Mutation::Append { exec_key, record });
+        }
+        for (delay_ms, op_id) in wake_at {
+            batch.push(Mutation::AddTimer(Timer { due_ms: now + delay_ms, exec_key, kind: TimerKind::Wake, subject: op_id }));
+        }
+        self.submit(batch)?;
+        Ok(callback_id)
+    }
+
+    /// Ends an invocation. Returns whether the execution must run again now.
+    pub fn end_invocation(
+        &self,
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<ExecState>,
+        mut records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+    ) -> Result<bool> {
+        let now = self.now_ms();
+        let mut batch = Vec::with_capacity(wake_at.len() + 1);
+        for (delay_ms, op_id) in wake_at {
+            batch.push(Mutation::AddTimer(Timer { due_ms: now + delay_ms, exec_key, kind: TimerKind::Wake, subject: op_id }));
+        }
+        for record in &mut records {
+            record.timestamp_ms = now;
+        }
+        batch.push(Mutation::EndInvocation { exec_key, seen_wake, final_state, records });
+        let outcomes = self.submit(batch)?;
+        Ok(matches!(outcomes.last(), Some(Outcome::Ended { rerun: true })))
+    }
+
+    /// Completes a callback from anywhere; wakes its execution.
+    pub fn complete_callback(&self, callback_id: &str, success: bool, payload: Option<Vec<u8>>) -> Result<()> {
+        let entry = self.store.callback(callback_id)?.ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
+        let kind = if success { RecordKind::Succeeded } else { RecordKind::Failed };
+        let mut record = Record::new(kind, OpType::Callback, SubType::Callback, entry.op_id);
+        record.timestamp_ms = self.now_ms();
+        record.payload = payload;
+        let state = if success { CallbackState::Succeeded } else { CallbackState::Failed };
+        self.submit(vec![Mutation::CompleteCallback { callback_id: callback_id.to_string(), state, record }])?;
+        Ok(())
+    }
+
+    pub fn heartbeat(&self, callback_id: &str) -> Result<()> {
+        let now_ms = self.now_ms();
+        self.submit(vec![Mutation::Heartbeat { callback_id: callback_id.to_string(), now_ms }])?;
+        Ok(())
+    }
+
+    /// Cancels an active execution; its pending callbacks and timers lapse.
+    pub fn cancel(&self, execution_id: &str, error_payload: Vec<u8>) -> Result<()> {
+        let exec_key =
+            self.store.exec_key_of(execution_id)?.ok_or_else(|| Error::ExecutionNotFound(execution_id.into()))?;
+        let mut record = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
+        record.timestamp_ms = self.now_ms();
+        record.payload = Some(error_payload);
+        self.submit(vec![Mutation::Cancel { exec_key, record }])?;
+        Ok(())
+    }
+
+    pub fn next_ready(&self, timeout: Duration) -> Result<Option<u64>> {
+        Ok(self.owner()?.scheduler.next(timeout))
+    }
+
+    pub fn finish(&self, exec_key: u64, rerun: bool) -> Result<()> {
+        self.owner()?.scheduler.finish(exec_key, rerun);
+        Ok(())
+    }
+
+    /// Leaves an execution alone: this process cannot run its function.
+    pub fn park(&self, exec_key: u64) -> Result<()> {
+        self.owner()?.scheduler.park(exec_key);
+        Ok(())
+    }
+
+    pub fn parked(&self) -> Vec<u64> {
+        self.owner.as_ref().map(|owner| owner.scheduler.parked()).unwrap_or_default()
+    }
+
+    pub fn is_running(&self, exec_key: u64) -> bool {
+        self.owner.as_ref().is_some_and(|owner| owner.scheduler.is_running(exec_key))
+    }
+
+    pub fn pending_timers(&self) -> usize {
+        self.owner.as_ref().map_or(0, |owner| owner.timers.len())
+    }
+
+    /// Re-checks timer deadlines now; for clocks that jump.
+    pub fn poke_timers(&self) {
+        if let Some(owner) = &self.owner {
+            owner.timers.poke();
+        }
+    }
+
+    /// Blocks until the execution is finished or `timeout` passes.
+    pub fn wait_finished(&self, exec_key: u64, timeout: Option<Duration>) -> Result<Option<ExecSummary>> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let (count, signal) = &self.finished;
+        loop {
+            let seen = *count.lock().unwrap_or_else(|poison| poison.into_inner());
+            let summary = self.store.execution(exec_key)?.ok_or_else(|| Error::corrupt_store("execution vanished"))?;
+            if summary.meta.state != ExecState::Active {
+                return Ok(Some(summary));
+            }
+            // Executions finished by other processes are seen by polling.
+            let mut slice = Duration::from_millis(50);
+            if let Some(deadline) = deadline {
+                match deadline.checked_duration_since(Instant::now()) {
+                    Some(left) if !left.is_zero() => slice = slice.min(left),
+                    _ => return Ok(None),
+                }
+            }
+            let guard = count.lock().unwrap_or_else(|poison| poison.into_inner());
+            if *guard == seen {
+                drop(signal.wait_timeout(guard, slice).unwrap_or_else(|poison| poison.into_inner()));
+            }
+        }
+    }
+
+    /// Stops the owner's threads (waiting up to `timeout` for running
+    /// invocations), commits what is queued and syncs the store.
+    pub fn close(&self, timeout: Duration) -> Result<bool> {
+        let mut drained = true;
+        if let Some(owner) = &self.owner {
+            drained = owner.scheduler.close(timeout);
+            owner.stop.store(true, Ordering::SeqCst);
+            owner.timers.close();
+            let threads = std::mem::take(&mut *owner.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
+            for thread in threads {
+                let _ = thread.join();
+            }
+        }
+        self.writer.close();
+        self.store.sync()?;
+        if let Some(owner) = &self.owner {
+            owner.lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        }
+        Ok(drained)
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        let _ = self.close(Duration::from_secs(0));
+    }
+}
+
+/// Watches the store's wake counter; when another process woke an execution,
+/// queues every pending one (the scheduler ignores those already queued).
+struct Poller {
+    store: Arc<Store>,
+    scheduler: Arc<Scheduler>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Poller {
+    fn run(&self, mut seen: u64, interval: Duration) {
+        while !self.stop.load(Ordering::SeqCst) {
+            std::thread::sleep(interval);
+            let Ok(current) = self.store.wake_seq() else { continue };
+            if current == seen {
+                continue;
+            }
+            if let Ok(pending) = self.store.pending() {
+                seen = current;
+                for (exec_key, _) in pending {
+                    self.scheduler.schedule(exec_key);
+                }
+            }
+        }
+    }
+}
+
+/// 128 random bits from the OS, hex-encoded: unguessable and URL-safe.
+fn new_callback_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes).map_err(|err| Error::Io(std::io::Error::other(err.to_string())))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}

@@ -1,0 +1,103 @@
+//! The ready queue of an owning engine: which executions should run an
+//! invocation now. An execution is queued or running at most once; a wake-up
+//! that arrives while it runs is caught by the writer's `EndInvocation`.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct State {
+    queue: VecDeque<u64>,
+    queued: HashSet<u64>,
+    running: HashSet<u64>,
+    /// Executions whose function this process does not have; left alone.
+    parked: HashSet<u64>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub struct Scheduler {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+impl Scheduler {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn schedule(&self, exec_key: u64) {
+        let mut state = self.lock();
+        if state.closed || state.running.contains(&exec_key) || state.parked.contains(&exec_key) {
+            return;
+        }
+        if state.queued.insert(exec_key) {
+            state.queue.push_back(exec_key);
+            self.ready.notify_one();
+        }
+    }
+
+    /// The next execution to run, or `None` on timeout or close.
+    pub fn next(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            if let Some(exec_key) = state.queue.pop_front() {
+                state.queued.remove(&exec_key);
+                state.running.insert(exec_key);
+                return Some(exec_key);
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            state = self.ready.wait_timeout(state, left).unwrap_or_else(|poison| poison.into_inner()).0;
+        }
+    }
+
+    /// The invocation ended; `rerun` queues the execution again at once.
+    pub fn finish(&self, exec_key: u64, rerun: bool) {
+        let mut state = self.lock();
+        state.running.remove(&exec_key);
+        if rerun && !state.closed && state.queued.insert(exec_key) {
+            state.queue.push_back(exec_key);
+            self.ready.notify_one();
+        }
+        if state.running.is_empty() {
+            self.ready.notify_all(); // wakes `wait_idle`
+        }
+    }
+
+    pub fn park(&self, exec_key: u64) {
+        let mut state = self.lock();
+        state.running.remove(&exec_key);
+        state.parked.insert(exec_key);
+        if state.running.is_empty() {
+            self.ready.notify_all();
+        }
+    }
+
+    pub fn is_running(&self, exec_key: u64) -> bool {
+        self.lock().running.contains(&exec_key)
+    }
+
+    pub fn parked(&self) -> Vec<u64> {
+        self.lock().parked.iter().copied().collect()
+    }
+
+    /// Stops handing out work and waits up to `timeout` for running invocations.
+    pub fn close(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        let mut state = self.lock();
+        state.closed = true;
+        state.queue.clear();
+        state.queued.clear();
+        self.ready.notify_all();
+        while !state.running.is_empty() {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            state = self.ready.wait_timeout(state, left).unwrap_or_else(|poison| poison.into_inner()).0;
+        }
+        true
+    }
+}

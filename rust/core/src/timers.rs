@@ -1,0 +1,122 @@
+//! The timer thread: keeps every durable timer of an owning engine in deadline
+//! order in memory, and when one falls due, fires it through the writer (which
+//! wakes the execution durably) and queues the woken execution.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
+
+use crate::clock::Clock;
+use crate::keys::Timer;
+use crate::scheduler::Scheduler;
+use crate::writer::{Mutation, Outcome, Writer};
+
+/// Re-read the clock at least this often, so a wall-clock jump or a test
+/// clock that skips ahead is noticed.
+const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// Timers fired in one commit.
+const MAX_FIRE: usize = 8192;
+
+#[derive(Default)]
+struct State {
+    timers: BTreeSet<Timer>,
+    closed: bool,
+}
+
+#[derive(Default)]
+pub struct Timers {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+impl Timers {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    pub fn add(&self, timer: Timer) {
+        let mut state = self.lock();
+        let earliest = state.timers.first().is_none_or(|first| timer < *first);
+        state.timers.insert(timer);
+        if earliest {
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().timers.len()
+    }
+
+    /// Re-checks deadlines now (the clock moved).
+    pub fn poke(&self) {
+        self.changed.notify_all();
+    }
+
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.changed.notify_all();
+    }
+
+    /// Blocks until timers are due; `None` once closed.
+    fn next_due(&self, clock: &dyn Clock) -> Option<Vec<Timer>> {
+        let mut state = self.lock();
+        loop {
+            if state.closed {
+                return None;
+            }
+            let now = clock.now_ms();
+            let sleep = match state.timers.first() {
+                Some(first) if first.due_ms <= now => break,
+                Some(first) => Duration::from_millis(first.due_ms - now).min(MAX_SLEEP),
+                None => MAX_SLEEP,
+            };
+            state = self.changed.wait_timeout(state, sleep).unwrap_or_else(|poison| poison.into_inner()).0;
+        }
+        let now = clock.now_ms();
+        let mut due = Vec::new();
+        while due.len() < MAX_FIRE && state.timers.first().is_some_and(|first| first.due_ms <= now) {
+            due.extend(state.timers.pop_first());
+        }
+        Some(due)
+    }
+
+    pub(crate) fn run(&self, clock: &dyn Clock, writer: &Writer, scheduler: &Scheduler) {
+        while let Some(due) = self.next_due(clock) {
+            let now_ms = clock.now_ms();
+            let batch = due.iter().map(|timer| Mutation::FireTimer { timer: timer.clone(), now_ms }).collect();
+            match writer.submit(batch) {
+                Ok(outcomes) => {
+                    for outcome in outcomes {
+                        match outcome {
+                            Outcome::Woke(Some(exec_key)) => scheduler.schedule(exec_key),
+                            Outcome::Rearmed(timer) => self.add(timer),
+                            _ => {}
+                        }
+                    }
+                }
+                Err(_) => {
+                    // The store refused the commit (closing, disk trouble): keep
+                    // the timers and try again shortly rather than lose a wake-up.
+                    for timer in due {
+                        self.add(timer);
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+    }
+}
+
+/// Shared handles the timer thread needs.
+pub(crate) struct TimerContext {
+    pub clock: Arc<dyn Clock>,
+    pub writer: Arc<Writer>,
+    pub scheduler: Arc<Scheduler>,
+    pub timers: Arc<Timers>,
+}
+
+impl TimerContext {
+    pub fn run(&self) {
+        self.timers.run(self.clock.as_ref(), &self.writer, &self.scheduler);
+    }
+}

@@ -1,0 +1,389 @@
+//! The group-commit writer: one thread owns LMDB's write transaction and
+//! commits the batches of every caller that arrived while the previous commit
+//! was syncing, so one fsync is shared by everything in flight.
+//!
+//! A batch is atomic: all its preconditions are checked before any of its
+//! mutations is applied, and a batch whose check fails changes nothing while
+//! the rest of the group commits.
+
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{Receiver, Sender};
+use heed::{MdbError, RwTxn};
+
+use crate::error::{Error, Result};
+use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, Timer, TimerKind};
+use crate::record::{OpType, Record, RecordKind, SubType};
+use crate::store::{self, Dbs, Store, META_NEXT_EXEC, META_WAKE_SEQ};
+
+/// The most batches committed in one transaction; bounds a commit's latency.
+const MAX_GROUP: usize = 4096;
+
+#[derive(Debug)]
+pub enum Mutation {
+    /// Creates the execution unless its id exists (then reports the existing one).
+    CreateExecution { execution_id: String, function: String, started: Record },
+    Append { exec_key: u64, record: Record },
+    AddTimer(Timer),
+    CreateCallback { callback_id: String, entry: CallbackEntry },
+    /// Completes a pending callback (success or failure) and wakes its execution.
+    CompleteCallback { callback_id: String, state: CallbackState, record: Record },
+    Heartbeat { callback_id: String, now_ms: u64 },
+    FireTimer { timer: Timer, now_ms: u64 },
+    /// Ends an invocation: `final_state` finishes the execution, `None` suspends it.
+    EndInvocation { exec_key: u64, seen_wake: u64, final_state: Option<ExecState>, records: Vec<Record> },
+    Cancel { exec_key: u64, record: Record },
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    Created { exec_key: u64, created: bool },
+    /// The execution that became runnable, if any.
+    Woke(Option<u64>),
+    /// Whether a wake-up arrived during the invocation, so it must run again.
+    Ended { rerun: bool },
+    /// A timer fired early (its deadline moved) and this one replaces it.
+    Rearmed(Timer),
+}
+
+struct Request {
+    batch: Vec<Mutation>,
+    reply: Sender<Result<Vec<Outcome>>>,
+}
+
+pub struct Writer {
+    sender: Mutex<Option<Sender<Request>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Writer {
+    pub fn spawn(store: Arc<Store>) -> Result<Writer> {
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let thread = std::thread::Builder::new()
+            .name("perdure-writer".into())
+            .spawn(move || run(&store, &receiver))?;
+        Ok(Writer { sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Commits `batch` and blocks until it is durable at the store's durability.
+    pub fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        let sender = self.sender.lock().unwrap_or_else(|poison| poison.into_inner()).clone().ok_or(Error::Closed)?;
+        sender.send(Request { batch, reply }).map_err(|_| Error::Closed)?;
+        answer.recv().map_err(|_| Error::Closed)?
+    }
+
+    /// Commits what is queued, then stops the thread.
+    pub fn close(&self) {
+        self.sender.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        let thread = self.thread.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn run(store: &Store, receiver: &Receiver<Request>) {
+    while let Ok(first) = receiver.recv() {
+        let mut group = vec![first];
+        group.extend(receiver.try_iter().take(MAX_GROUP - 1));
+        commit_group(store, group);
+    }
+}
+
+fn commit_group(store: &Store, group: Vec<Request>) {
+    match try_commit(store, &group) {
+        Ok(results) => {
+            for (request, result) in group.into_iter().zip(results) {
+                let _ = request.reply.send(result);
+            }
+        }
+        // A storage failure of the whole group: retry each batch alone, so one
+        // bad batch cannot fail the others.
+        Err(_) if group.len() > 1 => {
+            for request in group {
+                commit_group(store, vec![request]);
+            }
+        }
+        Err(err) => {
+            for request in group {
+                let _ = request.reply.send(Err(clone_error(&err)));
+            }
+        }
+    }
+}
+
+fn try_commit(store: &Store, group: &[Request]) -> Result<Vec<Result<Vec<Outcome>>>> {
+    loop {
+        let guard = store.gate().read().unwrap_or_else(|poison| poison.into_inner());
+        let mut txn = match store.env.write_txn() {
+            Ok(txn) => txn,
+            Err(heed::Error::Mdb(MdbError::MapResized)) => {
+                drop(guard);
+                store.adopt_map_size()?;
+                continue;
+            }
+            Err(err) => return Err(err.into()),
+        };
+        let applied: Result<Vec<_>> = group.iter().map(|request| apply_batch(&mut txn, &store.dbs, &request.batch)).collect();
+        let outcome = applied.and_then(|results| Ok(txn.commit().map(|()| results)?));
+        drop(guard);
+        match outcome {
+            Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapFull))) => store.grow_map()?,
+            Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapResized))) => store.adopt_map_size()?,
+            other => return other,
+        }
+    }
+}
+
+/// Checks then applies one batch. The outer `Result` is a storage failure
+/// (aborts the group); the inner one is this batch's own answer.
+fn apply_batch(txn: &mut RwTxn, dbs: &Dbs, batch: &[Mutation]) -> Result<Result<Vec<Outcome>>> {
+    for mutation in batch {
+        match check(txn, dbs, mutation) {
+            Ok(()) => {}
+            Err(err @ Error::Lmdb(_)) => return Err(err),
+            Err(refused) => return Ok(Err(refused)),
+        }
+    }
+    let mut outcomes = Vec::with_capacity(batch.len());
+    for mutation in batch {
+        outcomes.push(apply(txn, dbs, mutation)?);
+    }
+    Ok(Ok(outcomes))
+}
+
+fn active_meta(txn: &RwTxn, dbs: &Dbs, exec_key: u64) -> Result<ExecMeta> {
+    let meta = store::meta_in(txn, dbs, exec_key)?
+        .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
+    if meta.state.is_terminal() {
+        return Err(Error::ExecutionFinished { execution_id: meta.execution_id, status: meta.state.name() });
+    }
+    Ok(meta)
+}
+
+fn pending_callback(txn: &RwTxn, dbs: &Dbs, callback_id: &str) -> Result<CallbackEntry> {
+    let entry = store::callback_in(txn, dbs, callback_id)?.ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
+    if entry.state != CallbackState::Pending {
+        return Err(Error::CallbackAlreadyCompleted { callback_id: callback_id.into(), state: entry.state.name() });
+    }
+    active_meta(txn, dbs, entry.exec_key)?;
+    Ok(entry)
+}
+
+fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
+    match mutation {
+        Mutation::CreateExecution { execution_id, function, .. } => {
+            if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
+                let existing = store::meta_in(txn, dbs, exec_key)?.map(|meta| meta.function).unwrap_or_default();
+                if &existing != function {
+                    return Err(Error::ExecutionIdConflict {
+                        execution_id: execution_id.clone(),
+                        existing,
+                        requested: function.clone(),
+                    });
+                }
+            }
+            Ok(())
+        }
+        Mutation::Append { exec_key, .. } | Mutation::EndInvocation { exec_key, .. } | Mutation::Cancel { exec_key, .. } => {
+            active_meta(txn, dbs, *exec_key).map(drop)
+        }
+        Mutation::CreateCallback { callback_id, entry } => {
+            active_meta(txn, dbs, entry.exec_key)?;
+            if dbs.callbacks.get(txn, callback_id.as_bytes())?.is_some() {
+                return Err(Error::InvalidInput(format!("callback id {callback_id:?} already exists")));
+            }
+            Ok(())
+        }
+        Mutation::CompleteCallback { callback_id, .. } | Mutation::Heartbeat { callback_id, .. } => {
+            pending_callback(txn, dbs, callback_id).map(drop)
+        }
+        Mutation::AddTimer(_) | Mutation::FireTimer { .. } => Ok(()),
+    }
+}
+
+fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
+    match mutation {
+        Mutation::CreateExecution { execution_id, function, started } => {
+            if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
+                return Ok(Outcome::Created { exec_key, created: false });
+            }
+            let exec_key = bump_counter(txn, dbs, META_NEXT_EXEC)?;
+            let meta = ExecMeta {
+                state: ExecState::Active,
+                created_ms: started.timestamp_ms,
+                updated_ms: started.timestamp_ms,
+                execution_id: execution_id.clone(),
+                function: function.clone(),
+            };
+            dbs.exec_ids.put(txn, execution_id.as_bytes(), &keys::exec_key_bytes(exec_key))?;
+            dbs.executions.put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+            append(txn, dbs, exec_key, started)?;
+            wake(txn, dbs, exec_key)?;
+            Ok(Outcome::Created { exec_key, created: true })
+        }
+        Mutation::Append { exec_key, record } => {
+            append(txn, dbs, *exec_key, record)?;
+            Ok(Outcome::Done)
+        }
+        Mutation::AddTimer(timer) => {
+            dbs.timers.put(txn, &timer.encode(), &[])?;
+            Ok(Outcome::Done)
+        }
+        Mutation::CreateCallback { callback_id, entry } => {
+            dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+            if let Some((due_ms, kind)) = entry.next_deadline() {
+                let timer = Timer { due_ms, exec_key: entry.exec_key, kind, subject: callback_id.clone() };
+                dbs.timers.put(txn, &timer.encode(), &[])?;
+            }
+            Ok(Outcome::Done)
+        }
+        Mutation::CompleteCallback { callback_id, state, record } => {
+            let entry = pending_callback(txn, dbs, callback_id)?;
+            finish_callback(txn, dbs, callback_id, entry, *state, record)
+        }
+        Mutation::Heartbeat { callback_id, now_ms } => {
+            // The armed timer fires at the old deadline, finds it moved and re-arms.
+            let mut entry = pending_callback(txn, dbs, callback_id)?;
+            entry.last_heartbeat_ms = *now_ms;
+            dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+            Ok(Outcome::Done)
+        }
+        Mutation::FireTimer { timer, now_ms } => fire_timer(txn, dbs, timer, *now_ms),
+        Mutation::EndInvocation { exec_key, seen_wake, final_state, records } => {
+            for record in records {
+                append(txn, dbs, *exec_key, record)?;
+            }
+            let pending_key = keys::exec_key_bytes(*exec_key);
+            if let Some(state) = final_state {
+                let updated_ms = records.last().map_or(0, |r| r.timestamp_ms);
+                set_state(txn, dbs, *exec_key, *state, updated_ms)?;
+                dbs.pending.delete(txn, &pending_key)?;
+                return Ok(Outcome::Ended { rerun: false });
+            }
+            let current = dbs.pending.get(txn, &pending_key)?.and_then(keys::read_u64);
+            match current {
+                Some(wake) if wake != *seen_wake => Ok(Outcome::Ended { rerun: true }),
+                Some(_) => {
+                    dbs.pending.delete(txn, &pending_key)?;
+                    Ok(Outcome::Ended { rerun: false })
+                }
+                None => Ok(Outcome::Ended { rerun: false }),
+            }
+        }
+        Mutation::Cancel { exec_key, record } => {
+            append(txn, dbs, *exec_key, record)?;
+            set_state(txn, dbs, *exec_key, ExecState::Cancelled, record.timestamp_ms)?;
+            dbs.pending.delete(txn, &keys::exec_key_bytes(*exec_key))?;
+            Ok(Outcome::Done)
+        }
+    }
+}
+
+fn fire_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer, now_ms: u64) -> Result<Outcome> {
+    if !dbs.timers.delete(txn, &timer.encode())? {
+        return Ok(Outcome::Woke(None)); // already fired (by this or another process)
+    }
+    let active = store::meta_in(txn, dbs, timer.exec_key)?.is_some_and(|meta| !meta.state.is_terminal());
+    if !active {
+        return Ok(Outcome::Woke(None));
+    }
+    match timer.kind {
+        TimerKind::Wake => {
+            wake(txn, dbs, timer.exec_key)?;
+            Ok(Outcome::Woke(Some(timer.exec_key)))
+        }
+        TimerKind::CallbackTimeout | TimerKind::CallbackHeartbeat => {
+            let Some(entry) = store::callback_in(txn, dbs, &timer.subject)? else {
+                return Ok(Outcome::Woke(None));
+            };
+            let expired = match entry.next_deadline() {
+                Some((due_ms, _)) => entry.state == CallbackState::Pending && due_ms <= now_ms,
+                None => false,
+            };
+            if !expired {
+                // A heartbeat moved the deadline: arm a timer for the new one.
+                return match (entry.state, entry.next_deadline()) {
+                    (CallbackState::Pending, Some((due_ms, kind))) => {
+                        let next = Timer { due_ms, exec_key: timer.exec_key, kind, subject: timer.subject.clone() };
+                        dbs.timers.put(txn, &next.encode(), &[])?;
+                        Ok(Outcome::Rearmed(next))
+                    }
+                    _ => Ok(Outcome::Woke(None)),
+                };
+            }
+            let mut record = Record::new(RecordKind::TimedOut, OpType::Callback, SubType::Callback, entry.op_id.clone());
+            record.timestamp_ms = now_ms;
+            record.aux = u64::from(timer.kind == TimerKind::CallbackHeartbeat);
+            finish_callback(txn, dbs, &timer.subject, entry, CallbackState::TimedOut, &record)
+        }
+    }
+}
+
+fn finish_callback(
+    txn: &mut RwTxn,
+    dbs: &Dbs,
+    callback_id: &str,
+    mut entry: CallbackEntry,
+    state: CallbackState,
+    record: &Record,
+) -> Result<Outcome> {
+    entry.state = state;
+    dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+    append(txn, dbs, entry.exec_key, record)?;
+    wake(txn, dbs, entry.exec_key)?;
+    Ok(Outcome::Woke(Some(entry.exec_key)))
+}
+
+/// Appends after the execution's last record; one B-tree lookup, independent
+/// of the journal's length in practice.
+fn append(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, record: &Record) -> Result<()> {
+    let upper = keys::journal_key(exec_key, u32::MAX);
+    let seq = match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
+        Some((key, _)) => match keys::split_journal_key(key) {
+            Some((exec, seq)) if exec == exec_key => seq.checked_add(1).ok_or_else(|| {
+                Error::InvalidInput(format!("execution key {exec_key} reached the journal length limit"))
+            })?,
+            _ => 0,
+        },
+        None => 0,
+    };
+    dbs.journal.put(txn, &keys::journal_key(exec_key, seq), &record.encode())?;
+    Ok(())
+}
+
+/// Marks the execution runnable with a fresh wake value.
+fn wake(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
+    let seq = bump_counter(txn, dbs, META_WAKE_SEQ)?;
+    dbs.pending.put(txn, &keys::exec_key_bytes(exec_key), &seq.to_be_bytes())?;
+    Ok(())
+}
+
+fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<()> {
+    let mut meta = store::meta_in(txn, dbs, exec_key)?
+        .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
+    meta.state = state;
+    meta.updated_ms = updated_ms.max(meta.updated_ms);
+    dbs.executions.put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+    Ok(())
+}
+
+fn bump_counter(txn: &mut RwTxn, dbs: &Dbs, name: &[u8]) -> Result<u64> {
+    let next = dbs.meta.get(txn, name)?.and_then(keys::read_u64).unwrap_or(0) + 1;
+    dbs.meta.put(txn, name, &next.to_be_bytes())?;
+    Ok(next)
+}
+
+/// Storage errors are not `Clone`; each waiting caller gets the same message.
+fn clone_error(err: &Error) -> Error {
+    Error::Io(std::io::Error::other(err.to_string()))
+}

@@ -1,0 +1,279 @@
+//! `perdure._core.Core`: one opened store. Every call that may block (a
+//! commit, a read, waiting for work) releases the GIL.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use perdure_core::keys::ExecState;
+use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
+use perdure_core::{Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyTuple};
+
+use crate::errors::{perdure_error, IntoPyResult};
+use crate::invocation::Invocation;
+
+/// A record as Python passes it: (kind, op_type, sub_type, op_id, name,
+/// attempt, aux, aux2, extra, payload). The timestamp is stamped on commit.
+type RecordIn = (u8, u8, u8, String, Option<String>, u32, u64, u64, Option<String>, Option<Vec<u8>>);
+
+#[pyclass(frozen, module = "perdure._core")]
+pub struct Core {
+    runtime: Arc<Runtime>,
+}
+
+fn invalid(py: Python<'_>, message: String) -> PyErr {
+    perdure_error(py, "ValidationError", message, &[])
+}
+
+fn record_from(py: Python<'_>, item: RecordIn) -> PyResult<Record> {
+    let (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload) = item;
+    let kind = RecordKind::from_u8(kind).ok_or_else(|| invalid(py, format!("unknown record kind {kind}")))?;
+    let op_type = OpType::from_u8(op_type).ok_or_else(|| invalid(py, format!("unknown op type {op_type}")))?;
+    let sub_type = SubType::from_u8(sub_type).ok_or_else(|| invalid(py, format!("unknown sub type {sub_type}")))?;
+    let mut record = Record::new(kind, op_type, sub_type, op_id);
+    record.name = name;
+    record.attempt = attempt;
+    record.aux = aux;
+    record.aux2 = aux2;
+    record.extra = extra;
+    record.payload = payload;
+    Ok(record)
+}
+
+fn records_from(py: Python<'_>, items: Vec<RecordIn>) -> PyResult<Vec<Record>> {
+    items.into_iter().map(|item| record_from(py, item)).collect()
+}
+
+/// (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload, timestamp_ms)
+pub fn record_to_py<'py>(py: Python<'py>, record: &Record) -> PyResult<Bound<'py, PyTuple>> {
+    let payload = record.payload.as_deref().map(|bytes| PyBytes::new(py, bytes));
+    (
+        record.kind as u8,
+        record.op_type as u8,
+        record.sub_type as u8,
+        record.op_id.as_str(),
+        record.name.as_deref(),
+        record.attempt,
+        record.aux,
+        record.aux2,
+        record.extra.as_deref(),
+        payload,
+        record.timestamp_ms,
+    )
+        .into_pyobject(py)
+}
+
+/// (exec_key, execution_id, function, state, pending, created_ms, updated_ms)
+fn summary_to_py<'py>(py: Python<'py>, summary: &ExecSummary) -> PyResult<Bound<'py, PyTuple>> {
+    (
+        summary.exec_key,
+        summary.meta.execution_id.as_str(),
+        summary.meta.function.as_str(),
+        summary.meta.state.name(),
+        summary.pending,
+        summary.meta.created_ms,
+        summary.meta.updated_ms,
+    )
+        .into_pyobject(py)
+}
+
+fn final_state(py: Python<'_>, name: Option<&str>) -> PyResult<Option<ExecState>> {
+    match name {
+        None => Ok(None),
+        Some("SUCCEEDED") => Ok(Some(ExecState::Succeeded)),
+        Some("FAILED") => Ok(Some(ExecState::Failed)),
+        Some("TIMED_OUT") => Ok(Some(ExecState::TimedOut)),
+        Some(other) => Err(invalid(py, format!("{other:?} is not a final state"))),
+    }
+}
+
+fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(value.max(0.0)).map_err(|_| invalid(py, format!("bad timeout {value}")))
+}
+
+#[pymethods]
+impl Core {
+    #[new]
+    #[pyo3(signature = (path, *, durability = "full", owner = true, map_size = DEFAULT_MAP_SIZE, poll_interval = 0.005))]
+    fn new(py: Python<'_>, path: PathBuf, durability: &str, owner: bool, map_size: usize, poll_interval: f64) -> PyResult<Self> {
+        let durability = Durability::parse(durability).py_err()?;
+        let options = RuntimeOptions {
+            store: StoreOptions { durability, map_size },
+            owner,
+            poll_interval: seconds(py, poll_interval)?,
+            ..RuntimeOptions::default()
+        };
+        let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
+        Ok(Core { runtime: Arc::new(runtime) })
+    }
+
+    #[getter]
+    fn path(&self) -> PathBuf {
+        self.runtime.store.path().to_path_buf()
+    }
+
+    #[getter]
+    fn owner(&self) -> bool {
+        self.runtime.is_owner()
+    }
+
+    #[getter]
+    fn map_size(&self) -> usize {
+        self.runtime.store.map_size()
+    }
+
+    #[getter]
+    fn pending_timers(&self) -> usize {
+        self.runtime.pending_timers()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.runtime.now_ms()
+    }
+
+    fn start(&self, py: Python<'_>, execution_id: String, function: String, input: Vec<u8>) -> PyResult<(u64, bool)> {
+        py.detach(|| self.runtime.start(&execution_id, &function, input)).py_err()
+    }
+
+    /// Loads an execution's journal and builds its replay index.
+    fn load(&self, py: Python<'_>, exec_key: u64) -> PyResult<Invocation> {
+        let data = py.detach(|| self.runtime.store.load_invocation(exec_key)).py_err()?;
+        Ok(py.detach(|| Invocation::new(data)))
+    }
+
+    #[pyo3(signature = (exec_key, records, wake_at = Vec::new(), callback = None))]
+    fn append(
+        &self,
+        py: Python<'_>,
+        exec_key: u64,
+        records: Vec<RecordIn>,
+        wake_at: Vec<(u64, String)>,
+        callback: Option<(String, u64, u64)>,
+    ) -> PyResult<Option<String>> {
+        let records = records_from(py, records)?;
+        let callback = callback.map(|(op_id, timeout_ms, heartbeat_timeout_ms)| NewCallback {
+            op_id,
+            timeout_ms,
+            heartbeat_timeout_ms,
+        });
+        py.detach(|| self.runtime.append(exec_key, records, wake_at, callback)).py_err()
+    }
+
+    #[pyo3(signature = (exec_key, seen_wake, final_state, records, wake_at = Vec::new()))]
+    fn end_invocation(
+        &self,
+        py: Python<'_>,
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<&str>,
+        records: Vec<RecordIn>,
+        wake_at: Vec<(u64, String)>,
+    ) -> PyResult<bool> {
+        let state = self::final_state(py, final_state)?;
+        let records = records_from(py, records)?;
+        py.detach(|| self.runtime.end_invocation(exec_key, seen_wake, state, records, wake_at)).py_err()
+    }
+
+    #[pyo3(signature = (callback_id, success, payload = None))]
+    fn complete_callback(&self, py: Python<'_>, callback_id: String, success: bool, payload: Option<Vec<u8>>) -> PyResult<()> {
+        py.detach(|| self.runtime.complete_callback(&callback_id, success, payload)).py_err()
+    }
+
+    fn heartbeat(&self, py: Python<'_>, callback_id: String) -> PyResult<()> {
+        py.detach(|| self.runtime.heartbeat(&callback_id)).py_err()
+    }
+
+    fn cancel(&self, py: Python<'_>, execution_id: String, error_payload: Vec<u8>) -> PyResult<()> {
+        py.detach(|| self.runtime.cancel(&execution_id, error_payload)).py_err()
+    }
+
+    fn next_ready(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<u64>> {
+        let timeout = seconds(py, timeout)?;
+        py.detach(|| self.runtime.next_ready(timeout)).py_err()
+    }
+
+    fn finish(&self, exec_key: u64, rerun: bool) -> PyResult<()> {
+        self.runtime.finish(exec_key, rerun).py_err()
+    }
+
+    fn park(&self, exec_key: u64) -> PyResult<()> {
+        self.runtime.park(exec_key).py_err()
+    }
+
+    fn parked(&self) -> Vec<u64> {
+        self.runtime.parked()
+    }
+
+    fn is_running(&self, exec_key: u64) -> bool {
+        self.runtime.is_running(exec_key)
+    }
+
+    fn poke_timers(&self) {
+        self.runtime.poke_timers();
+    }
+
+    fn execution<'py>(&self, py: Python<'py>, execution_id: String) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let summary = py.detach(|| self.runtime.store.execution_by_id(&execution_id)).py_err()?;
+        summary.map(|s| summary_to_py(py, &s)).transpose()
+    }
+
+    fn execution_by_key<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let summary = py.detach(|| self.runtime.store.execution(exec_key)).py_err()?;
+        summary.map(|s| summary_to_py(py, &s)).transpose()
+    }
+
+    #[pyo3(signature = (state = None, function = None, limit = 0))]
+    fn list<'py>(
+        &self,
+        py: Python<'py>,
+        state: Option<String>,
+        function: Option<String>,
+        limit: usize,
+    ) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let state = match state.as_deref() {
+            None => None,
+            Some("ACTIVE") => Some(ExecState::Active),
+            Some("SUCCEEDED") => Some(ExecState::Succeeded),
+            Some("FAILED") => Some(ExecState::Failed),
+            Some("CANCELLED") => Some(ExecState::Cancelled),
+            Some("TIMED_OUT") => Some(ExecState::TimedOut),
+            Some(other) => return Err(invalid(py, format!("unknown execution state {other:?}"))),
+        };
+        let rows = py.detach(|| self.runtime.store.list(state, function.as_deref(), limit)).py_err()?;
+        rows.iter().map(|row| summary_to_py(py, row)).collect()
+    }
+
+    fn journal<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Vec<Bound<'py, PyTuple>>> {
+        let records = py.detach(|| self.runtime.store.journal(exec_key)).py_err()?;
+        records.iter().map(|record| record_to_py(py, record)).collect()
+    }
+
+    fn last_record<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let record = py.detach(|| self.runtime.store.last_record(exec_key)).py_err()?;
+        record.map(|r| record_to_py(py, &r)).transpose()
+    }
+
+    /// Blocks (GIL released) until the execution finishes; `None` on timeout.
+    #[pyo3(signature = (exec_key, timeout = None))]
+    fn wait_finished<'py>(&self, py: Python<'py>, exec_key: u64, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+        let timeout = timeout.map(|t| seconds(py, t)).transpose()?;
+        let summary = py.detach(|| self.runtime.wait_finished(exec_key, timeout)).py_err()?;
+        summary.map(|s| summary_to_py(py, &s)).transpose()
+    }
+
+    /// (state, exec_key, op_id) of a callback, or None.
+    fn callback_info(&self, py: Python<'_>, callback_id: String) -> PyResult<Option<(String, u64, String)>> {
+        let entry = py.detach(|| self.runtime.store.callback(&callback_id)).py_err()?;
+        Ok(entry.map(|e| (e.state.name().to_string(), e.exec_key, e.op_id)))
+    }
+
+    /// Stops the engine's threads, waiting up to `timeout` seconds for running
+    /// invocations; returns whether they all ended.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn close(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        let timeout = seconds(py, timeout)?;
+        py.detach(|| self.runtime.close(timeout)).py_err()
+    }
+}
