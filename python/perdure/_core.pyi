@@ -1,5 +1,6 @@
 """Type stubs of the Rust extension ``perdure._core`` (rust/python)."""
 
+import builtins
 from os import PathLike
 
 FORMAT_VERSION: int
@@ -11,7 +12,8 @@ _RecordIn = tuple[int, int, int, str, str | None, int, int, int, str | None, byt
 _RecordOut = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None, int]
 # (exec_key, execution_id, function, state, pending, created_ms, updated_ms)
 _Summary = tuple[int, str, str, str, bool, int, int]
-# (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms, extra, payload, start_aux, started_ms)
+# (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms, extra, payload,
+#  start_aux, started_ms)
 _OpState = tuple[int, int, str | None, int, int, int, int, int, str | None, bytes | None, int, int]
 
 class Invocation:
@@ -80,7 +82,7 @@ class Core:
     def list(
         self, state: str | None = None, function: str | None = None, limit: int = 0
     ) -> list[_Summary]: ...
-    def journal(self, exec_key: int) -> list[_RecordOut]: ...
+    def journal(self, exec_key: int) -> builtins.list[_RecordOut]: ...
     def last_record(self, exec_key: int) -> _RecordOut | None: ...
     def wait_finished(self, exec_key: int, timeout: float | None = None) -> _Summary | None: ...
     def callback_info(self, callback_id: str) -> tuple[str, int, str] | None: ...

@@ -7,7 +7,7 @@ attempt, aux, aux2, extra, payload)``.
 
 from __future__ import annotations
 
-from typing import TypeAlias
+from typing import Final, TypeAlias
 
 # Record kinds.
 STARTED = 1
@@ -68,9 +68,18 @@ SUB_TYPE_CODES = {name: code for code, name in SUB_TYPE_NAMES.items() if name}
 RecordIn: TypeAlias = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None]
 
 # Indexes into the tuple `Invocation.lookup` returns.
-OP_TYPE, OP_SUB_TYPE, OP_NAME, OP_STATUS, OP_ATTEMPT = 0, 1, 2, 3, 4
-OP_AUX, OP_AUX2, OP_TIMESTAMP, OP_EXTRA, OP_PAYLOAD = 5, 6, 7, 8, 9
-OP_START_AUX, OP_STARTED_MS = 10, 11
+OP_TYPE: Final = 0
+OP_SUB_TYPE: Final = 1
+OP_NAME: Final = 2
+OP_STATUS: Final = 3
+OP_ATTEMPT: Final = 4
+OP_AUX: Final = 5
+OP_AUX2: Final = 6
+OP_TIMESTAMP: Final = 7
+OP_EXTRA: Final = 8
+OP_PAYLOAD: Final = 9
+OP_START_AUX: Final = 10
+OP_STARTED_MS: Final = 11
 
 
 def record(

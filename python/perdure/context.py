@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
 from perdure.config import (
@@ -54,7 +54,6 @@ __all__ = [
 ]
 
 T = TypeVar("T")
-P = ParamSpec("P")
 
 _DEFAULT_STEP_CONFIG = StepConfig()
 _DEFAULT_RETRY = RetryPresets.default()
@@ -113,15 +112,7 @@ class _InvocationState:
             raise _Abort() from None
 
     def check_size(self, payload: bytes, what: str) -> bytes:
-        if len(payload) > self.max_payload:
-            raise PayloadTooLargeError(
-                f"{what}: serialized payload is {len(payload)} bytes, over the limit of "
-                f"{self.max_payload} bytes (Engine(max_payload_size=...))",
-                size=len(payload),
-                limit=self.max_payload,
-                operation=what,
-            )
-        return payload
+        return check_payload_size(payload, self.max_payload, what)
 
     def suspend(self) -> _Suspend:
         return _Suspend()
@@ -134,6 +125,19 @@ class _InvocationState:
         if now < due_ms:
             self.deferred_timers.append((due_ms - now, op_id))
             raise _Suspend()
+
+
+def check_payload_size(payload: bytes, limit: int, what: str) -> bytes:
+    """Refuses a payload over ``Engine(max_payload_size=...)`` before it is written."""
+    if len(payload) > limit:
+        raise PayloadTooLargeError(
+            f"{what}: serialized payload is {len(payload)} bytes, over the limit of {limit} "
+            "bytes (Engine(max_payload_size=...))",
+            size=len(payload),
+            limit=limit,
+            operation=what,
+        )
+    return payload
 
 
 class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
@@ -197,11 +201,7 @@ class Callback(Generic[T]):
         status = op[R.OP_STATUS] if op is not None else R.STARTED
         if status == R.SUCCEEDED:
             payload = op[R.OP_PAYLOAD] if op is not None else None
-            if payload is None:
-                return None  # type: ignore[return-value]
-            context = SerDesContext(self.operation_id, state.execution_id)
-            value: T = deserialize(self._serdes, payload, context)
-            return value
+            return cast(T, self._context._decode(self._serdes, payload, self.operation_id))
         if status == R.FAILED:
             obj = _error_obj(op[R.OP_PAYLOAD] if op is not None else None)
             raise CallbackExternalError(
@@ -236,7 +236,7 @@ def _error_payload(exc: BaseException) -> bytes:
     return serialize(None, error_object(exc), SerDesContext("", ""))
 
 
-def durable_step(func: Callable[P, Callable[[StepContext], T]] | Callable[..., T]) -> Any:
+def durable_step(func: Callable[..., T]) -> Callable[..., Callable[[StepContext], T]]:
     """Decorates ``f(step_context, *args)`` so ``ctx.step(f(*args))`` works.
 
     The step is named after the function unless ``ctx.step`` gives a name.
@@ -246,8 +246,7 @@ def durable_step(func: Callable[P, Callable[[StepContext], T]] | Callable[..., T
 
     def bind(*args: Any, **kwargs: Any) -> Callable[[StepContext], T]:
         def body(step_context: StepContext) -> T:
-            result: T = func(step_context, *args, **kwargs)
-            return result
+            return func(step_context, *args, **kwargs)
 
         body._perdure_name = name  # type: ignore[attr-defined]
         return body
@@ -312,6 +311,11 @@ class DurableContext:
     def _serdes_context(self, op_id: str) -> SerDesContext:
         return SerDesContext(op_id, self._state.execution_id)
 
+    def _decode(self, serdes: SerDes[Any] | None, payload: bytes | None, op_id: str) -> Any:
+        if payload is None:
+            return None
+        return deserialize(serdes, payload, self._serdes_context(op_id))
+
     def _encode(self, serdes: SerDes[Any] | None, value: Any, op_id: str, what: str) -> bytes:
         payload = serialize(serdes, value, self._serdes_context(op_id))
         return self._state.check_size(payload, what)
@@ -346,14 +350,7 @@ class DurableContext:
         if op is not None:
             status = op[R.OP_STATUS]
             if status == R.SUCCEEDED:
-                payload = op[R.OP_PAYLOAD]
-                return (
-                    None
-                    if payload is None
-                    else deserialize(  # type: ignore[no-any-return]
-                        config.serdes, payload, self._serdes_context(op_id)
-                    )
-                )
+                return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
             if status == R.FAILED:
                 raise _step_error(_error_obj(op[R.OP_PAYLOAD]))
             if status == R.RETRY:
@@ -373,13 +370,13 @@ class DurableContext:
                 operation_id=op_id,
                 attempt=attempt,
             )
-            return self._step_failed(op_id, name, config, sub_type, attempt, started_ms, error)
+            self._step_failed(op_id, name, config, sub_type, attempt, started_ms, error)
         if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
             state.commit([R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=attempt)])
         try:
             result = func(StepContext(attempt, op_id, logger))
-        except Exception as exc:  # noqa: BLE001 - every user error goes to the retry strategy
-            return self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
+        except Exception as exc:
+            self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
         payload = self._encode(config.serdes, result, op_id, f"step {name or op_id}")
         value: T = deserialize(config.serdes, payload, self._serdes_context(op_id))
         state.commit(
@@ -407,7 +404,7 @@ class DurableContext:
         attempt: int,
         started_ms: int,
         error: BaseException,
-    ) -> Any:
+    ) -> NoReturn:
         state = self._state
         strategy = config.retry_strategy or _DEFAULT_RETRY
         decision = strategy(error, attempt)
@@ -523,7 +520,8 @@ class DurableContext:
             config = WaitForCallbackConfig()
         elif not isinstance(config, WaitForCallbackConfig):
             raise ValidationError(
-                f"wait_for_callback config must be a WaitForCallbackConfig, got {type(config).__name__}"
+                "wait_for_callback config must be a WaitForCallbackConfig, "
+                f"got {type(config).__name__}"
             )
         prefix = f"{name} " if name else ""
         callback_config = CallbackConfig(
@@ -597,14 +595,7 @@ class DurableContext:
         if op is not None:
             status = op[R.OP_STATUS]
             if status == R.SUCCEEDED:
-                payload = op[R.OP_PAYLOAD]
-                return (
-                    None
-                    if payload is None
-                    else deserialize(  # type: ignore[no-any-return]
-                        config.serdes, payload, self._serdes_context(op_id)
-                    )
-                )
+                return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
             if status == R.FAILED:
                 obj = _error_obj(op[R.OP_PAYLOAD])
                 raise _child_error(obj) from rebuild_error(obj)
@@ -613,7 +604,7 @@ class DurableContext:
         child = DurableContext(state, op_id, replaying=self._replaying and op is not None)
         try:
             result = func(child)
-        except Exception as exc:  # noqa: BLE001 - the child's failure is recorded, then raised
+        except Exception as exc:
             obj = error_object(exc)
             state.commit(
                 [R.record(R.FAILED, R.CONTEXT, sub_type, op_id, name, payload=_error_payload(exc))]

@@ -54,7 +54,9 @@ def place_order(ctx: DurableContext, event: dict[str, Any]) -> dict[str, Any]:
     return {"status": "shipped", "tracking": shipped["tracking"]}
 
 
-def _wait_for(handle: perdure.ExecutionHandle, event_type: str, name: str, timeout: float = 30.0) -> None:
+def _wait_for(
+    handle: perdure.ExecutionHandle, event_type: str, name: str, timeout: float = 30.0
+) -> None:
     """Waits until the history shows ``event_type`` for the operation ``name``
     and the execution has suspended after it."""
     deadline = time.monotonic() + timeout

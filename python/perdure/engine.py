@@ -4,6 +4,7 @@ invocations, and the calls to start, inspect, cancel and answer executions.
 
 from __future__ import annotations
 
+import builtins
 import logging
 import os
 import threading
@@ -16,15 +17,20 @@ from typing import Any
 
 from perdure import _records as R
 from perdure._core import Core
-from perdure.context import DurableContext, _Abort, _InvocationState, _Suspend
+from perdure.context import (
+    DurableContext,
+    _Abort,
+    _InvocationState,
+    _Suspend,
+    check_payload_size,
+)
 from perdure.errors import (
     EngineClosedError,
     ExecutionCancelledError,
     ExecutionFailedError,
+    ExecutionFinishedError,
     ExecutionNotFoundError,
     ExecutionTimedOutError,
-    PayloadTooLargeError,
-    PerdureError,
     ValidationError,
     error_object,
 )
@@ -163,13 +169,7 @@ class Engine:
                 f"execution_id must be 1 to 256 bytes of text, got {execution_id!r}"
             )
         payload = serialize(None, input, SerDesContext("input", execution_id))
-        if len(payload) > self.max_payload_size:
-            raise PayloadTooLargeError(
-                f"execution input is {len(payload)} bytes, over the limit of {self.max_payload_size}",
-                size=len(payload),
-                limit=self.max_payload_size,
-                operation="input",
-            )
+        check_payload_size(payload, self.max_payload_size, "execution input")
         exec_key, _created = self._core.start(execution_id, name, payload)
         return ExecutionHandle(self, exec_key, execution_id, name)
 
@@ -194,7 +194,7 @@ class Engine:
 
     def list(
         self, *, status: str | None = None, name: str | None = None, limit: int | None = None
-    ) -> list[ExecutionInfo]:
+    ) -> builtins.list[ExecutionInfo]:
         """Executions in start order, optionally filtered by status and function name."""
         if status is not None and status not in _STATUSES:
             raise ValidationError(f"status must be one of {', '.join(_STATUSES)}; got {status!r}")
@@ -208,7 +208,7 @@ class Engine:
             infos = [info for info in infos if info.status == status]
         return infos[:limit] if limit else infos
 
-    def history(self, execution_id: str) -> list[dict[str, Any]]:
+    def history(self, execution_id: str) -> builtins.list[dict[str, Any]]:
         """The execution's events in the AWS Durable Execution history shape."""
         handle = self.get(execution_id)
         return build_history(handle.execution_id, self._core.journal(handle._exec_key))
@@ -218,7 +218,7 @@ class Engine:
         payload = serialize(None, {"ErrorMessage": reason}, _NO_CONTEXT)
         self._core.cancel(execution_id, payload)
 
-    def unregistered(self) -> list[str]:
+    def unregistered(self) -> builtins.list[str]:
         """Ids of executions this engine left alone because their function is
         not registered in this process."""
         ids = []
@@ -236,13 +236,7 @@ class Engine:
         """Completes a callback; its execution resumes with ``result``."""
         _check_callback_id(callback_id)
         payload = serialize(serdes, result, SerDesContext("callback", callback_id))
-        if len(payload) > self.max_payload_size:
-            raise PayloadTooLargeError(
-                f"callback result is {len(payload)} bytes, over the limit of {self.max_payload_size}",
-                size=len(payload),
-                limit=self.max_payload_size,
-                operation="callback",
-            )
+        check_payload_size(payload, self.max_payload_size, "callback result")
         self._core.complete_callback(callback_id, True, payload)
 
     def send_callback_failure(
@@ -295,7 +289,7 @@ class Engine:
                 continue
             try:
                 self._invoke(exec_key)
-            except BaseException:  # noqa: BLE001 - a worker must survive anything
+            except BaseException:
                 log.exception("perdure: invocation of execution key %s failed", exec_key)
                 core.finish(exec_key, False)
 
@@ -325,13 +319,7 @@ class Engine:
             )
             result = function(DurableContext(state), input)
             payload = serialize(None, result, SerDesContext("result", invocation.execution_id))
-            if len(payload) > self.max_payload_size:
-                raise PayloadTooLargeError(
-                    f"execution result is {len(payload)} bytes, over the limit of {self.max_payload_size}",
-                    size=len(payload),
-                    limit=self.max_payload_size,
-                    operation="result",
-                )
+            check_payload_size(payload, self.max_payload_size, "execution result")
             outcome = R.record(R.SUCCEEDED, R.EXECUTION, R.SUB_NONE, "", payload=payload)
             final = "SUCCEEDED"
         except _Suspend:
@@ -339,7 +327,7 @@ class Engine:
         except _Abort:
             core.finish(exec_key, False)
             return
-        except Exception as exc:  # noqa: BLE001 - the workflow failed: record why
+        except Exception as exc:
             obj = error_object(exc)
             outcome = R.record(
                 R.FAILED, R.EXECUTION, R.SUB_NONE, "", payload=serialize(None, obj, _NO_CONTEXT)
@@ -356,9 +344,7 @@ class Engine:
             rerun = core.end_invocation(
                 exec_key, invocation.wake, final, records, state.deferred_timers
             )
-        except PerdureError as exc:
-            if type(exc).__name__ != "ExecutionFinishedError":
-                raise
+        except ExecutionFinishedError:
             rerun = False  # cancelled while it ran
         core.finish(exec_key, rerun)
 

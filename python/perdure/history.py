@@ -202,4 +202,6 @@ def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dic
         else:
             details = {}
         emit(event_type, ts, details, op_id, sub_type, name)
+    for event in events:
+        del event["_ms"]
     return events

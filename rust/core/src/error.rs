@@ -21,11 +21,7 @@ pub enum Error {
 
     /// The store was written by a format this build does not understand.
     #[error("store {path:?} has format version {found}; this perdure reads version {supported}")]
-    FormatVersion {
-        path: PathBuf,
-        found: u32,
-        supported: u32,
-    },
+    FormatVersion { path: PathBuf, found: u32, supported: u32 },
 
     /// The store directory cannot be created, opened or written.
     #[error("cannot use store directory {path:?}: {source}")]
@@ -44,10 +40,7 @@ pub enum Error {
 
     /// The execution finished (or was cancelled) and takes no more records.
     #[error("execution {execution_id:?} is {status} and cannot be changed")]
-    ExecutionFinished {
-        execution_id: String,
-        status: &'static str,
-    },
+    ExecutionFinished { execution_id: String, status: &'static str },
 
     /// An execution id was reused for a different function.
     #[error("execution id {execution_id:?} already belongs to function {existing:?}, not {requested:?}")]
@@ -61,10 +54,7 @@ pub enum Error {
     UnknownCallback(String),
 
     #[error("callback {callback_id:?} is already {state}")]
-    CallbackAlreadyCompleted {
-        callback_id: String,
-        state: &'static str,
-    },
+    CallbackAlreadyCompleted { callback_id: String, state: &'static str },
 
     #[error("invalid input: {0}")]
     InvalidInput(String),

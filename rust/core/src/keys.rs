@@ -240,8 +240,12 @@ impl CallbackEntry {
     /// The earliest moment at which this callback times out, if any.
     pub fn next_deadline(&self) -> Option<(u64, TimerKind)> {
         let overall = (self.deadline_ms != 0).then_some((self.deadline_ms, TimerKind::CallbackTimeout));
-        let heartbeat = (self.heartbeat_timeout_ms != 0)
-            .then(|| (self.last_heartbeat_ms + self.heartbeat_timeout_ms, TimerKind::CallbackHeartbeat));
+        let heartbeat = (self.heartbeat_timeout_ms != 0).then(|| {
+            (
+                self.last_heartbeat_ms + self.heartbeat_timeout_ms,
+                TimerKind::CallbackHeartbeat,
+            )
+        });
         match (overall, heartbeat) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -255,8 +259,18 @@ mod tests {
 
     #[test]
     fn timers_sort_by_deadline_in_bytes() {
-        let early = Timer { due_ms: 5, exec_key: 9, kind: TimerKind::Wake, subject: "2".into() };
-        let late = Timer { due_ms: 300, exec_key: 1, kind: TimerKind::Wake, subject: "1".into() };
+        let early = Timer {
+            due_ms: 5,
+            exec_key: 9,
+            kind: TimerKind::Wake,
+            subject: "2".into(),
+        };
+        let late = Timer {
+            due_ms: 300,
+            exec_key: 1,
+            kind: TimerKind::Wake,
+            subject: "1".into(),
+        };
         assert!(early.encode() < late.encode());
         assert_eq!(Timer::decode(&early.encode()).unwrap(), early);
     }

@@ -24,14 +24,24 @@ impl OwnerLock {
             .truncate(false)
             .mode(0o600)
             .open(&path)
-            .map_err(|source| Error::StoreAccess { path: path.clone(), source })?;
+            .map_err(|source| Error::StoreAccess {
+                path: path.clone(),
+                source,
+            })?;
         // SAFETY: flock on a file descriptor we own.
         if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
             let mut holder = String::new();
             let _ = file.read_to_string(&mut holder);
             let holder = holder.trim();
-            let holder = if holder.is_empty() { "unknown process".to_string() } else { holder.to_string() };
-            return Err(Error::StoreBusy { path: dir.to_path_buf(), holder });
+            let holder = if holder.is_empty() {
+                "unknown process".to_string()
+            } else {
+                holder.to_string()
+            };
+            return Err(Error::StoreBusy {
+                path: dir.to_path_buf(),
+                holder,
+            });
         }
         file.set_len(0)?;
         file.rewind()?;

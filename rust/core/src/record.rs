@@ -190,7 +190,9 @@ impl Record {
         let stored = u32::from_le_bytes([bytes[1], bytes[2], bytes[3], bytes[4]]);
         let actual = crc32fast::hash(&bytes[5..]);
         if stored != actual {
-            return Err(format!("checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"));
+            return Err(format!(
+                "checksum mismatch (stored {stored:#010x}, computed {actual:#010x})"
+            ));
         }
         let kind = RecordKind::from_u8(bytes[5]).ok_or_else(|| format!("unknown record kind {}", bytes[5]))?;
         let op_type = OpType::from_u8(bytes[6]).ok_or_else(|| format!("unknown op type {}", bytes[6]))?;
@@ -199,7 +201,11 @@ impl Record {
         let mut reader = Reader { bytes, pos: HEADER_LEN };
         let timestamp_ms = reader.varint()?;
         let op_id = reader.string()?;
-        let name = if flags & FLAG_NAME != 0 { Some(reader.string()?) } else { None };
+        let name = if flags & FLAG_NAME != 0 {
+            Some(reader.string()?)
+        } else {
+            None
+        };
         let attempt = if flags & FLAG_ATTEMPT != 0 {
             u32::try_from(reader.varint()?).map_err(|_| "attempt out of range".to_string())?
         } else {
@@ -207,7 +213,11 @@ impl Record {
         };
         let aux = if flags & FLAG_AUX != 0 { reader.varint()? } else { 0 };
         let aux2 = if flags & FLAG_AUX2 != 0 { reader.varint()? } else { 0 };
-        let extra = if flags & FLAG_EXTRA != 0 { Some(reader.string()?) } else { None };
+        let extra = if flags & FLAG_EXTRA != 0 {
+            Some(reader.string()?)
+        } else {
+            None
+        };
         let rest = &bytes[reader.pos..];
         let payload = if flags & FLAG_PAYLOAD == 0 {
             if !rest.is_empty() {
@@ -276,7 +286,11 @@ impl<'a> Reader<'a> {
 
     pub fn slice(&mut self) -> Result<&'a [u8], String> {
         let len = usize::try_from(self.varint()?).map_err(|_| "length out of range")?;
-        let end = self.pos.checked_add(len).filter(|end| *end <= self.bytes.len()).ok_or("truncated field")?;
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|end| *end <= self.bytes.len())
+            .ok_or("truncated field")?;
         let slice = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(slice)

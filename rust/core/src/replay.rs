@@ -49,7 +49,11 @@ impl ReplayIndex {
                 _ => fold(&mut ops, record),
             }
         }
-        ReplayIndex { ops, input, invocations }
+        ReplayIndex {
+            ops,
+            input,
+            invocations,
+        }
     }
 
     pub fn get(&self, op_id: &str) -> Option<&OpState> {
@@ -96,11 +100,13 @@ fn fold(ops: &mut HashMap<String, OpState>, record: Record) {
                     extra: record.extra,
                     payload: record.payload,
                     start_aux: record.aux,
-                    started_ms: record.timestamp_ms.saturating_sub(if record.kind == RecordKind::Started {
-                        0
-                    } else {
-                        record.aux
-                    }),
+                    started_ms: record
+                        .timestamp_ms
+                        .saturating_sub(if record.kind == RecordKind::Started {
+                            0
+                        } else {
+                            record.aux
+                        }),
                 },
             );
         }
@@ -125,7 +131,10 @@ mod tests {
         done.attempt = 2;
         let index = ReplayIndex::build(vec![retry, done, record(RecordKind::Succeeded, "2", b"7")]);
         let first = index.get("1").unwrap();
-        assert_eq!((first.status, first.attempt, first.payload.as_deref()), (RecordKind::Succeeded, 2, Some(&b"42"[..])));
+        assert_eq!(
+            (first.status, first.attempt, first.payload.as_deref()),
+            (RecordKind::Succeeded, 2, Some(&b"42"[..]))
+        );
         assert_eq!(index.get("2").unwrap().payload.as_deref(), Some(&b"7"[..]));
         assert!(index.get("3").is_none());
     }

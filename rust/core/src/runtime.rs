@@ -67,7 +67,11 @@ pub struct Runtime {
 impl Runtime {
     pub fn open(path: &Path, options: RuntimeOptions) -> Result<Runtime> {
         let store = Store::open(path, &options.store)?;
-        let lock = if options.owner { Some(OwnerLock::acquire(store.path())?) } else { None };
+        let lock = if options.owner {
+            Some(OwnerLock::acquire(store.path())?)
+        } else {
+            None
+        };
         let writer = Arc::new(Writer::spawn(store.clone())?);
         let mut runtime = Runtime {
             store,
@@ -100,7 +104,11 @@ impl Runtime {
         let timer_thread = std::thread::Builder::new()
             .name("perdure-timers".into())
             .spawn(move || timer_context.run())?;
-        let poller = Poller { store: self.store.clone(), scheduler: scheduler.clone(), stop: stop.clone() };
+        let poller = Poller {
+            store: self.store.clone(),
+            scheduler: scheduler.clone(),
+            stop: stop.clone(),
+        };
         let seen = self.store.wake_seq()?;
         for (exec_key, _) in self.store.pending()? {
             scheduler.schedule(exec_key);
@@ -108,7 +116,13 @@ impl Runtime {
         let poller_thread = std::thread::Builder::new()
             .name("perdure-poller".into())
             .spawn(move || poller.run(seen, poll_interval))?;
-        Ok(Owner { lock: Mutex::new(Some(lock)), scheduler, timers, stop, threads: Mutex::new(vec![timer_thread, poller_thread]) })
+        Ok(Owner {
+            lock: Mutex::new(Some(lock)),
+            scheduler,
+            timers,
+            stop,
+            threads: Mutex::new(vec![timer_thread, poller_thread]),
+        })
     }
 
     pub fn is_owner(&self) -> bool {
@@ -120,7 +134,9 @@ impl Runtime {
     }
 
     fn owner(&self) -> Result<&Owner> {
-        self.owner.as_ref().ok_or_else(|| Error::InvalidInput("this store handle does not run executions".into()))
+        self.owner
+            .as_ref()
+            .ok_or_else(|| Error::InvalidInput("this store handle does not run executions".into()))
     }
 
     /// Commits a batch and acts on what it did: arms timers, queues woken
@@ -133,10 +149,18 @@ impl Runtime {
                 Mutation::AddTimer(timer) => new_timers.push(timer.clone()),
                 Mutation::CreateCallback { callback_id, entry } => {
                     if let Some((due_ms, kind)) = entry.next_deadline() {
-                        new_timers.push(Timer { due_ms, exec_key: entry.exec_key, kind, subject: callback_id.clone() });
+                        new_timers.push(Timer {
+                            due_ms,
+                            exec_key: entry.exec_key,
+                            kind,
+                            subject: callback_id.clone(),
+                        });
                     }
                 }
-                Mutation::EndInvocation { final_state: Some(_), .. } | Mutation::Cancel { .. } => finishes = true,
+                Mutation::EndInvocation {
+                    final_state: Some(_), ..
+                }
+                | Mutation::Cancel { .. } => finishes = true,
                 _ => {}
             }
         }
@@ -147,9 +171,11 @@ impl Runtime {
             }
             for outcome in &outcomes {
                 match outcome {
-                    Outcome::Woke(Some(exec_key)) | Outcome::Created { exec_key, created: true } => {
-                        owner.scheduler.schedule(*exec_key)
-                    }
+                    Outcome::Woke(Some(exec_key))
+                    | Outcome::Created {
+                        exec_key,
+                        created: true,
+                    } => owner.scheduler.schedule(*exec_key),
                     _ => {}
                 }
             }
@@ -201,14 +227,24 @@ impl Runtime {
             let entry = CallbackEntry {
                 state: CallbackState::Pending,
                 exec_key,
-                deadline_ms: if callback.timeout_ms == 0 { 0 } else { now + callback.timeout_ms },
+                deadline_ms: if callback.timeout_ms == 0 {
+                    0
+                } else {
+                    now + callback.timeout_ms
+                },
                 heartbeat_timeout_ms: callback.heartbeat_timeout_ms,
                 last_heartbeat_ms: now,
                 op_id: callback.op_id,
             };
-            batch.push(Mutation::CreateCallback { callback_id: id.clone(), entry });
+            batch.push(Mutation::CreateCallback {
+                callback_id: id.clone(),
+                entry,
+            });
             // The CallbackStarted record carries the id so replay finds it.
-            for record in records.iter_mut().filter(|r| r.op_type == OpType::Callback && r.kind == RecordKind::Started) {
+            for record in records
+                .iter_mut()
+                .filter(|r| r.op_type == OpType::Callback && r.kind == RecordKind::Started)
+            {
                 record.extra = Some(id.clone());
             }
             callback_id = Some(id);
@@ -218,7 +254,12 @@ impl Runtime {
             batch.push(Mutation::Append { exec_key, record });
         }
         for (delay_ms, op_id) in wake_at {
-            batch.push(Mutation::AddTimer(Timer { due_ms: now + delay_ms, exec_key, kind: TimerKind::Wake, subject: op_id }));
+            batch.push(Mutation::AddTimer(Timer {
+                due_ms: now + delay_ms,
+                exec_key,
+                kind: TimerKind::Wake,
+                subject: op_id,
+            }));
         }
         self.submit(batch)?;
         Ok(callback_id)
@@ -236,38 +277,68 @@ impl Runtime {
         let now = self.now_ms();
         let mut batch = Vec::with_capacity(wake_at.len() + 1);
         for (delay_ms, op_id) in wake_at {
-            batch.push(Mutation::AddTimer(Timer { due_ms: now + delay_ms, exec_key, kind: TimerKind::Wake, subject: op_id }));
+            batch.push(Mutation::AddTimer(Timer {
+                due_ms: now + delay_ms,
+                exec_key,
+                kind: TimerKind::Wake,
+                subject: op_id,
+            }));
         }
         for record in &mut records {
             record.timestamp_ms = now;
         }
-        batch.push(Mutation::EndInvocation { exec_key, seen_wake, final_state, records });
+        batch.push(Mutation::EndInvocation {
+            exec_key,
+            seen_wake,
+            final_state,
+            records,
+        });
         let outcomes = self.submit(batch)?;
         Ok(matches!(outcomes.last(), Some(Outcome::Ended { rerun: true })))
     }
 
     /// Completes a callback from anywhere; wakes its execution.
     pub fn complete_callback(&self, callback_id: &str, success: bool, payload: Option<Vec<u8>>) -> Result<()> {
-        let entry = self.store.callback(callback_id)?.ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
-        let kind = if success { RecordKind::Succeeded } else { RecordKind::Failed };
+        let entry = self
+            .store
+            .callback(callback_id)?
+            .ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
+        let kind = if success {
+            RecordKind::Succeeded
+        } else {
+            RecordKind::Failed
+        };
         let mut record = Record::new(kind, OpType::Callback, SubType::Callback, entry.op_id);
         record.timestamp_ms = self.now_ms();
         record.payload = payload;
-        let state = if success { CallbackState::Succeeded } else { CallbackState::Failed };
-        self.submit(vec![Mutation::CompleteCallback { callback_id: callback_id.to_string(), state, record }])?;
+        let state = if success {
+            CallbackState::Succeeded
+        } else {
+            CallbackState::Failed
+        };
+        self.submit(vec![Mutation::CompleteCallback {
+            callback_id: callback_id.to_string(),
+            state,
+            record,
+        }])?;
         Ok(())
     }
 
     pub fn heartbeat(&self, callback_id: &str) -> Result<()> {
         let now_ms = self.now_ms();
-        self.submit(vec![Mutation::Heartbeat { callback_id: callback_id.to_string(), now_ms }])?;
+        self.submit(vec![Mutation::Heartbeat {
+            callback_id: callback_id.to_string(),
+            now_ms,
+        }])?;
         Ok(())
     }
 
     /// Cancels an active execution; its pending callbacks and timers lapse.
     pub fn cancel(&self, execution_id: &str, error_payload: Vec<u8>) -> Result<()> {
-        let exec_key =
-            self.store.exec_key_of(execution_id)?.ok_or_else(|| Error::ExecutionNotFound(execution_id.into()))?;
+        let exec_key = self
+            .store
+            .exec_key_of(execution_id)?
+            .ok_or_else(|| Error::ExecutionNotFound(execution_id.into()))?;
         let mut record = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
         record.timestamp_ms = self.now_ms();
         record.payload = Some(error_payload);
@@ -291,11 +362,16 @@ impl Runtime {
     }
 
     pub fn parked(&self) -> Vec<u64> {
-        self.owner.as_ref().map(|owner| owner.scheduler.parked()).unwrap_or_default()
+        self.owner
+            .as_ref()
+            .map(|owner| owner.scheduler.parked())
+            .unwrap_or_default()
     }
 
     pub fn is_running(&self, exec_key: u64) -> bool {
-        self.owner.as_ref().is_some_and(|owner| owner.scheduler.is_running(exec_key))
+        self.owner
+            .as_ref()
+            .is_some_and(|owner| owner.scheduler.is_running(exec_key))
     }
 
     pub fn pending_timers(&self) -> usize {
@@ -315,7 +391,10 @@ impl Runtime {
         let (count, signal) = &self.finished;
         loop {
             let seen = *count.lock().unwrap_or_else(|poison| poison.into_inner());
-            let summary = self.store.execution(exec_key)?.ok_or_else(|| Error::corrupt_store("execution vanished"))?;
+            let summary = self
+                .store
+                .execution(exec_key)?
+                .ok_or_else(|| Error::corrupt_store("execution vanished"))?;
             if summary.meta.state != ExecState::Active {
                 return Ok(Some(summary));
             }
@@ -329,7 +408,11 @@ impl Runtime {
             }
             let guard = count.lock().unwrap_or_else(|poison| poison.into_inner());
             if *guard == seen {
-                drop(signal.wait_timeout(guard, slice).unwrap_or_else(|poison| poison.into_inner()));
+                drop(
+                    signal
+                        .wait_timeout(guard, slice)
+                        .unwrap_or_else(|poison| poison.into_inner()),
+                );
             }
         }
     }

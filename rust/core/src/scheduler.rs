@@ -52,7 +52,11 @@ impl Scheduler {
                 return Some(exec_key);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            state = self.ready.wait_timeout(state, left).unwrap_or_else(|poison| poison.into_inner()).0;
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
         }
     }
 
@@ -95,8 +99,14 @@ impl Scheduler {
         state.queued.clear();
         self.ready.notify_all();
         while !state.running.is_empty() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
-            state = self.ready.wait_timeout(state, left).unwrap_or_else(|poison| poison.into_inner()).0;
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                return false;
+            };
+            state = self
+                .ready
+                .wait_timeout(state, left)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
         }
         true
     }

@@ -56,7 +56,10 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions { durability: Durability::Full, map_size: DEFAULT_MAP_SIZE }
+        StoreOptions {
+            durability: Durability::Full,
+            map_size: DEFAULT_MAP_SIZE,
+        }
     }
 }
 
@@ -104,11 +107,18 @@ static OPEN_STORES: Mutex<Option<HashMap<PathBuf, Weak<Store>>>> = Mutex::new(No
 
 impl Store {
     pub fn open(path: &Path, options: &StoreOptions) -> Result<Arc<Store>> {
-        let access = |source: std::io::Error| Error::StoreAccess { path: path.to_path_buf(), source };
+        let access = |source: std::io::Error| Error::StoreAccess {
+            path: path.to_path_buf(),
+            source,
+        };
         if path.exists() && !path.is_dir() {
             return Err(access(std::io::Error::other("exists and is not a directory")));
         }
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(access)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(path)
+            .map_err(access)?;
         let canonical = path.canonicalize().map_err(access)?;
         let mut registry = OPEN_STORES.lock().unwrap_or_else(|poison| poison.into_inner());
         let registry = registry.get_or_insert_with(HashMap::new);
@@ -122,9 +132,14 @@ impl Store {
     }
 
     fn open_env(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let access = |source: std::io::Error| Error::StoreAccess { path: path.to_path_buf(), source };
+        let access = |source: std::io::Error| Error::StoreAccess {
+            path: path.to_path_buf(),
+            source,
+        };
         let page = page_size();
-        let existing = fs::metadata(path.join("data.mdb")).map(|m| m.len() as usize).unwrap_or(0);
+        let existing = fs::metadata(path.join("data.mdb"))
+            .map(|m| m.len() as usize)
+            .unwrap_or(0);
         let map_size = round_up(options.map_size.max(existing.saturating_mul(2)).max(page), page);
         let flags = match options.durability {
             Durability::Full => EnvFlags::empty(),
@@ -163,7 +178,11 @@ impl Store {
                     .map(u32::from_be_bytes)
                     .map_err(|_| Error::corrupt_store("format_version is not 4 bytes"))?;
                 if found != FORMAT_VERSION {
-                    return Err(Error::FormatVersion { path: path.to_path_buf(), found, supported: FORMAT_VERSION });
+                    return Err(Error::FormatVersion {
+                        path: path.to_path_buf(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
             }
         }
@@ -261,9 +280,18 @@ impl Store {
         self.read(|txn, dbs| {
             let meta = meta_in(txn, dbs, exec_key)?
                 .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
-            let wake = dbs.pending.get(txn, &keys::exec_key_bytes(exec_key))?.and_then(keys::read_u64).unwrap_or(0);
+            let wake = dbs
+                .pending
+                .get(txn, &keys::exec_key_bytes(exec_key))?
+                .and_then(keys::read_u64)
+                .unwrap_or(0);
             let records = journal_in(txn, dbs, exec_key, &meta.execution_id)?;
-            Ok(InvocationData { exec_key, meta, records, wake })
+            Ok(InvocationData {
+                exec_key,
+                meta,
+                records,
+                wake,
+            })
         })
     }
 
@@ -283,9 +311,11 @@ impl Store {
                 Some((key, value)) if keys::split_journal_key(key).map(|(e, _)| e) == Some(exec_key) => {
                     let (_, seq) = keys::split_journal_key(key).unwrap_or_default();
                     let execution_id = meta_in(txn, dbs, exec_key)?.map(|m| m.execution_id).unwrap_or_default();
-                    Record::decode(value)
-                        .map(Some)
-                        .map_err(|reason| Error::CorruptRecord { execution_id, sequence: seq, reason })
+                    Record::decode(value).map(Some).map_err(|reason| Error::CorruptRecord {
+                        execution_id,
+                        sequence: seq,
+                        reason,
+                    })
                 }
                 _ => Ok(None),
             }
@@ -304,7 +334,11 @@ impl Store {
                     continue;
                 }
                 let pending = dbs.pending.get(txn, key)?.is_some();
-                rows.push(ExecSummary { exec_key, meta, pending });
+                rows.push(ExecSummary {
+                    exec_key,
+                    meta,
+                    pending,
+                });
                 if limit != 0 && rows.len() == limit {
                     break;
                 }
@@ -349,7 +383,9 @@ impl Store {
 
 pub(crate) fn exec_key_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, execution_id: &str) -> Result<Option<u64>> {
     match dbs.exec_ids.get(txn, execution_id.as_bytes())? {
-        Some(bytes) => Ok(Some(keys::read_u64(bytes).ok_or_else(|| Error::corrupt_store("bad exec id entry"))?)),
+        Some(bytes) => Ok(Some(
+            keys::read_u64(bytes).ok_or_else(|| Error::corrupt_store("bad exec id entry"))?,
+        )),
         None => Ok(None),
     }
 }
@@ -362,9 +398,15 @@ pub(crate) fn meta_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Resu
 }
 
 fn summary_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Option<ExecSummary>> {
-    let Some(meta) = meta_in(txn, dbs, exec_key)? else { return Ok(None) };
+    let Some(meta) = meta_in(txn, dbs, exec_key)? else {
+        return Ok(None);
+    };
     let pending = dbs.pending.get(txn, &keys::exec_key_bytes(exec_key))?.is_some();
-    Ok(Some(ExecSummary { exec_key, meta, pending }))
+    Ok(Some(ExecSummary {
+        exec_key,
+        meta,
+        pending,
+    }))
 }
 
 pub(crate) fn callback_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, callback_id: &str) -> Result<Option<CallbackEntry>> {
@@ -395,7 +437,10 @@ fn map_open_error(path: &Path, err: heed::Error) -> Error {
             path: path.to_path_buf(),
             source: std::io::Error::from_raw_os_error(code),
         },
-        heed::Error::Io(io) => Error::StoreAccess { path: path.to_path_buf(), source: io },
+        heed::Error::Io(io) => Error::StoreAccess {
+            path: path.to_path_buf(),
+            source: io,
+        },
         other => Error::Lmdb(other),
     }
 }

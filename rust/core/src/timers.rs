@@ -70,7 +70,11 @@ impl Timers {
                 Some(first) => Duration::from_millis(first.due_ms - now).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
-            state = self.changed.wait_timeout(state, sleep).unwrap_or_else(|poison| poison.into_inner()).0;
+            state = self
+                .changed
+                .wait_timeout(state, sleep)
+                .unwrap_or_else(|poison| poison.into_inner())
+                .0;
         }
         let now = clock.now_ms();
         let mut due = Vec::new();
@@ -83,7 +87,13 @@ impl Timers {
     pub(crate) fn run(&self, clock: &dyn Clock, writer: &Writer, scheduler: &Scheduler) {
         while let Some(due) = self.next_due(clock) {
             let now_ms = clock.now_ms();
-            let batch = due.iter().map(|timer| Mutation::FireTimer { timer: timer.clone(), now_ms }).collect();
+            let batch = due
+                .iter()
+                .map(|timer| Mutation::FireTimer {
+                    timer: timer.clone(),
+                    now_ms,
+                })
+                .collect();
             match writer.submit(batch) {
                 Ok(outcomes) => {
                     for outcome in outcomes {

@@ -23,27 +23,60 @@ const MAX_GROUP: usize = 4096;
 #[derive(Debug)]
 pub enum Mutation {
     /// Creates the execution unless its id exists (then reports the existing one).
-    CreateExecution { execution_id: String, function: String, started: Record },
-    Append { exec_key: u64, record: Record },
+    CreateExecution {
+        execution_id: String,
+        function: String,
+        started: Record,
+    },
+    Append {
+        exec_key: u64,
+        record: Record,
+    },
     AddTimer(Timer),
-    CreateCallback { callback_id: String, entry: CallbackEntry },
+    CreateCallback {
+        callback_id: String,
+        entry: CallbackEntry,
+    },
     /// Completes a pending callback (success or failure) and wakes its execution.
-    CompleteCallback { callback_id: String, state: CallbackState, record: Record },
-    Heartbeat { callback_id: String, now_ms: u64 },
-    FireTimer { timer: Timer, now_ms: u64 },
+    CompleteCallback {
+        callback_id: String,
+        state: CallbackState,
+        record: Record,
+    },
+    Heartbeat {
+        callback_id: String,
+        now_ms: u64,
+    },
+    FireTimer {
+        timer: Timer,
+        now_ms: u64,
+    },
     /// Ends an invocation: `final_state` finishes the execution, `None` suspends it.
-    EndInvocation { exec_key: u64, seen_wake: u64, final_state: Option<ExecState>, records: Vec<Record> },
-    Cancel { exec_key: u64, record: Record },
+    EndInvocation {
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<ExecState>,
+        records: Vec<Record>,
+    },
+    Cancel {
+        exec_key: u64,
+        record: Record,
+    },
 }
 
 #[derive(Debug, PartialEq, Eq)]
 pub enum Outcome {
     Done,
-    Created { exec_key: u64, created: bool },
+    Created {
+        exec_key: u64,
+        created: bool,
+    },
     /// The execution that became runnable, if any.
     Woke(Option<u64>),
     /// Whether a wake-up arrived during the invocation, so it must run again.
-    Ended { rerun: bool },
+    Ended {
+        rerun: bool,
+    },
     /// A timer fired early (its deadline moved) and this one replaces it.
     Rearmed(Timer),
 }
@@ -64,13 +97,21 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("perdure-writer".into())
             .spawn(move || run(&store, &receiver))?;
-        Ok(Writer { sender: Mutex::new(Some(sender)), thread: Mutex::new(Some(thread)) })
+        Ok(Writer {
+            sender: Mutex::new(Some(sender)),
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Commits `batch` and blocks until it is durable at the store's durability.
     pub fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
         let (reply, answer) = crossbeam_channel::bounded(1);
-        let sender = self.sender.lock().unwrap_or_else(|poison| poison.into_inner()).clone().ok_or(Error::Closed)?;
+        let sender = self
+            .sender
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+            .ok_or(Error::Closed)?;
         sender.send(Request { batch, reply }).map_err(|_| Error::Closed)?;
         answer.recv().map_err(|_| Error::Closed)?
     }
@@ -133,7 +174,10 @@ fn try_commit(store: &Store, group: &[Request]) -> Result<Vec<Result<Vec<Outcome
             }
             Err(err) => return Err(err.into()),
         };
-        let applied: Result<Vec<_>> = group.iter().map(|request| apply_batch(&mut txn, &store.dbs, &request.batch)).collect();
+        let applied: Result<Vec<_>> = group
+            .iter()
+            .map(|request| apply_batch(&mut txn, &store.dbs, &request.batch))
+            .collect();
         let outcome = applied.and_then(|results| Ok(txn.commit().map(|()| results)?));
         drop(guard);
         match outcome {
@@ -165,7 +209,10 @@ fn active_meta(txn: &RwTxn, dbs: &Dbs, exec_key: u64) -> Result<ExecMeta> {
     let meta = store::meta_in(txn, dbs, exec_key)?
         .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
     if meta.state.is_terminal() {
-        return Err(Error::ExecutionFinished { execution_id: meta.execution_id, status: meta.state.name() });
+        return Err(Error::ExecutionFinished {
+            execution_id: meta.execution_id,
+            status: meta.state.name(),
+        });
     }
     Ok(meta)
 }
@@ -173,7 +220,10 @@ fn active_meta(txn: &RwTxn, dbs: &Dbs, exec_key: u64) -> Result<ExecMeta> {
 fn pending_callback(txn: &RwTxn, dbs: &Dbs, callback_id: &str) -> Result<CallbackEntry> {
     let entry = store::callback_in(txn, dbs, callback_id)?.ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
     if entry.state != CallbackState::Pending {
-        return Err(Error::CallbackAlreadyCompleted { callback_id: callback_id.into(), state: entry.state.name() });
+        return Err(Error::CallbackAlreadyCompleted {
+            callback_id: callback_id.into(),
+            state: entry.state.name(),
+        });
     }
     active_meta(txn, dbs, entry.exec_key)?;
     Ok(entry)
@@ -181,9 +231,13 @@ fn pending_callback(txn: &RwTxn, dbs: &Dbs, callback_id: &str) -> Result<Callbac
 
 fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
     match mutation {
-        Mutation::CreateExecution { execution_id, function, .. } => {
+        Mutation::CreateExecution {
+            execution_id, function, ..
+        } => {
             if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
-                let existing = store::meta_in(txn, dbs, exec_key)?.map(|meta| meta.function).unwrap_or_default();
+                let existing = store::meta_in(txn, dbs, exec_key)?
+                    .map(|meta| meta.function)
+                    .unwrap_or_default();
                 if &existing != function {
                     return Err(Error::ExecutionIdConflict {
                         execution_id: execution_id.clone(),
@@ -194,13 +248,15 @@ fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
             }
             Ok(())
         }
-        Mutation::Append { exec_key, .. } | Mutation::EndInvocation { exec_key, .. } | Mutation::Cancel { exec_key, .. } => {
-            active_meta(txn, dbs, *exec_key).map(drop)
-        }
+        Mutation::Append { exec_key, .. }
+        | Mutation::EndInvocation { exec_key, .. }
+        | Mutation::Cancel { exec_key, .. } => active_meta(txn, dbs, *exec_key).map(drop),
         Mutation::CreateCallback { callback_id, entry } => {
             active_meta(txn, dbs, entry.exec_key)?;
             if dbs.callbacks.get(txn, callback_id.as_bytes())?.is_some() {
-                return Err(Error::InvalidInput(format!("callback id {callback_id:?} already exists")));
+                return Err(Error::InvalidInput(format!(
+                    "callback id {callback_id:?} already exists"
+                )));
             }
             Ok(())
         }
@@ -213,9 +269,16 @@ fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
 
 fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
     match mutation {
-        Mutation::CreateExecution { execution_id, function, started } => {
+        Mutation::CreateExecution {
+            execution_id,
+            function,
+            started,
+        } => {
             if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
-                return Ok(Outcome::Created { exec_key, created: false });
+                return Ok(Outcome::Created {
+                    exec_key,
+                    created: false,
+                });
             }
             let exec_key = bump_counter(txn, dbs, META_NEXT_EXEC)?;
             let meta = ExecMeta {
@@ -225,11 +288,16 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                 execution_id: execution_id.clone(),
                 function: function.clone(),
             };
-            dbs.exec_ids.put(txn, execution_id.as_bytes(), &keys::exec_key_bytes(exec_key))?;
-            dbs.executions.put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+            dbs.exec_ids
+                .put(txn, execution_id.as_bytes(), &keys::exec_key_bytes(exec_key))?;
+            dbs.executions
+                .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
             append(txn, dbs, exec_key, started)?;
             wake(txn, dbs, exec_key)?;
-            Ok(Outcome::Created { exec_key, created: true })
+            Ok(Outcome::Created {
+                exec_key,
+                created: true,
+            })
         }
         Mutation::Append { exec_key, record } => {
             append(txn, dbs, *exec_key, record)?;
@@ -242,12 +310,21 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
         Mutation::CreateCallback { callback_id, entry } => {
             dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
             if let Some((due_ms, kind)) = entry.next_deadline() {
-                let timer = Timer { due_ms, exec_key: entry.exec_key, kind, subject: callback_id.clone() };
+                let timer = Timer {
+                    due_ms,
+                    exec_key: entry.exec_key,
+                    kind,
+                    subject: callback_id.clone(),
+                };
                 dbs.timers.put(txn, &timer.encode(), &[])?;
             }
             Ok(Outcome::Done)
         }
-        Mutation::CompleteCallback { callback_id, state, record } => {
+        Mutation::CompleteCallback {
+            callback_id,
+            state,
+            record,
+        } => {
             let entry = pending_callback(txn, dbs, callback_id)?;
             finish_callback(txn, dbs, callback_id, entry, *state, record)
         }
@@ -259,7 +336,12 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             Ok(Outcome::Done)
         }
         Mutation::FireTimer { timer, now_ms } => fire_timer(txn, dbs, timer, *now_ms),
-        Mutation::EndInvocation { exec_key, seen_wake, final_state, records } => {
+        Mutation::EndInvocation {
+            exec_key,
+            seen_wake,
+            final_state,
+            records,
+        } => {
             for record in records {
                 append(txn, dbs, *exec_key, record)?;
             }
@@ -314,14 +396,24 @@ fn fire_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer, now_ms: u64) -> Result<
                 // A heartbeat moved the deadline: arm a timer for the new one.
                 return match (entry.state, entry.next_deadline()) {
                     (CallbackState::Pending, Some((due_ms, kind))) => {
-                        let next = Timer { due_ms, exec_key: timer.exec_key, kind, subject: timer.subject.clone() };
+                        let next = Timer {
+                            due_ms,
+                            exec_key: timer.exec_key,
+                            kind,
+                            subject: timer.subject.clone(),
+                        };
                         dbs.timers.put(txn, &next.encode(), &[])?;
                         Ok(Outcome::Rearmed(next))
                     }
                     _ => Ok(Outcome::Woke(None)),
                 };
             }
-            let mut record = Record::new(RecordKind::TimedOut, OpType::Callback, SubType::Callback, entry.op_id.clone());
+            let mut record = Record::new(
+                RecordKind::TimedOut,
+                OpType::Callback,
+                SubType::Callback,
+                entry.op_id.clone(),
+            );
             record.timestamp_ms = now_ms;
             record.aux = u64::from(timer.kind == TimerKind::CallbackHeartbeat);
             finish_callback(txn, dbs, &timer.subject, entry, CallbackState::TimedOut, &record)
@@ -357,14 +449,16 @@ fn append(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, record: &Record) -> Result<
         },
         None => 0,
     };
-    dbs.journal.put(txn, &keys::journal_key(exec_key, seq), &record.encode())?;
+    dbs.journal
+        .put(txn, &keys::journal_key(exec_key, seq), &record.encode())?;
     Ok(())
 }
 
 /// Marks the execution runnable with a fresh wake value.
 fn wake(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
     let seq = bump_counter(txn, dbs, META_WAKE_SEQ)?;
-    dbs.pending.put(txn, &keys::exec_key_bytes(exec_key), &seq.to_be_bytes())?;
+    dbs.pending
+        .put(txn, &keys::exec_key_bytes(exec_key), &seq.to_be_bytes())?;
     Ok(())
 }
 
@@ -373,7 +467,8 @@ fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, update
         .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
     meta.state = state;
     meta.updated_ms = updated_ms.max(meta.updated_ms);
-    dbs.executions.put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+    dbs.executions
+        .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use perdure_core::keys::ExecState;
 use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
-use perdure_core::{Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType};
+use perdure_core::{
+    Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
+};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -16,7 +18,18 @@ use crate::invocation::Invocation;
 
 /// A record as Python passes it: (kind, op_type, sub_type, op_id, name,
 /// attempt, aux, aux2, extra, payload). The timestamp is stamped on commit.
-type RecordIn = (u8, u8, u8, String, Option<String>, u32, u64, u64, Option<String>, Option<Vec<u8>>);
+type RecordIn = (
+    u8,
+    u8,
+    u8,
+    String,
+    Option<String>,
+    u32,
+    u64,
+    u64,
+    Option<String>,
+    Option<Vec<u8>>,
+);
 
 #[pyclass(frozen, module = "perdure._core")]
 pub struct Core {
@@ -97,7 +110,14 @@ fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
 impl Core {
     #[new]
     #[pyo3(signature = (path, *, durability = "full", owner = true, map_size = DEFAULT_MAP_SIZE, poll_interval = 0.005))]
-    fn new(py: Python<'_>, path: PathBuf, durability: &str, owner: bool, map_size: usize, poll_interval: f64) -> PyResult<Self> {
+    fn new(
+        py: Python<'_>,
+        path: PathBuf,
+        durability: &str,
+        owner: bool,
+        map_size: usize,
+        poll_interval: f64,
+    ) -> PyResult<Self> {
         let durability = Durability::parse(durability).py_err()?;
         let options = RuntimeOptions {
             store: StoreOptions { durability, map_size },
@@ -106,7 +126,9 @@ impl Core {
             ..RuntimeOptions::default()
         };
         let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
-        Ok(Core { runtime: Arc::new(runtime) })
+        Ok(Core {
+            runtime: Arc::new(runtime),
+        })
     }
 
     #[getter]
@@ -134,7 +156,8 @@ impl Core {
     }
 
     fn start(&self, py: Python<'_>, execution_id: String, function: String, input: Vec<u8>) -> PyResult<(u64, bool)> {
-        py.detach(|| self.runtime.start(&execution_id, &function, input)).py_err()
+        py.detach(|| self.runtime.start(&execution_id, &function, input))
+            .py_err()
     }
 
     /// Loads an execution's journal and builds its replay index.
@@ -158,7 +181,8 @@ impl Core {
             timeout_ms,
             heartbeat_timeout_ms,
         });
-        py.detach(|| self.runtime.append(exec_key, records, wake_at, callback)).py_err()
+        py.detach(|| self.runtime.append(exec_key, records, wake_at, callback))
+            .py_err()
     }
 
     #[pyo3(signature = (exec_key, seen_wake, final_state, records, wake_at = Vec::new()))]
@@ -173,12 +197,23 @@ impl Core {
     ) -> PyResult<bool> {
         let state = self::final_state(py, final_state)?;
         let records = records_from(py, records)?;
-        py.detach(|| self.runtime.end_invocation(exec_key, seen_wake, state, records, wake_at)).py_err()
+        py.detach(|| {
+            self.runtime
+                .end_invocation(exec_key, seen_wake, state, records, wake_at)
+        })
+        .py_err()
     }
 
     #[pyo3(signature = (callback_id, success, payload = None))]
-    fn complete_callback(&self, py: Python<'_>, callback_id: String, success: bool, payload: Option<Vec<u8>>) -> PyResult<()> {
-        py.detach(|| self.runtime.complete_callback(&callback_id, success, payload)).py_err()
+    fn complete_callback(
+        &self,
+        py: Python<'_>,
+        callback_id: String,
+        success: bool,
+        payload: Option<Vec<u8>>,
+    ) -> PyResult<()> {
+        py.detach(|| self.runtime.complete_callback(&callback_id, success, payload))
+            .py_err()
     }
 
     fn heartbeat(&self, py: Python<'_>, callback_id: String) -> PyResult<()> {
@@ -215,7 +250,9 @@ impl Core {
     }
 
     fn execution<'py>(&self, py: Python<'py>, execution_id: String) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let summary = py.detach(|| self.runtime.store.execution_by_id(&execution_id)).py_err()?;
+        let summary = py
+            .detach(|| self.runtime.store.execution_by_id(&execution_id))
+            .py_err()?;
         summary.map(|s| summary_to_py(py, &s)).transpose()
     }
 
@@ -241,7 +278,9 @@ impl Core {
             Some("TIMED_OUT") => Some(ExecState::TimedOut),
             Some(other) => return Err(invalid(py, format!("unknown execution state {other:?}"))),
         };
-        let rows = py.detach(|| self.runtime.store.list(state, function.as_deref(), limit)).py_err()?;
+        let rows = py
+            .detach(|| self.runtime.store.list(state, function.as_deref(), limit))
+            .py_err()?;
         rows.iter().map(|row| summary_to_py(py, row)).collect()
     }
 
@@ -257,7 +296,12 @@ impl Core {
 
     /// Blocks (GIL released) until the execution finishes; `None` on timeout.
     #[pyo3(signature = (exec_key, timeout = None))]
-    fn wait_finished<'py>(&self, py: Python<'py>, exec_key: u64, timeout: Option<f64>) -> PyResult<Option<Bound<'py, PyTuple>>> {
+    fn wait_finished<'py>(
+        &self,
+        py: Python<'py>,
+        exec_key: u64,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let timeout = timeout.map(|t| seconds(py, t)).transpose()?;
         let summary = py.detach(|| self.runtime.wait_finished(exec_key, timeout)).py_err()?;
         summary.map(|s| summary_to_py(py, &s)).transpose()

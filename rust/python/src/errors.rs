@@ -3,8 +3,8 @@
 
 use perdure_core::Error;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyType};
 use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyType};
 
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -30,11 +30,26 @@ pub fn to_py(err: Error) -> PyErr {
     Python::attach(|py| {
         let message = err.to_string();
         let (name, kwargs): (&str, Vec<(&str, Py<PyAny>)>) = match &err {
-            Error::CorruptRecord { execution_id, sequence, .. } => (
+            Error::CorruptRecord {
+                execution_id, sequence, ..
+            } => (
                 "CorruptRecordError",
                 vec![
-                    ("execution_id", execution_id.clone().into_pyobject(py).map(|o| o.into_any().unbind()).unwrap_or_else(|_| py.None())),
-                    ("sequence", sequence.into_pyobject(py).map(|o| o.into_any().unbind()).unwrap_or_else(|_| py.None())),
+                    (
+                        "execution_id",
+                        execution_id
+                            .clone()
+                            .into_pyobject(py)
+                            .map(|o| o.into_any().unbind())
+                            .unwrap_or_else(|_| py.None()),
+                    ),
+                    (
+                        "sequence",
+                        sequence
+                            .into_pyobject(py)
+                            .map(|o| o.into_any().unbind())
+                            .unwrap_or_else(|_| py.None()),
+                    ),
                 ],
             ),
             Error::CorruptStore(_) => ("CorruptStoreError", vec![]),

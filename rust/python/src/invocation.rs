@@ -57,7 +57,9 @@ impl Invocation {
     /// (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms,
     /// extra, payload, start_aux, started_ms) of a recorded operation, or None.
     fn lookup<'py>(&self, py: Python<'py>, op_id: &str) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let Some(op) = self.index.get(op_id) else { return Ok(None) };
+        let Some(op) = self.index.get(op_id) else {
+            return Ok(None);
+        };
         let payload = op.payload.as_deref().map(|bytes| PyBytes::new(py, bytes));
         (
             op.op_type as u8,
