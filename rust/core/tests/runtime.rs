@@ -1,0 +1,351 @@
+//! The core without Python: journal, writer, wake-ups, callbacks, timers, map growth.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use heed::types::Bytes;
+use heed::{Database, EnvOpenOptions};
+use perdure_core::clock::ManualClock;
+use perdure_core::keys::ExecState;
+use perdure_core::{
+    Durability, Error, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
+};
+
+fn options(clock: Arc<ManualClock>, map_size: usize) -> RuntimeOptions {
+    RuntimeOptions {
+        store: StoreOptions {
+            durability: Durability::None,
+            map_size,
+        },
+        owner: true,
+        poll_interval: Duration::from_millis(5),
+        clock,
+    }
+}
+
+fn open(dir: &std::path::Path) -> (Runtime, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    (Runtime::open(dir, options(clock.clone(), 1 << 20)).unwrap(), clock)
+}
+
+fn step_record(op_id: &str, payload: &[u8]) -> Record {
+    let mut record = Record::new(RecordKind::Succeeded, OpType::Step, SubType::Step, op_id);
+    record.payload = Some(payload.to_vec());
+    record
+}
+
+#[test]
+fn start_append_and_suspend() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (exec, created) = runtime.start("e-1", "wf", b"{}".to_vec()).unwrap();
+    assert!(created);
+    assert_eq!(runtime.start("e-1", "wf", b"ignored".to_vec()).unwrap(), (exec, false));
+    assert!(matches!(
+        runtime.start("e-1", "other", vec![]),
+        Err(Error::ExecutionIdConflict { .. })
+    ));
+
+    assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
+    let loaded = runtime.store.load_invocation(exec).unwrap();
+    assert_eq!(loaded.records.len(), 1);
+    runtime
+        .append(exec, vec![step_record("1", b"42")], vec![], None)
+        .unwrap();
+    let rerun = runtime.end_invocation(exec, loaded.wake, None, vec![], vec![]).unwrap();
+    assert!(!rerun, "nothing woke the execution while it ran");
+    runtime.finish(exec, false).unwrap();
+
+    let journal = runtime.store.journal(exec).unwrap();
+    assert_eq!(journal.len(), 2);
+    assert_eq!(journal[1].payload.as_deref(), Some(&b"42"[..]));
+    assert!(
+        runtime.store.pending().unwrap().is_empty(),
+        "a suspended execution is not pending"
+    );
+}
+
+#[test]
+fn a_wake_during_an_invocation_makes_it_run_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    runtime.next_ready(Duration::from_secs(1)).unwrap();
+    let loaded = runtime.store.load_invocation(exec).unwrap();
+    let mut started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
+    started.aux = 0;
+    let callback = NewCallback {
+        op_id: "1".into(),
+        timeout_ms: 0,
+        heartbeat_timeout_ms: 0,
+    };
+    let callback_id = runtime
+        .append(exec, vec![started], vec![], Some(callback))
+        .unwrap()
+        .unwrap();
+    assert_eq!(callback_id.len(), 32);
+    // Answered before the invocation ends: the invocation did not see it.
+    runtime
+        .complete_callback(&callback_id, true, Some(b"\"yes\"".to_vec()))
+        .unwrap();
+    assert!(runtime.end_invocation(exec, loaded.wake, None, vec![], vec![]).unwrap());
+    assert!(matches!(
+        runtime.complete_callback(&callback_id, true, None),
+        Err(Error::CallbackAlreadyCompleted { state: "succeeded", .. })
+    ));
+    assert!(matches!(
+        runtime.complete_callback("nope", true, None),
+        Err(Error::UnknownCallback(_))
+    ));
+    let journal = runtime.store.journal(exec).unwrap();
+    assert_eq!(journal.last().unwrap().kind, RecordKind::Succeeded);
+    assert_eq!(journal.last().unwrap().op_type, OpType::Callback);
+}
+
+#[test]
+fn timers_fire_by_the_clock_and_time_out_callbacks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, clock) = open(dir.path());
+    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
+    let loaded = runtime.store.load_invocation(exec).unwrap();
+    let started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
+    let callback = NewCallback {
+        op_id: "1".into(),
+        timeout_ms: 60_000,
+        heartbeat_timeout_ms: 0,
+    };
+    let callback_id = runtime
+        .append(exec, vec![started], vec![], Some(callback))
+        .unwrap()
+        .unwrap();
+    assert!(!runtime.end_invocation(exec, loaded.wake, None, vec![], vec![]).unwrap());
+    runtime.finish(exec, false).unwrap();
+    assert_eq!(runtime.pending_timers(), 1);
+
+    assert_eq!(
+        runtime.next_ready(Duration::from_millis(50)).unwrap(),
+        None,
+        "not due yet"
+    );
+    clock.set(1_000_000 + 60_000);
+    runtime.poke_timers();
+    assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    let journal = runtime.store.journal(exec).unwrap();
+    let last = journal.last().unwrap();
+    assert_eq!(
+        (last.kind, last.op_type, last.op_id.as_str()),
+        (RecordKind::TimedOut, OpType::Callback, "1")
+    );
+    assert!(matches!(
+        runtime.complete_callback(&callback_id, true, None),
+        Err(Error::CallbackAlreadyCompleted { state: "timed out", .. })
+    ));
+}
+
+#[test]
+fn timers_and_pending_work_survive_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec;
+    {
+        let (runtime, _clock) = open(dir.path());
+        exec = runtime.start("e-1", "wf", vec![]).unwrap().0;
+        runtime.next_ready(Duration::from_secs(1)).unwrap();
+        let loaded = runtime.store.load_invocation(exec).unwrap();
+        let wait = Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "1");
+        runtime
+            .end_invocation(exec, loaded.wake, None, vec![wait], vec![(500, "1".into())])
+            .unwrap();
+        runtime.start("e-2", "wf", vec![]).unwrap();
+        runtime.close(Duration::from_secs(1)).unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(1_000_000 + 500));
+    let runtime = Runtime::open(dir.path(), options(clock, 1 << 20)).unwrap();
+    let mut woken = vec![
+        runtime.next_ready(Duration::from_secs(5)).unwrap().unwrap(),
+        runtime.next_ready(Duration::from_secs(5)).unwrap().unwrap(),
+    ];
+    woken.sort();
+    assert_eq!(
+        woken,
+        vec![exec, exec + 1],
+        "the due timer and the never-run execution both resume"
+    );
+}
+
+#[test]
+fn one_owner_at_a_time_but_clients_may_join() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_owner, clock) = open(dir.path());
+    assert!(matches!(
+        Runtime::open(dir.path(), options(clock.clone(), 1 << 20)),
+        Err(Error::StoreBusy { .. })
+    ));
+    let client = Runtime::open(
+        dir.path(),
+        RuntimeOptions {
+            owner: false,
+            ..options(clock, 1 << 20)
+        },
+    )
+    .unwrap();
+    assert!(client.store.list(None, None, 0).unwrap().is_empty());
+}
+
+#[test]
+fn group_commit_keeps_every_append_of_every_thread() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let runtime = Arc::new(runtime);
+    let execs: Vec<u64> = (0..8)
+        .map(|i| runtime.start(&format!("e-{i}"), "wf", vec![]).unwrap().0)
+        .collect();
+    let threads: Vec<_> = execs
+        .iter()
+        .map(|&exec| {
+            let runtime = runtime.clone();
+            std::thread::spawn(move || {
+                for step in 0..200 {
+                    let op_id = (step + 1).to_string();
+                    runtime
+                        .append(exec, vec![step_record(&op_id, op_id.as_bytes())], vec![], None)
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    for exec in execs {
+        let journal = runtime.store.journal(exec).unwrap();
+        assert_eq!(journal.len(), 201);
+        for (index, record) in journal.iter().enumerate().skip(1) {
+            assert_eq!(record.op_id, index.to_string(), "appends of one caller stay in order");
+        }
+    }
+}
+
+#[test]
+fn the_map_grows_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1));
+    let runtime = Runtime::open(dir.path(), options(clock, 64 << 10)).unwrap();
+    let before = runtime.store.map_size();
+    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    // Incompressible payloads, several times the initial map.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for step in 0..64 {
+        let payload: Vec<u8> = (0..8192)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        runtime
+            .append(exec, vec![step_record(&step.to_string(), &payload)], vec![], None)
+            .unwrap();
+    }
+    assert!(runtime.store.map_size() > before);
+    assert_eq!(runtime.store.journal(exec).unwrap().len(), 65);
+}
+
+#[test]
+fn cancelled_execution_takes_no_more_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    runtime.cancel("e-1", b"{}".to_vec()).unwrap();
+    assert!(matches!(
+        runtime.append(exec, vec![step_record("1", b"1")], vec![], None),
+        Err(Error::ExecutionFinished {
+            status: "CANCELLED",
+            ..
+        })
+    ));
+    let summary = runtime.store.execution(exec).unwrap().unwrap();
+    assert_eq!(summary.meta.state, ExecState::Cancelled);
+    assert!(matches!(
+        runtime.cancel("missing", vec![]),
+        Err(Error::ExecutionNotFound(_))
+    ));
+}
+
+fn raw_env(dir: &std::path::Path) -> heed::Env {
+    // SAFETY: the runtime that used this directory is closed and dropped.
+    unsafe { EnvOpenOptions::new().max_dbs(8).open(dir) }.unwrap()
+}
+
+#[test]
+fn corrupt_records_are_reported_with_execution_and_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let (exec, other) = {
+        let (runtime, _clock) = open(dir.path());
+        let exec = runtime.start("bad", "wf", vec![]).unwrap().0;
+        let other = runtime.start("good", "wf", vec![]).unwrap().0;
+        runtime
+            .append(exec, vec![step_record("1", b"12345")], vec![], None)
+            .unwrap();
+        runtime.close(Duration::from_secs(1)).unwrap();
+        (exec, other)
+    };
+    {
+        let env = raw_env(dir.path());
+        let mut txn = env.write_txn().unwrap();
+        let journal: Database<Bytes, Bytes> = env.open_database(&txn, Some("journal")).unwrap().unwrap();
+        let mut key = exec.to_be_bytes().to_vec();
+        key.extend_from_slice(&1u32.to_be_bytes());
+        let mut value = journal.get(&txn, &key).unwrap().unwrap().to_vec();
+        *value.last_mut().unwrap() ^= 0x01;
+        journal.put(&mut txn, &key, &value).unwrap();
+        txn.commit().unwrap();
+    }
+    let (runtime, _clock) = open(dir.path());
+    match runtime.store.journal(exec) {
+        Err(Error::CorruptRecord {
+            execution_id,
+            sequence,
+            reason,
+        }) => {
+            assert_eq!((execution_id.as_str(), sequence), ("bad", 1));
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("expected a corrupt record error, got {other:?}"),
+    }
+    assert_eq!(runtime.store.journal(other).unwrap().len(), 1);
+}
+
+#[test]
+fn a_newer_format_is_refused_and_left_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let (runtime, _clock) = open(dir.path());
+        runtime.close(Duration::from_secs(1)).unwrap();
+    }
+    {
+        let env = raw_env(dir.path());
+        let mut txn = env.write_txn().unwrap();
+        let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
+        meta.put(&mut txn, b"format_version", &99u32.to_be_bytes()).unwrap();
+        txn.commit().unwrap();
+    }
+    let clock = Arc::new(ManualClock::new(1));
+    match Runtime::open(dir.path(), options(clock, 1 << 20)) {
+        Err(Error::FormatVersion {
+            found: 99,
+            supported: 1,
+            ..
+        }) => {}
+        Err(other) => panic!("expected a format version error, got {other:?}"),
+        Ok(_) => panic!("expected a format version error, got a runtime"),
+    }
+    let env = raw_env(dir.path());
+    let txn = env.read_txn().unwrap();
+    let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
+    assert_eq!(
+        meta.get(&txn, b"format_version").unwrap(),
+        Some(&99u32.to_be_bytes()[..])
+    );
+}
