@@ -29,6 +29,7 @@ from perdure.errors import (
     CallbackSubmitterError,
     CallbackTimeoutError,
     ChildContextError,
+    EngineClosedError,
     ExecutionFinishedError,
     NonDeterministicExecutionError,
     PayloadTooLargeError,
@@ -108,7 +109,9 @@ class _InvocationState:
             self.deferred_timers = []
         try:
             return self.core.append(self.exec_key, records, timers, callback)
-        except ExecutionFinishedError:
+        except (ExecutionFinishedError, EngineClosedError):
+            # Cancelled, or the engine is closing: stop this invocation in a way
+            # workflow code cannot swallow; what is committed stays committed.
             raise _Abort() from None
 
     def check_size(self, payload: bytes, what: str) -> bytes:

@@ -25,6 +25,7 @@ from perdure.context import (
     check_payload_size,
 )
 from perdure.errors import (
+    CorruptRecordError,
     EngineClosedError,
     ExecutionCancelledError,
     ExecutionFailedError,
@@ -113,6 +114,8 @@ class Engine:
         self._core = Core(str(path), **options)
         self._closed = False
         self._threads: list[threading.Thread] = []
+        # Executions this engine will not run, and why ("unregistered", "corrupt").
+        self._left_alone: dict[int, str] = {}
         if owner:
             for index in range(workers):
                 thread = threading.Thread(
@@ -222,9 +225,9 @@ class Engine:
         """Ids of executions this engine left alone because their function is
         not registered in this process."""
         ids = []
-        for exec_key in self._core.parked():
+        for exec_key, reason in list(self._left_alone.items()):
             row = self._core.execution_by_key(exec_key)
-            if row is not None:
+            if reason == "unregistered" and row is not None:
                 ids.append(row[1])
         return ids
 
@@ -296,7 +299,13 @@ class Engine:
     def _invoke(self, exec_key: int) -> None:
         """Runs one invocation of an execution, from the top."""
         core = self._core
-        invocation = core.load(exec_key)
+        try:
+            invocation = core.load(exec_key)
+        except CorruptRecordError as exc:
+            log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
+            self._left_alone[exec_key] = "corrupt"
+            core.park(exec_key)
+            return
         function = lookup(invocation.function)
         if function is None:
             log.warning(
@@ -305,6 +314,7 @@ class Engine:
                 invocation.execution_id,
                 invocation.function,
             )
+            self._left_alone[exec_key] = "unregistered"
             core.park(exec_key)
             return
         state = _InvocationState(core, invocation, self.max_payload_size)
