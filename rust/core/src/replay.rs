@@ -2,7 +2,7 @@
 //! each operation, so that every operation the code asks for again is
 //! answered with one hash lookup, however long the history.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 
 use crate::record::{OpType, Record, RecordKind, SubType};
 
@@ -29,7 +29,8 @@ pub struct OpState {
 }
 
 pub struct ReplayIndex {
-    ops: HashMap<String, OpState>,
+    /// Op ids come from our own journal, so a fast non-keyed hash is safe.
+    ops: FxHashMap<String, OpState>,
     /// The execution's input (the ExecutionStarted payload).
     pub input: Option<Vec<u8>>,
     /// Invocations recorded so far.
@@ -38,7 +39,7 @@ pub struct ReplayIndex {
 
 impl ReplayIndex {
     pub fn build(records: Vec<Record>) -> ReplayIndex {
-        let mut ops: HashMap<String, OpState> = HashMap::with_capacity(records.len());
+        let mut ops = FxHashMap::with_capacity_and_hasher(records.len(), Default::default());
         let mut input = None;
         let mut invocations = 0;
         for record in records {
@@ -69,7 +70,7 @@ impl ReplayIndex {
     }
 }
 
-fn fold(ops: &mut HashMap<String, OpState>, record: Record) {
+fn fold(ops: &mut FxHashMap<String, OpState>, record: Record) {
     match ops.get_mut(record.op_id.as_str()) {
         Some(state) => {
             state.status = record.kind;

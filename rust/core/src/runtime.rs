@@ -361,13 +361,6 @@ impl Runtime {
         Ok(())
     }
 
-    pub fn parked(&self) -> Vec<u64> {
-        self.owner
-            .as_ref()
-            .map(|owner| owner.scheduler.parked())
-            .unwrap_or_default()
-    }
-
     pub fn is_running(&self, exec_key: u64) -> bool {
         self.owner
             .as_ref()

@@ -86,10 +86,6 @@ impl Scheduler {
         self.lock().running.contains(&exec_key)
     }
 
-    pub fn parked(&self) -> Vec<u64> {
-        self.lock().parked.iter().copied().collect()
-    }
-
     /// Stops handing out work and waits up to `timeout` for running invocations.
     pub fn close(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;

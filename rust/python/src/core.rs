@@ -237,10 +237,6 @@ impl Core {
         self.runtime.park(exec_key).py_err()
     }
 
-    fn parked(&self) -> Vec<u64> {
-        self.runtime.parked()
-    }
-
     fn is_running(&self, exec_key: u64) -> bool {
         self.runtime.is_running(exec_key)
     }

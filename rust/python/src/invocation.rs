@@ -2,7 +2,7 @@
 //! answering the Python side's "what happened to operation X" in O(1).
 
 use perdure_core::store::InvocationData;
-use perdure_core::ReplayIndex;
+use perdure_core::{RecordKind, ReplayIndex};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
 
@@ -52,6 +52,29 @@ impl Invocation {
     #[getter]
     fn invocations(&self) -> u32 {
         self.index.invocations
+    }
+
+    /// The replay fast path: the stored result of an operation that succeeded
+    /// and matches the type, sub-type and name asked for; None otherwise (not
+    /// recorded, not finished, failed, or a mismatch — `lookup` tells which).
+    #[pyo3(signature = (op_id, op_type, sub_type, name = None))]
+    fn replay<'py>(
+        &self,
+        py: Python<'py>,
+        op_id: &str,
+        op_type: u8,
+        sub_type: u8,
+        name: Option<&str>,
+    ) -> Option<Bound<'py, PyBytes>> {
+        let op = self.index.get(op_id)?;
+        let matches = op.status == RecordKind::Succeeded
+            && op.op_type as u8 == op_type
+            && op.sub_type as u8 == sub_type
+            && op.name.as_deref().filter(|n| !n.is_empty()) == name.filter(|n| !n.is_empty());
+        if !matches {
+            return None;
+        }
+        op.payload.as_deref().map(|bytes| PyBytes::new(py, bytes))
     }
 
     /// (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms,
