@@ -72,7 +72,7 @@ impl Runtime {
         } else {
             None
         };
-        let writer = Arc::new(Writer::spawn(store.clone())?);
+        let writer = Arc::new(Writer::new(store.clone()));
         let mut runtime = Runtime {
             store,
             writer,

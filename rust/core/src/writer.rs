@@ -1,15 +1,15 @@
-//! The group-commit writer: one thread owns LMDB's write transaction and
-//! commits the batches of every caller that arrived while the previous commit
-//! was syncing, so one fsync is shared by everything in flight.
+//! The group-commit writer: one commit at a time holds LMDB's write
+//! transaction and takes the batches of every caller that arrived while the
+//! previous commit was syncing, so one fsync is shared by everything in flight.
 //!
 //! A batch is atomic: all its preconditions are checked before any of its
 //! mutations is applied, and a batch whose check fails changes nothing while
 //! the rest of the group commits.
 
-use std::sync::{Arc, Mutex};
-use std::thread::JoinHandle;
+use std::collections::HashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use crossbeam_channel::{Receiver, Sender};
 use heed::{MdbError, RwTxn};
 
 use crate::error::{Error, Result};
@@ -81,88 +81,99 @@ pub enum Outcome {
     Rearmed(Timer),
 }
 
-struct Request {
-    batch: Vec<Mutation>,
-    reply: Sender<Result<Vec<Outcome>>>,
+/// Batches waiting for a commit, and the answers of committed ones.
+#[derive(Default)]
+struct Queue {
+    waiting: Vec<(u64, Vec<Mutation>)>,
+    answers: HashMap<u64, Result<Vec<Outcome>>>,
+    next_ticket: u64,
+    committing: bool,
+    closed: bool,
 }
 
+/// Group commit without a dedicated thread: the first caller to find no
+/// commit in progress becomes the leader and commits every batch queued so
+/// far, its own included; the others wait for their answer. An uncontended
+/// caller commits in its own thread, with no hand-off at all.
 pub struct Writer {
-    sender: Mutex<Option<Sender<Request>>>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    store: Arc<Store>,
+    queue: Mutex<Queue>,
+    answered: Condvar,
 }
 
 impl Writer {
-    pub fn spawn(store: Arc<Store>) -> Result<Writer> {
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let thread = std::thread::Builder::new()
-            .name("perdure-writer".into())
-            .spawn(move || run(&store, &receiver))?;
-        Ok(Writer {
-            sender: Mutex::new(Some(sender)),
-            thread: Mutex::new(Some(thread)),
-        })
+    pub fn new(store: Arc<Store>) -> Writer {
+        Writer {
+            store,
+            queue: Mutex::new(Queue::default()),
+            answered: Condvar::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Queue> {
+        self.queue.lock().unwrap_or_else(|poison| poison.into_inner())
     }
 
     /// Commits `batch` and blocks until it is durable at the store's durability.
     pub fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let sender = self
-            .sender
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
-            .ok_or(Error::Closed)?;
-        sender.send(Request { batch, reply }).map_err(|_| Error::Closed)?;
-        answer.recv().map_err(|_| Error::Closed)?
+        let mut queue = self.lock();
+        if queue.closed {
+            return Err(Error::Closed);
+        }
+        let ticket = queue.next_ticket;
+        queue.next_ticket += 1;
+        queue.waiting.push((ticket, batch));
+        loop {
+            if let Some(answer) = queue.answers.remove(&ticket) {
+                return answer;
+            }
+            if queue.committing {
+                queue = self.answered.wait(queue).unwrap_or_else(|poison| poison.into_inner());
+                continue;
+            }
+            queue.committing = true;
+            let take = queue.waiting.len().min(MAX_GROUP);
+            let group: Vec<(u64, Vec<Mutation>)> = queue.waiting.drain(..take).collect();
+            drop(queue);
+            let (tickets, batches): (Vec<u64>, Vec<Vec<Mutation>>) = group.into_iter().unzip();
+            let answers =
+                catch_unwind(AssertUnwindSafe(|| commit_batches(&self.store, &batches))).unwrap_or_else(|_| {
+                    batches
+                        .iter()
+                        .map(|_| Err(Error::Io(std::io::Error::other("commit panicked"))))
+                        .collect()
+                });
+            queue = self.lock();
+            queue.answers.extend(tickets.into_iter().zip(answers));
+            queue.committing = false;
+            self.answered.notify_all();
+        }
     }
 
-    /// Commits what is queued, then stops the thread.
+    /// Refuses new batches and waits for the commit in progress.
     pub fn close(&self) {
-        self.sender.lock().unwrap_or_else(|poison| poison.into_inner()).take();
-        let thread = self.thread.lock().unwrap_or_else(|poison| poison.into_inner()).take();
-        if let Some(thread) = thread {
-            let _ = thread.join();
+        let mut queue = self.lock();
+        queue.closed = true;
+        while queue.committing || !queue.waiting.is_empty() {
+            queue = self.answered.wait(queue).unwrap_or_else(|poison| poison.into_inner());
         }
     }
 }
 
-impl Drop for Writer {
-    fn drop(&mut self) {
-        self.close();
+/// Commits batches in one transaction; after a storage failure of the whole
+/// group, retries each batch alone, so one bad batch cannot fail the others.
+fn commit_batches(store: &Store, batches: &[Vec<Mutation>]) -> Vec<Result<Vec<Outcome>>> {
+    match try_commit(store, batches) {
+        Ok(answers) => answers,
+        Err(_) if batches.len() > 1 => batches
+            .iter()
+            .map(|batch| commit_batches(store, std::slice::from_ref(batch)).remove(0))
+            .collect(),
+        Err(err) => vec![Err(err)],
     }
 }
 
-fn run(store: &Store, receiver: &Receiver<Request>) {
-    while let Ok(first) = receiver.recv() {
-        let mut group = vec![first];
-        group.extend(receiver.try_iter().take(MAX_GROUP - 1));
-        commit_group(store, group);
-    }
-}
-
-fn commit_group(store: &Store, group: Vec<Request>) {
-    match try_commit(store, &group) {
-        Ok(results) => {
-            for (request, result) in group.into_iter().zip(results) {
-                let _ = request.reply.send(result);
-            }
-        }
-        // A storage failure of the whole group: retry each batch alone, so one
-        // bad batch cannot fail the others.
-        Err(_) if group.len() > 1 => {
-            for request in group {
-                commit_group(store, vec![request]);
-            }
-        }
-        Err(err) => {
-            for request in group {
-                let _ = request.reply.send(Err(clone_error(&err)));
-            }
-        }
-    }
-}
-
-fn try_commit(store: &Store, group: &[Request]) -> Result<Vec<Result<Vec<Outcome>>>> {
+fn try_commit(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
     loop {
         let guard = store.gate().read().unwrap_or_else(|poison| poison.into_inner());
         let mut txn = match store.env.write_txn() {
@@ -176,7 +187,7 @@ fn try_commit(store: &Store, group: &[Request]) -> Result<Vec<Result<Vec<Outcome
         };
         let applied: Result<Vec<_>> = group
             .iter()
-            .map(|request| apply_batch(&mut txn, &store.dbs, &request.batch))
+            .map(|batch| apply_batch(&mut txn, &store.dbs, batch))
             .collect();
         let outcome = applied.and_then(|results| Ok(txn.commit().map(|()| results)?));
         drop(guard);
@@ -476,9 +487,4 @@ fn bump_counter(txn: &mut RwTxn, dbs: &Dbs, name: &[u8]) -> Result<u64> {
     let next = dbs.meta.get(txn, name)?.and_then(keys::read_u64).unwrap_or(0) + 1;
     dbs.meta.put(txn, name, &next.to_be_bytes())?;
     Ok(next)
-}
-
-/// Storage errors are not `Clone`; each waiting caller gets the same message.
-fn clone_error(err: &Error) -> Error {
-    Error::Io(std::io::Error::other(err.to_string()))
 }
