@@ -333,11 +333,17 @@ class DurableContext:
         config: StepConfig | None = None,
     ) -> T:
         """Runs ``func(step_context)`` once and checkpoints its result."""
+        if not callable(func):
+            raise ValidationError(f"step needs a callable, got {type(func).__name__}")
+        if config is None:
+            config = _DEFAULT_STEP_CONFIG
+        elif not isinstance(config, StepConfig):
+            raise ValidationError(f"step config must be a StepConfig, got {type(config).__name__}")
         if name is None:
             name = getattr(func, "_perdure_name", None)
         self._counter += 1
         op_id = f"{self._prefix}{self._counter}"
-        if config is None or (type(config) is StepConfig and config.serdes is None):
+        if config.serdes is None:
             # Replay fast path: one probe of the Rust index, one JSON parse.
             payload = self._state.replay(op_id, R.STEP, R.SUB_STEP, name)
             if payload is not None:
@@ -345,12 +351,6 @@ class DurableContext:
                     return loads(payload)  # type: ignore[no-any-return]
                 except SerDesError:
                     pass  # the slow path reports it, naming the operation
-        if not callable(func):
-            raise ValidationError(f"step needs a callable, got {type(func).__name__}")
-        if config is None:
-            config = _DEFAULT_STEP_CONFIG
-        elif not isinstance(config, StepConfig):
-            raise ValidationError(f"step config must be a StepConfig, got {type(config).__name__}")
         return self._step(op_id, func, name, config, R.SUB_STEP)
 
     def _step(

@@ -5,6 +5,7 @@ use perdure_core::Error;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyType};
+use pyo3::IntoPyObjectExt;
 
 static ERRORS: PyOnceLock<Py<PyModule>> = PyOnceLock::new();
 
@@ -26,6 +27,10 @@ pub fn perdure_error(py: Python<'_>, name: &str, message: String, kwargs: &[(&st
     build().unwrap_or_else(|err| err)
 }
 
+fn obj<'py, T: IntoPyObject<'py>>(py: Python<'py>, value: T) -> Py<PyAny> {
+    value.into_py_any(py).unwrap_or_else(|_| py.None())
+}
+
 pub fn to_py(err: Error) -> PyErr {
     Python::attach(|py| {
         let message = err.to_string();
@@ -34,28 +39,21 @@ pub fn to_py(err: Error) -> PyErr {
                 execution_id, sequence, ..
             } => (
                 "CorruptRecordError",
-                vec![
-                    (
-                        "execution_id",
-                        execution_id
-                            .clone()
-                            .into_pyobject(py)
-                            .map(|o| o.into_any().unbind())
-                            .unwrap_or_else(|_| py.None()),
-                    ),
-                    (
-                        "sequence",
-                        sequence
-                            .into_pyobject(py)
-                            .map(|o| o.into_any().unbind())
-                            .unwrap_or_else(|_| py.None()),
-                    ),
-                ],
+                vec![("execution_id", obj(py, execution_id)), ("sequence", obj(py, sequence))],
             ),
             Error::CorruptStore(_) => ("CorruptStoreError", vec![]),
-            Error::FormatVersion { .. } => ("StoreVersionError", vec![]),
-            Error::StoreAccess { .. } => ("StoreAccessError", vec![]),
-            Error::StoreBusy { .. } => ("StoreBusyError", vec![]),
+            Error::FormatVersion { path, found, supported } => (
+                "StoreVersionError",
+                vec![
+                    ("path", obj(py, path.display().to_string())),
+                    ("found", obj(py, found)),
+                    ("supported", obj(py, supported)),
+                ],
+            ),
+            Error::StoreAccess { path, .. } => {
+                ("StoreAccessError", vec![("path", obj(py, path.display().to_string()))])
+            }
+            Error::StoreBusy { path, .. } => ("StoreBusyError", vec![("path", obj(py, path.display().to_string()))]),
             Error::ExecutionNotFound(_) => ("ExecutionNotFoundError", vec![]),
             Error::ExecutionFinished { .. } => ("ExecutionFinishedError", vec![]),
             Error::ExecutionIdConflict { .. } | Error::InvalidInput(_) => ("ValidationError", vec![]),
