@@ -391,9 +391,9 @@ def test_callback_success(engine: perdure.Engine) -> None:
 def test_callback_failure(engine: perdure.Engine) -> None:
     handle = engine.start(approval, "fail")
     engine.send_callback_failure(wait_for_id("fail"), "denied", error_type="Rejected")
-    # As in AWS, the workflow sees CallbackExternalError; the sender's error
-    # type stays in the history.
-    assert handle.result(TIMEOUT) == ["failed", "perdure.errors.CallbackExternalError", "denied"]
+    # The workflow sees the answerer's error type, as create_callback's
+    # result() would show it.
+    assert handle.result(TIMEOUT) == ["failed", "Rejected", "denied"]
     failed = next(e for e in handle.history() if e["EventType"] == "CallbackFailed")
     assert failed["CallbackFailedDetails"]["Error"]["Payload"] == {
         "ErrorType": "Rejected",

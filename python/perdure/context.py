@@ -565,6 +565,13 @@ class DurableContext:
         except ChildContextError as exc:
             cause = exc.__cause__
             if isinstance(cause, CallbackError):
+                # Raise what the callback itself recorded (the answerer's error
+                # type, the kind of timeout), exactly as create_callback's
+                # result() would, on the first run and on replay alike.
+                callback_op = f"{self._prefix}{self._counter}-1"
+                op = self._state.lookup(callback_op)
+                if op is not None and op[R.OP_TYPE] == R.CALLBACK:
+                    Callback(self, callback_op, op[R.OP_EXTRA] or "", config.serdes).result()
                 raise cause from None
             if isinstance(cause, StepError):
                 raise CallbackSubmitterError(

@@ -306,6 +306,11 @@ class Engine:
             self._left_alone[exec_key] = "corrupt"
             core.park(exec_key)
             return
+        if invocation.wake == 0:
+            # Not runnable any more: an invocation that ended after this one was
+            # queued already handled the wake-up (or the execution finished).
+            core.finish(exec_key, False)
+            return
         function = lookup(invocation.function)
         if function is None:
             log.warning(

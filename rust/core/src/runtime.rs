@@ -109,8 +109,8 @@ impl Runtime {
             scheduler: scheduler.clone(),
             stop: stop.clone(),
         };
-        let seen = self.store.wake_seq()?;
-        for (exec_key, _) in self.store.pending()? {
+        let (seen, pending) = self.store.woken_since(0)?;
+        for exec_key in pending {
             scheduler.schedule(exec_key);
         }
         let poller_thread = std::thread::Builder::new()
@@ -439,7 +439,8 @@ impl Drop for Runtime {
 }
 
 /// Watches the store's wake counter; when another process woke an execution,
-/// queues every pending one (the scheduler ignores those already queued).
+/// queues the executions woken since the last look (the scheduler ignores
+/// those already queued, and runs a running one again when it finishes).
 struct Poller {
     store: Arc<Store>,
     scheduler: Arc<Scheduler>,
@@ -454,9 +455,9 @@ impl Poller {
             if current == seen {
                 continue;
             }
-            if let Ok(pending) = self.store.pending() {
-                seen = current;
-                for (exec_key, _) in pending {
+            if let Ok((now_seen, woken)) = self.store.woken_since(seen) {
+                seen = now_seen;
+                for exec_key in woken {
                     self.scheduler.schedule(exec_key);
                 }
             }

@@ -1,6 +1,8 @@
 //! The ready queue of an owning engine: which executions should run an
-//! invocation now. An execution is queued or running at most once; a wake-up
-//! that arrives while it runs is caught by the writer's `EndInvocation`.
+//! invocation now. An execution is queued or running at most once. A wake-up
+//! that arrives while it runs is caught by the writer's `EndInvocation` when
+//! it commits before the invocation ends, and by `again` when it commits
+//! after: the execution is queued once more when it finishes.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -11,6 +13,8 @@ struct State {
     queue: VecDeque<u64>,
     queued: HashSet<u64>,
     running: HashSet<u64>,
+    /// Running executions scheduled again meanwhile.
+    again: HashSet<u64>,
     /// Executions whose function this process does not have; left alone.
     parked: HashSet<u64>,
     closed: bool,
@@ -29,7 +33,11 @@ impl Scheduler {
 
     pub fn schedule(&self, exec_key: u64) {
         let mut state = self.lock();
-        if state.closed || state.running.contains(&exec_key) || state.parked.contains(&exec_key) {
+        if state.closed || state.parked.contains(&exec_key) {
+            return;
+        }
+        if state.running.contains(&exec_key) {
+            state.again.insert(exec_key);
             return;
         }
         if state.queued.insert(exec_key) {
@@ -64,6 +72,7 @@ impl Scheduler {
     pub fn finish(&self, exec_key: u64, rerun: bool) {
         let mut state = self.lock();
         state.running.remove(&exec_key);
+        let rerun = state.again.remove(&exec_key) || rerun;
         if rerun && !state.closed && state.queued.insert(exec_key) {
             state.queue.push_back(exec_key);
             self.ready.notify_one();
@@ -76,6 +85,7 @@ impl Scheduler {
     pub fn park(&self, exec_key: u64) {
         let mut state = self.lock();
         state.running.remove(&exec_key);
+        state.again.remove(&exec_key);
         state.parked.insert(exec_key);
         if state.running.is_empty() {
             self.ready.notify_all();

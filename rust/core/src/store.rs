@@ -360,6 +360,23 @@ impl Store {
         })
     }
 
+    /// The wake counter now, and the executions woken after `seen`, from one
+    /// snapshot: a wake with a value at or below `seen` was already looked at.
+    pub fn woken_since(&self, seen: u64) -> Result<(u64, Vec<u64>)> {
+        self.read(|txn, dbs| {
+            let now = dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0);
+            let mut woken = Vec::new();
+            for entry in dbs.pending.iter(txn)? {
+                let (key, value) = entry?;
+                let exec_key = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad pending key"))?;
+                if keys::read_u64(value).unwrap_or(u64::MAX) > seen {
+                    woken.push(exec_key);
+                }
+            }
+            Ok((now, woken))
+        })
+    }
+
     pub fn timers(&self) -> Result<Vec<Timer>> {
         self.read(|txn, dbs| {
             let mut timers = Vec::new();
