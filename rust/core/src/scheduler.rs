@@ -117,3 +117,42 @@ impl Scheduler {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: Duration = Duration::from_millis(0);
+
+    #[test]
+    fn queued_once_and_never_while_running() {
+        let scheduler = Scheduler::default();
+        scheduler.schedule(7);
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), Some(7));
+        assert_eq!(scheduler.next(NOW), None);
+        scheduler.finish(7, false);
+        assert_eq!(scheduler.next(NOW), None);
+    }
+
+    #[test]
+    fn a_wake_while_running_runs_it_again_after() {
+        let scheduler = Scheduler::default();
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), Some(7));
+        scheduler.schedule(7); // woken while its invocation runs
+        assert_eq!(scheduler.next(NOW), None);
+        scheduler.finish(7, false);
+        assert_eq!(scheduler.next(NOW), Some(7));
+    }
+
+    #[test]
+    fn parked_executions_are_left_alone() {
+        let scheduler = Scheduler::default();
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), Some(7));
+        scheduler.park(7);
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), None);
+    }
+}
