@@ -4,6 +4,7 @@ import builtins
 from os import PathLike
 
 FORMAT_VERSION: int
+MISSING: object
 __version__: str
 
 # (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload)
@@ -29,9 +30,7 @@ class Invocation:
     @property
     def invocations(self) -> int: ...
     def lookup(self, op_id: str) -> _OpState | None: ...
-    def replay(
-        self, op_id: str, op_type: int, sub_type: int, name: str | None = None
-    ) -> bytes | None: ...
+    def replay_step(self, op_id: str, name: str | None = None) -> object: ...
 
 class Core:
     def __init__(

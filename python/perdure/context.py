@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
+from perdure._core import MISSING
 from perdure.config import (
     CallbackConfig,
     ChildConfig,
@@ -41,7 +42,7 @@ from perdure.errors import (
     rebuild_error,
 )
 from perdure.retries import RetryDecision, RetryPresets
-from perdure.serdes import SerDes, SerDesContext, deserialize, loads, serialize
+from perdure.serdes import SerDes, SerDesContext, deserialize, serialize
 
 if TYPE_CHECKING:
     from perdure._core import Core, Invocation
@@ -57,6 +58,7 @@ __all__ = [
 T = TypeVar("T")
 
 _DEFAULT_STEP_CONFIG = StepConfig()
+_MISSING = MISSING
 _DEFAULT_RETRY = RetryPresets.default()
 _workflow_logger = logging.getLogger("perdure.workflow")
 
@@ -82,7 +84,7 @@ class _InvocationState:
         self.exec_key = invocation.exec_key
         self.execution_id = invocation.execution_id
         self.lookup = invocation.lookup
-        self.replay = invocation.replay
+        self.replay_step = invocation.replay_step
         self.max_payload = max_payload
         self.has_history = invocation.op_count > 0
         # Records that need not be durable on their own (a context's START, a
@@ -164,13 +166,22 @@ class ReplayAwareLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
         return msg, kwargs
 
 
-@dataclass(frozen=True)
 class StepContext:
     """Handed to a step body: which attempt this is, and a logger."""
 
-    attempt: int
-    operation_id: str
-    logger: logging.Logger | logging.LoggerAdapter  # type: ignore[type-arg]
+    __slots__ = ("_context", "attempt", "operation_id")
+
+    def __init__(self, attempt: int, operation_id: str, context: DurableContext) -> None:
+        self.attempt = attempt
+        self.operation_id = operation_id
+        self._context = context
+
+    @property
+    def logger(self) -> ReplayAwareLogger:
+        return self._context.logger
+
+    def __repr__(self) -> str:
+        return f"StepContext(attempt={self.attempt}, operation_id={self.operation_id!r})"
 
 
 @dataclass(frozen=True)
@@ -272,7 +283,14 @@ class DurableContext:
         self._prefix = "" if parent_id is None else f"{parent_id}-"
         self._counter = 0
         self._replaying = state.has_history if replaying is None else replaying
-        self.logger = ReplayAwareLogger(self, _workflow_logger)
+        self._replay_step = state.replay_step
+
+    @property
+    def logger(self) -> ReplayAwareLogger:
+        """A logger that is silent while this context replays. Made on use, so
+        a context and its logger never form a reference cycle that would keep
+        an invocation's replay index alive until the garbage collector runs."""
+        return ReplayAwareLogger(self, _workflow_logger)
 
     # -- identity -------------------------------------------------------------
 
@@ -341,16 +359,14 @@ class DurableContext:
             raise ValidationError(f"step config must be a StepConfig, got {type(config).__name__}")
         if name is None:
             name = getattr(func, "_perdure_name", None)
-        self._counter += 1
-        op_id = f"{self._prefix}{self._counter}"
+        self._counter = counter = self._counter + 1
+        op_id = f"{self._prefix}{counter}"
         if config.serdes is None:
-            # Replay fast path: one probe of the Rust index, one JSON parse.
-            payload = self._state.replay(op_id, R.STEP, R.SUB_STEP, name)
-            if payload is not None:
-                try:
-                    return loads(payload)  # type: ignore[no-any-return]
-                except SerDesError:
-                    pass  # the slow path reports it, naming the operation
+            # Replay fast path: one call into Rust finds the step and decodes
+            # its result; anything unusual falls through to the slow path.
+            value = self._replay_step(op_id, name)
+            if value is not _MISSING:
+                return value  # type: ignore[return-value]
         return self._step(op_id, func, name, config, R.SUB_STEP)
 
     def _step(
@@ -378,7 +394,6 @@ class DurableContext:
                 attempt = op[R.OP_ATTEMPT]
                 interrupted = config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY
         self._replaying = False
-        logger = ReplayAwareLogger(self, _workflow_logger)
         started_ms = state.now_ms()
         if interrupted:
             error: BaseException = StepInterruptedError(
@@ -392,7 +407,7 @@ class DurableContext:
         if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
             state.commit([R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=attempt)])
         try:
-            result = func(StepContext(attempt, op_id, logger))
+            result = func(StepContext(attempt, op_id, self))
         except Exception as exc:
             self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
         payload = self._encode(config.serdes, result, op_id, f"step {name or op_id}")

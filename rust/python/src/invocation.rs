@@ -1,10 +1,19 @@
 //! `perdure._core.Invocation`: one execution's journal, loaded and indexed,
 //! answering the Python side's "what happened to operation X" in O(1).
 
+use jiter::PythonParse;
 use perdure_core::store::InvocationData;
-use perdure_core::{RecordKind, ReplayIndex};
+use perdure_core::{OpType, RecordKind, ReplayIndex, SubType};
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
+
+/// The first byte of a payload that uses perdure's extended JSON types.
+const EXTENDED_MARKER: u8 = b'~';
+
+/// Returned by `replay_step` when there is nothing to replay; exported as
+/// `perdure._core.MISSING` (None is a valid step result).
+pub static MISSING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 
 #[pyclass(frozen, module = "perdure._core")]
 pub struct Invocation {
@@ -54,27 +63,31 @@ impl Invocation {
         self.index.invocations
     }
 
-    /// The replay fast path: the stored result of an operation that succeeded
-    /// and matches the type, sub-type and name asked for; None otherwise (not
-    /// recorded, not finished, failed, or a mismatch — `lookup` tells which).
-    #[pyo3(signature = (op_id, op_type, sub_type, name = None))]
-    fn replay<'py>(
-        &self,
-        py: Python<'py>,
-        op_id: &str,
-        op_type: u8,
-        sub_type: u8,
-        name: Option<&str>,
-    ) -> Option<Bound<'py, PyBytes>> {
-        let op = self.index.get(op_id)?;
+    /// The replay fast path of `ctx.step`: the stored result of a step that
+    /// succeeded under this name, decoded straight from its JSON; `MISSING`
+    /// otherwise (not recorded, not finished, failed, a mismatch, or a payload
+    /// that needs perdure's extended-type decoding) — the slow path then
+    /// looks at the operation with `lookup` and says why.
+    #[pyo3(signature = (op_id, name = None))]
+    fn replay_step<'py>(&self, py: Python<'py>, op_id: &str, name: Option<&str>) -> Bound<'py, PyAny> {
+        let missing = || {
+            MISSING
+                .get(py)
+                .map_or_else(|| py.None().into_bound(py), |m| m.bind(py).clone())
+        };
+        let Some(op) = self.index.get(op_id) else {
+            return missing();
+        };
         let matches = op.status == RecordKind::Succeeded
-            && op.op_type as u8 == op_type
-            && op.sub_type as u8 == sub_type
+            && op.op_type == OpType::Step
+            && op.sub_type == SubType::Step
             && op.name.as_deref().filter(|n| !n.is_empty()) == name.filter(|n| !n.is_empty());
-        if !matches {
-            return None;
+        match op.payload.as_deref() {
+            Some(json) if matches && json.first() != Some(&EXTENDED_MARKER) => PythonParse::default()
+                .python_parse(py, json)
+                .unwrap_or_else(|_| missing()),
+            _ => missing(),
         }
-        op.payload.as_deref().map(|bytes| PyBytes::new(py, bytes))
     }
 
     /// (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms,
