@@ -42,7 +42,7 @@ from perdure.errors import (
     rebuild_error,
 )
 from perdure.retries import RetryDecision, RetryPresets
-from perdure.serdes import SerDes, SerDesContext, deserialize, serialize
+from perdure.serdes import SerDes, SerDesContext, deserialize, dumps, loads, serialize
 
 if TYPE_CHECKING:
     from perdure._core import Core, Invocation
@@ -59,6 +59,7 @@ T = TypeVar("T")
 
 _DEFAULT_STEP_CONFIG = StepConfig()
 _MISSING = MISSING
+_SCALARS = frozenset({int, str, bool, float, type(None)})
 _DEFAULT_RETRY = RetryPresets.default()
 _workflow_logger = logging.getLogger("perdure.workflow")
 
@@ -338,9 +339,26 @@ class DurableContext:
             return None
         return deserialize(serdes, payload, self._serdes_context(op_id))
 
-    def _encode(self, serdes: SerDes[Any] | None, value: Any, op_id: str, what: str) -> bytes:
-        payload = serialize(serdes, value, self._serdes_context(op_id))
-        return self._state.check_size(payload, what)
+    def _checkpoint(
+        self, serdes: SerDes[Any] | None, value: Any, op_id: str, kind: str, name: str | None
+    ) -> tuple[bytes, Any]:
+        """Serializes a result, and gives back what a replay will return: the
+        value after a round trip through the serdes."""
+        if serdes is None:
+            try:
+                payload = dumps(value)
+            except SerDesError:
+                payload = serialize(None, value, self._serdes_context(op_id))  # names the operation
+            if len(payload) > self._state.max_payload:
+                self._state.check_size(payload, f"{kind} {name or op_id}")
+            # Plain scalars come back as themselves; skip the round trip.
+            if type(value) in _SCALARS:
+                return payload, value
+            return payload, loads(payload)
+        context = self._serdes_context(op_id)
+        payload = serialize(serdes, value, context)
+        self._state.check_size(payload, f"{kind} {name or op_id}")
+        return payload, deserialize(serdes, payload, context)
 
     # -- step -------------------------------------------------------------------
 
@@ -410,23 +428,11 @@ class DurableContext:
             result = func(StepContext(attempt, op_id, self))
         except Exception as exc:
             self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
-        payload = self._encode(config.serdes, result, op_id, f"step {name or op_id}")
-        value: T = deserialize(config.serdes, payload, self._serdes_context(op_id))
-        state.commit(
-            [
-                R.record(
-                    R.SUCCEEDED,
-                    R.STEP,
-                    sub_type,
-                    op_id,
-                    name,
-                    attempt=attempt,
-                    aux=state.now_ms() - started_ms,
-                    payload=payload,
-                )
-            ]
-        )
-        return value
+        payload, value = self._checkpoint(config.serdes, result, op_id, "step", name)
+        duration = state.now_ms() - started_ms
+        record = (R.SUCCEEDED, R.STEP, sub_type, op_id, name, attempt, duration, 0, None, payload)
+        state.commit([record])
+        return value  # type: ignore[no-any-return]
 
     def _step_failed(
         self,
@@ -650,11 +656,10 @@ class DurableContext:
                 [R.record(R.FAILED, R.CONTEXT, sub_type, op_id, name, payload=_error_payload(exc))]
             )
             raise _child_error(obj) from rebuild_error(obj)
-        payload = self._encode(config.serdes, result, op_id, f"child context {name or op_id}")
-        value: T = deserialize(config.serdes, payload, self._serdes_context(op_id))
+        payload, value = self._checkpoint(config.serdes, result, op_id, "child context", name)
         state.commit([R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)])
         self._replaying = child._replaying and self._replaying
-        return value
+        return value  # type: ignore[no-any-return]
 
 
 def _describe(op_type: int, sub_type: int, name: str | None) -> str:
