@@ -295,8 +295,8 @@ def test_invalid_calls_in_a_workflow_write_nothing(engine: Engine) -> None:
         "step config": "step config must be a StepConfig, got CallbackConfig",
         "callback config": "create_callback config must be a CallbackConfig, got StepConfig",
         "child not callable": "run_in_child_context needs a callable, got str",
-        "child config": "child context config must be a ChildConfig, got StepConfig",
-        "submitter": "wait_for_callback needs a callable submitter, got NoneType",
+        "child config": "run_in_child_context config must be a ChildConfig, got StepConfig",
+        "submitter": "wait_for_callback submitter needs a callable, got NoneType",
         "wait_for_callback config": (
             "wait_for_callback config must be a WaitForCallbackConfig, got CallbackConfig"
         ),

@@ -519,12 +519,7 @@ class DurableContext:
         self, name: str | None = None, config: CallbackConfig | None = None
     ) -> Callback[Any]:
         """Creates a callback whose id an external party answers with."""
-        if config is None:
-            config = CallbackConfig()
-        elif not isinstance(config, CallbackConfig):
-            raise ValidationError(
-                f"create_callback config must be a CallbackConfig, got {type(config).__name__}"
-            )
+        config = _checked_config(config, CallbackConfig, "create_callback")
         return self._create_callback(name, config, R.SUB_CALLBACK)
 
     def _create_callback(
@@ -551,17 +546,8 @@ class DurableContext:
     ) -> Any:
         """Creates a callback, hands its id to ``submitter`` (run as a step) and
         waits for the answer."""
-        if not callable(submitter):
-            raise ValidationError(
-                f"wait_for_callback needs a callable submitter, got {type(submitter).__name__}"
-            )
-        if config is None:
-            config = WaitForCallbackConfig()
-        elif not isinstance(config, WaitForCallbackConfig):
-            raise ValidationError(
-                "wait_for_callback config must be a WaitForCallbackConfig, "
-                f"got {type(config).__name__}"
-            )
+        _check_callable(submitter, "wait_for_callback submitter")
+        config = _checked_config(config, WaitForCallbackConfig, "wait_for_callback")
         prefix = f"{name} " if name else ""
         callback_config = CallbackConfig(
             timeout=config.timeout, heartbeat_timeout=config.heartbeat_timeout, serdes=config.serdes
@@ -613,16 +599,8 @@ class DurableContext:
     ) -> T:
         """Runs ``func(child_context)`` in its own operation namespace and
         checkpoints its result; a completed child is not run again."""
-        if not callable(func):
-            raise ValidationError(
-                f"run_in_child_context needs a callable, got {type(func).__name__}"
-            )
-        if config is None:
-            config = ChildConfig()
-        elif not isinstance(config, ChildConfig):
-            raise ValidationError(
-                f"child context config must be a ChildConfig, got {type(config).__name__}"
-            )
+        _check_callable(func, "run_in_child_context")
+        config = _checked_config(config, ChildConfig, "run_in_child_context")
         if name is None:
             name = getattr(func, "_perdure_name", None)
         sub_type = R.SUB_TYPE_CODES.get(config.sub_type or "", R.SUB_CHILD_CONTEXT)
@@ -660,6 +638,24 @@ class DurableContext:
         state.commit([R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)])
         self._replaying = child._replaying and self._replaying
         return value  # type: ignore[no-any-return]
+
+
+C = TypeVar("C")
+
+
+def _check_callable(func: object, what: str) -> None:
+    if not callable(func):
+        raise ValidationError(f"{what} needs a callable, got {type(func).__name__}")
+
+
+def _checked_config(config: C | None, cls: type[C], what: str) -> C:
+    """The config, or a default one; anything else is refused by name."""
+    if config is None:
+        return cls()
+    if not isinstance(config, cls):
+        got = type(config).__name__
+        raise ValidationError(f"{what} config must be a {cls.__name__}, got {got}")
+    return config
 
 
 def _describe(op_type: int, sub_type: int, name: str | None) -> str:

@@ -253,14 +253,7 @@ impl Runtime {
             record.timestamp_ms = now;
             batch.push(Mutation::Append { exec_key, record });
         }
-        for (delay_ms, op_id) in wake_at {
-            batch.push(Mutation::AddTimer(Timer {
-                due_ms: now + delay_ms,
-                exec_key,
-                kind: TimerKind::Wake,
-                subject: op_id,
-            }));
-        }
+        batch.extend(wake_timers(exec_key, now, wake_at));
         self.submit(batch)?;
         Ok(callback_id)
     }
@@ -275,15 +268,7 @@ impl Runtime {
         wake_at: Vec<(u64, String)>,
     ) -> Result<bool> {
         let now = self.now_ms();
-        let mut batch = Vec::with_capacity(wake_at.len() + 1);
-        for (delay_ms, op_id) in wake_at {
-            batch.push(Mutation::AddTimer(Timer {
-                due_ms: now + delay_ms,
-                exec_key,
-                kind: TimerKind::Wake,
-                subject: op_id,
-            }));
-        }
+        let mut batch: Vec<Mutation> = wake_timers(exec_key, now, wake_at).collect();
         for record in &mut records {
             record.timestamp_ms = now;
         }
@@ -463,6 +448,18 @@ impl Poller {
             }
         }
     }
+}
+
+/// Wake timers `delay_ms` after the commit stamp `now`.
+fn wake_timers(exec_key: u64, now: u64, wake_at: Vec<(u64, String)>) -> impl Iterator<Item = Mutation> {
+    wake_at.into_iter().map(move |(delay_ms, op_id)| {
+        Mutation::AddTimer(Timer {
+            due_ms: now + delay_ms,
+            exec_key,
+            kind: TimerKind::Wake,
+            subject: op_id,
+        })
+    })
 }
 
 /// 128 random bits from the OS, hex-encoded: unguessable and URL-safe.
