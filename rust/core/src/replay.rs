@@ -53,24 +53,34 @@ pub struct ReplayIndex {
 }
 
 impl ReplayIndex {
-    pub fn build(records: Vec<Record>) -> ReplayIndex {
-        let mut index = ReplayIndex {
-            ops: Vec::with_capacity(records.len()),
-            positions: HashTable::with_capacity(records.len()),
+    /// An empty index with room for `capacity` records.
+    pub fn with_capacity(capacity: usize) -> ReplayIndex {
+        ReplayIndex {
+            ops: Vec::with_capacity(capacity),
+            positions: HashTable::with_capacity(capacity),
             hasher: FxBuildHasher,
             cursor: AtomicUsize::new(0),
             input: None,
             invocations: 0,
-        };
+        }
+    }
+
+    pub fn build(records: Vec<Record>) -> ReplayIndex {
+        let mut index = ReplayIndex::with_capacity(records.len());
         for record in records {
-            match (record.op_type, record.kind) {
-                (OpType::Execution, RecordKind::Started) => index.input = record.payload,
-                (_, RecordKind::InvocationCompleted) => index.invocations += 1,
-                (OpType::Execution, _) => {}
-                _ => index.fold(record),
-            }
+            index.add(record);
         }
         index
+    }
+
+    /// Folds the journal's next record in.
+    pub fn add(&mut self, record: Record) {
+        match (record.op_type, record.kind) {
+            (OpType::Execution, RecordKind::Started) => self.input = record.payload,
+            (_, RecordKind::InvocationCompleted) => self.invocations += 1,
+            (OpType::Execution, _) => {}
+            _ => self.fold(record),
+        }
     }
 
     pub fn get(&self, op_id: &str) -> Option<&OpState> {

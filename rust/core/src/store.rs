@@ -14,6 +14,7 @@ use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, WithoutTls}
 use crate::error::{Error, Result};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, Timer};
 use crate::record::Record;
+use crate::replay::ReplayIndex;
 
 /// The on-disk format this build reads and writes (see `docs/format.md`).
 pub const FORMAT_VERSION: u32 = 1;
@@ -78,7 +79,7 @@ pub(crate) struct Dbs {
 pub struct InvocationData {
     pub exec_key: u64,
     pub meta: ExecMeta,
-    pub records: Vec<Record>,
+    pub index: ReplayIndex,
     /// The pending-index value seen; a wake-up after it changes this value.
     pub wake: u64,
 }
@@ -285,11 +286,14 @@ impl Store {
                 .get(txn, &keys::exec_key_bytes(exec_key))?
                 .and_then(keys::read_u64)
                 .unwrap_or(0);
-            let records = journal_in(txn, dbs, exec_key, &meta.execution_id)?;
+            // Records go straight from the cursor into the index, never all
+            // into a list first: a long journal is held in memory once.
+            let mut index = ReplayIndex::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+            visit_journal(txn, dbs, exec_key, &meta.execution_id, |record| index.add(record))?;
             Ok(InvocationData {
                 exec_key,
                 meta,
-                records,
+                index,
                 wake,
             })
         })
@@ -434,7 +438,20 @@ pub(crate) fn callback_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, callback_id: &str)
 }
 
 fn journal_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &str) -> Result<Vec<Record>> {
-    let mut records = Vec::new();
+    let mut records = Vec::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+    visit_journal(txn, dbs, exec_key, execution_id, |record| records.push(record))?;
+    Ok(records)
+}
+
+/// Decodes an execution's records in order; a corrupt one stops the walk
+/// with an error naming the execution and the sequence number.
+fn visit_journal(
+    txn: &RoTxn<WithoutTls>,
+    dbs: &Dbs,
+    exec_key: u64,
+    execution_id: &str,
+    mut visit: impl FnMut(Record),
+) -> Result<()> {
     for entry in dbs.journal.prefix_iter(txn, &keys::exec_key_bytes(exec_key))? {
         let (key, value) = entry?;
         let sequence = keys::split_journal_key(key).map_or(0, |(_, seq)| seq);
@@ -443,9 +460,21 @@ fn journal_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &
             sequence,
             reason,
         })?;
-        records.push(record);
+        visit(record);
     }
-    Ok(records)
+    Ok(())
+}
+
+/// How many records the journal holds: one past its last sequence number.
+fn journal_len_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<usize> {
+    let upper = keys::journal_key(exec_key, u32::MAX);
+    Ok(match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
+        Some((key, _)) => match keys::split_journal_key(key) {
+            Some((exec, seq)) if exec == exec_key => seq as usize + 1,
+            _ => 0,
+        },
+        None => 0,
+    })
 }
 
 fn map_open_error(path: &Path, err: heed::Error) -> Error {

@@ -48,7 +48,8 @@ fn start_append_and_suspend() {
 
     assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
     let loaded = runtime.store.load_invocation(exec).unwrap();
-    assert_eq!(loaded.records.len(), 1);
+    assert!(loaded.index.is_empty(), "only the ExecutionStarted record so far");
+    assert_eq!(loaded.index.input.as_deref(), Some(&b"{}"[..]));
     runtime
         .append(exec, vec![step_record("1", b"42")], vec![], None)
         .unwrap();

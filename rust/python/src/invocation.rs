@@ -39,7 +39,7 @@ impl Invocation {
             function: data.meta.function,
             wake: data.wake,
             created_ms: data.meta.created_ms,
-            index: ReplayIndex::build(data.records),
+            index: data.index,
         }
     }
 }
