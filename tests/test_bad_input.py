@@ -17,7 +17,6 @@ import stat
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -47,6 +46,7 @@ from perdure import (
     ValidationError,
     WaitForCallbackConfig,
 )
+from support import wait_for
 
 # region workflows
 
@@ -142,14 +142,6 @@ def not_durable(ctx: DurableContext, _: Any) -> None:
 
 # endregion
 # region helpers
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def close(engine: Engine) -> None:

@@ -19,9 +19,7 @@ import os
 import queue
 import re
 import stat
-import time
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -48,6 +46,7 @@ from perdure import (
     WaitForCallbackConfig,
     create_retry_strategy,
 )
+from support import wait_for
 
 # region decoder written from docs/format.md (no perdure imports)
 
@@ -412,14 +411,6 @@ def tiny(ctx: DurableContext, event: Any) -> Any:
 
 # endregion
 # region running them
-
-
-def wait_for(predicate: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
 
 
 def _next_event(label: str) -> str:

@@ -16,10 +16,11 @@ own loop in each invocation:
 from __future__ import annotations
 
 import json
-import statistics
 import sys
 import time
 from typing import Any
+
+from perdure.bench import stats
 
 AVAILABLE_ERROR: str | None = None
 try:
@@ -85,17 +86,8 @@ def measure(steps: int = 1000, repeats: int = 3) -> dict[str, Any]:
         "peer": "aws-durable-execution-sdk-python-testing (local runner, in memory)",
         "version": version(),
         "steps": steps,
-        "steps_per_s": _stats(seq),
-        "replay_steps_per_s": _stats(rep),
-    }
-
-
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "max": max(samples),
-        "samples": samples,
+        "steps_per_s": stats(seq),
+        "replay_steps_per_s": stats(rep),
     }
 
 

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from perdure.bench import stats
 
 AVAILABLE_ERROR: str | None = None
 try:
@@ -144,18 +145,9 @@ def measure(
         "peer": "dbos (SQLite system database, synchronous=FULL)",
         "version": version(),
         "steps": steps,
-        "steps_per_s": _stats(seq),
+        "steps_per_s": stats(seq),
         "replay_steps": replay_steps,
-        "replay_steps_per_s": _stats(replay),
-    }
-
-
-def _stats(samples: list[float]) -> dict[str, Any]:
-    return {
-        "median": statistics.median(samples),
-        "min": min(samples),
-        "max": max(samples),
-        "samples": samples,
+        "replay_steps_per_s": stats(replay),
     }
 
 
