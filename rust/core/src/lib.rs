@@ -8,6 +8,7 @@
 pub mod clock;
 mod codec;
 pub mod error;
+pub mod executor;
 pub mod keys;
 mod lock;
 pub mod record;
