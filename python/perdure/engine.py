@@ -4,11 +4,12 @@ invocations, and the calls to start, inspect, cancel and answer executions.
 
 from __future__ import annotations
 
+import atexit
 import builtins
 import logging
 import os
-import threading
 import uuid
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -113,16 +114,16 @@ class Engine:
         self.max_payload_size = max_payload_size
         self._core = Core(str(path), **options)
         self._closed = False
-        self._threads: list[threading.Thread] = []
         # Executions this engine will not run, and why ("unregistered", "corrupt").
         self._left_alone: dict[int, str] = {}
         if owner:
-            for index in range(workers):
-                thread = threading.Thread(
-                    target=self._work, name=f"perdure-worker-{index}", daemon=True
-                )
-                thread.start()
-                self._threads.append(thread)
+            # Invocations run on the Rust work-stealing pool, which calls back
+            # here; through a weak reference, so the pool does not keep the
+            # engine (and its store) alive.
+            self._core.start_executor(workers, _weak_invoker(self))
+            # An engine left open at interpreter exit is closed first, while its
+            # worker threads can still take the GIL to finish.
+            atexit.register(_close_at_exit, weakref.ref(self))
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -134,9 +135,6 @@ class Engine:
             return
         self._closed = True
         self._core.close(timeout)
-        for thread in self._threads:
-            if thread is not threading.current_thread():
-                thread.join(timeout)
 
     def __enter__(self) -> Engine:
         return self
@@ -281,20 +279,13 @@ class Engine:
             execution_id, function, state, _timestamp(created_ms), _timestamp(updated_ms)
         )
 
-    def _work(self) -> None:
-        core = self._core
-        while not self._closed:
-            try:
-                exec_key = core.next_ready(0.5)
-            except EngineClosedError:
-                return
-            if exec_key is None:
-                continue
-            try:
-                self._invoke(exec_key)
-            except BaseException:
-                log.exception("perdure: invocation of execution key %s failed", exec_key)
-                core.finish(exec_key, False)
+    def _run_invocation(self, exec_key: int) -> None:
+        """Called by an executor worker for each runnable execution."""
+        try:
+            self._invoke(exec_key)
+        except BaseException:
+            log.exception("perdure: invocation of execution key %s failed", exec_key)
+            self._core.finish(exec_key, False)
 
     def _invoke(self, exec_key: int) -> None:
         """Runs one invocation of an execution, from the top."""
@@ -362,6 +353,23 @@ class Engine:
         except ExecutionFinishedError:
             rerun = False  # cancelled while it ran
         core.finish(exec_key, rerun)
+
+
+def _weak_invoker(engine: Engine) -> Callable[[int], None]:
+    method = weakref.WeakMethod(engine._run_invocation)
+
+    def invoke(exec_key: int) -> None:
+        run = method()
+        if run is not None:
+            run(exec_key)
+
+    return invoke
+
+
+def _close_at_exit(ref: weakref.ReferenceType[Engine]) -> None:
+    engine = ref()
+    if engine is not None:
+        engine.close()
 
 
 class ExecutionHandle:

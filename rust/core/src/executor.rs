@@ -24,7 +24,7 @@ use crate::error::Result;
 pub type Task = Box<dyn FnOnce() + Send + 'static>;
 
 /// Wraps a worker thread's life: must call `body` once and return when it does.
-pub type WorkerWrapper = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+pub type WorkerWrapper = Arc<dyn Fn(&mut (dyn FnMut() + Send)) + Send + Sync>;
 
 /// How long an idle worker sleeps before looking again, even unwoken.
 const IDLE_NAP: Duration = Duration::from_millis(50);
@@ -131,7 +131,9 @@ impl Executor {
     }
 
     /// Stops the workers once every spawned task has finished or `timeout`
-    /// passed; returns whether all tasks finished.
+    /// passed; returns whether all tasks finished. Idle workers are joined; a
+    /// worker still inside a task (a step that will not return) is left to
+    /// exit when its task ends, rather than hanging the caller.
     pub fn shutdown(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.unfinished() > 0 && Instant::now() < deadline {
@@ -140,11 +142,11 @@ impl Executor {
         }
         let drained = self.unfinished() == 0;
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.wake.notify_all();
+        self.shared.notify();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
         let current = std::thread::current().id();
         for thread in threads {
-            if thread.thread().id() != current {
+            if thread.thread().id() != current && (drained || thread.is_finished()) {
                 let _ = thread.join();
             }
         }
@@ -239,7 +241,7 @@ mod tests {
     use std::sync::atomic::AtomicU64;
 
     fn plain() -> WorkerWrapper {
-        Arc::new(|body: &mut dyn FnMut()| body())
+        Arc::new(|body: &mut (dyn FnMut() + Send)| body())
     }
 
     #[test]
@@ -293,7 +295,7 @@ mod tests {
     fn each_worker_runs_inside_its_wrapper_once() {
         let wrapped = Arc::new(AtomicUsize::new(0));
         let counter = wrapped.clone();
-        let wrapper: WorkerWrapper = Arc::new(move |body: &mut dyn FnMut()| {
+        let wrapper: WorkerWrapper = Arc::new(move |body: &mut (dyn FnMut() + Send)| {
             counter.fetch_add(1, Ordering::SeqCst);
             body();
         });

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
+use crate::executor::{Executor, WorkerWrapper};
 use crate::keys::{CallbackEntry, CallbackState, ExecState, Timer, TimerKind};
 use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
@@ -46,6 +47,9 @@ pub struct NewCallback {
     pub heartbeat_timeout_ms: u64,
 }
 
+/// Runs one invocation of an execution (the bindings call into Python).
+pub type Invoker = Arc<dyn Fn(u64) + Send + Sync>;
+
 struct Owner {
     /// Released on close, so another engine may take over at once.
     lock: Mutex<Option<OwnerLock>>,
@@ -53,6 +57,7 @@ struct Owner {
     timers: Arc<Timers>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    executor: Mutex<Option<Arc<Executor>>>,
 }
 
 pub struct Runtime {
@@ -122,6 +127,7 @@ impl Runtime {
             timers,
             stop,
             threads: Mutex::new(vec![timer_thread, poller_thread]),
+            executor: Mutex::new(None),
         })
     }
 
@@ -331,6 +337,32 @@ impl Runtime {
         Ok(())
     }
 
+    /// Runs invocations on a work-stealing pool of `workers` threads: every
+    /// execution that becomes runnable is handed to `invoke` on one of them.
+    pub fn start_executor(&self, workers: usize, run_worker: WorkerWrapper, invoke: Invoker) -> Result<()> {
+        let owner = self.owner()?;
+        let mut slot = owner.executor.lock().unwrap_or_else(|poison| poison.into_inner());
+        if slot.is_some() {
+            return Err(Error::InvalidInput("the executor is already running".into()));
+        }
+        let executor = Arc::new(Executor::new(workers, run_worker)?);
+        let scheduler = Arc::downgrade(&owner.scheduler);
+        let pool = Arc::downgrade(&executor);
+        owner.scheduler.set_dispatch(Arc::new(move || {
+            let (scheduler, invoke) = (scheduler.clone(), invoke.clone());
+            if let Some(pool) = pool.upgrade() {
+                pool.spawn(Box::new(move || {
+                    let exec_key = scheduler.upgrade().and_then(|s| s.next(Duration::ZERO));
+                    if let Some(exec_key) = exec_key {
+                        invoke(exec_key);
+                    }
+                }));
+            }
+        }));
+        *slot = Some(executor);
+        Ok(())
+    }
+
     pub fn next_ready(&self, timeout: Duration) -> Result<Option<u64>> {
         Ok(self.owner()?.scheduler.next(timeout))
     }
@@ -401,6 +433,16 @@ impl Runtime {
         let mut drained = true;
         if let Some(owner) = &self.owner {
             drained = owner.scheduler.close(timeout);
+            owner.scheduler.clear_dispatch();
+            let executor = owner
+                .executor
+                .lock()
+                .unwrap_or_else(|poison| poison.into_inner())
+                .take();
+            if let Some(executor) = executor {
+                // Only no-op dispatch tasks can be left once the scheduler closed.
+                executor.shutdown(Duration::from_millis(200));
+            }
             owner.stop.store(true, Ordering::SeqCst);
             owner.timers.close();
             let threads = std::mem::take(&mut *owner.threads.lock().unwrap_or_else(|poison| poison.into_inner()));

@@ -5,8 +5,11 @@
 //! after: the execution is queued once more when it finishes.
 
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+/// Called once for every execution queued, after the queue lock is released.
+pub type Dispatch = Arc<dyn Fn() + Send + Sync>;
 
 #[derive(Default)]
 struct State {
@@ -24,11 +27,38 @@ struct State {
 pub struct Scheduler {
     state: Mutex<State>,
     ready: Condvar,
+    /// With an executor: spawns a task that takes one execution off the queue.
+    dispatch: Mutex<Option<Dispatch>>,
 }
 
 impl Scheduler {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+
+    /// Hands every queued execution (now and later) to `dispatch`.
+    pub fn set_dispatch(&self, dispatch: Dispatch) {
+        let queued = self.lock().queue.len();
+        *self.dispatch.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(dispatch.clone());
+        for _ in 0..queued {
+            dispatch();
+        }
+    }
+
+    /// Drops the dispatcher (and what it holds: the executor, the invoker).
+    pub fn clear_dispatch(&self) {
+        self.dispatch.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+    }
+
+    fn dispatched(&self) {
+        let dispatch = self
+            .dispatch
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone();
+        if let Some(dispatch) = dispatch {
+            dispatch();
+        }
     }
 
     pub fn schedule(&self, exec_key: u64) {
@@ -43,6 +73,8 @@ impl Scheduler {
         if state.queued.insert(exec_key) {
             state.queue.push_back(exec_key);
             self.ready.notify_one();
+            drop(state);
+            self.dispatched();
         }
     }
 
@@ -73,12 +105,17 @@ impl Scheduler {
         let mut state = self.lock();
         state.running.remove(&exec_key);
         let rerun = state.again.remove(&exec_key) || rerun;
-        if rerun && !state.closed && state.queued.insert(exec_key) {
+        let queued = rerun && !state.closed && state.queued.insert(exec_key);
+        if queued {
             state.queue.push_back(exec_key);
             self.ready.notify_one();
         }
         if state.running.is_empty() {
-            self.ready.notify_all(); // wakes `wait_idle`
+            self.ready.notify_all(); // wakes `close`
+        }
+        drop(state);
+        if queued {
+            self.dispatched();
         }
     }
 

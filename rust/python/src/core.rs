@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use perdure_core::executor::WorkerWrapper;
 use perdure_core::keys::ExecState;
+use perdure_core::runtime::Invoker;
 use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
 use perdure_core::{
     Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
@@ -222,6 +224,24 @@ impl Core {
 
     fn cancel(&self, py: Python<'_>, execution_id: String, error_payload: Vec<u8>) -> PyResult<()> {
         py.detach(|| self.runtime.cancel(&execution_id, error_payload)).py_err()
+    }
+
+    /// Runs invocations on the Rust work-stealing pool: `invoke(exec_key)` is
+    /// called on one of `workers` threads for every runnable execution. Each
+    /// worker keeps one Python thread state for its life and holds the GIL
+    /// only while Python runs.
+    fn start_executor(&self, workers: usize, invoke: Py<PyAny>) -> PyResult<()> {
+        let run_worker: WorkerWrapper =
+            Arc::new(|body: &mut (dyn FnMut() + Send)| Python::attach(|py| py.detach(&mut *body)));
+        let invoker: Invoker = Arc::new(move |exec_key: u64| {
+            Python::attach(|py| {
+                if let Err(err) = invoke.call1(py, (exec_key,)) {
+                    // `invoke` handles its own errors; anything left is a bug to show, not to hide.
+                    err.write_unraisable(py, None);
+                }
+            })
+        });
+        self.runtime.start_executor(workers, run_worker, invoker).py_err()
     }
 
     fn next_ready(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<u64>> {
