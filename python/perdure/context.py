@@ -10,6 +10,7 @@ operation runs and its outcome is committed before user code sees it.
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
@@ -90,9 +91,24 @@ class _InvocationState:
         self.has_history = invocation.op_count > 0
         # Records that need not be durable on their own (a context's START, a
         # wait's end): they ride along with the next commit. Timers are
-        # (delay after that commit, op id).
+        # (delay after that commit, op id). Branches of a map or parallel run
+        # on several threads and share them, hence the lock.
         self.deferred: list[R.RecordIn] = []
         self.deferred_timers: list[tuple[int, str]] = []
+        self._deferred_lock = threading.Lock()
+
+    def defer(self, record: R.RecordIn | None = None, timer: tuple[int, str] | None = None) -> None:
+        with self._deferred_lock:
+            if record is not None:
+                self.deferred.append(record)
+            if timer is not None:
+                self.deferred_timers.append(timer)
+
+    def take_deferred(self) -> tuple[list[R.RecordIn], list[tuple[int, str]]]:
+        with self._deferred_lock:
+            records, timers = self.deferred, self.deferred_timers
+            self.deferred, self.deferred_timers = [], []
+            return records, timers
 
     def now_ms(self) -> int:
         return self.core.now_ms()
@@ -104,13 +120,11 @@ class _InvocationState:
         callback: tuple[str, int, int] | None = None,
     ) -> str | None:
         """Makes records durable (with anything deferred) before returning."""
-        if self.deferred:
-            records = [*self.deferred, *records]
-            self.deferred = []
         timers = wake_at or []
-        if self.deferred_timers:
-            timers = [*self.deferred_timers, *timers]
-            self.deferred_timers = []
+        if self.deferred or self.deferred_timers:
+            earlier, earlier_timers = self.take_deferred()
+            records = [*earlier, *records]
+            timers = [*earlier_timers, *timers]
         try:
             return self.core.append(self.exec_key, records, timers, callback)
         except (ExecutionFinishedError, EngineClosedError):
@@ -130,7 +144,7 @@ class _InvocationState:
         the clock stepped back since."""
         now = self.now_ms()
         if now < due_ms:
-            self.deferred_timers.append((due_ms - now, op_id))
+            self.defer(timer=(due_ms - now, op_id))
             raise _Suspend()
 
 
@@ -458,20 +472,11 @@ class DurableContext:
             delay_ms = max(0, decision.delay.to_millis())
             # The RETRY record and its timer commit with the end of this
             # invocation; the next attempt runs in a new one when due.
-            state.deferred.append(
-                R.record(
-                    R.RETRY,
-                    R.STEP,
-                    sub_type,
-                    op_id,
-                    name,
-                    attempt=attempt,
-                    aux=duration,
-                    aux2=delay_ms,
-                    payload=payload,
-                )
-            )
-            state.deferred_timers.append((delay_ms, op_id))
+            retry = R.record(
+                R.RETRY, R.STEP, sub_type, op_id, name,
+                attempt=attempt, aux=duration, aux2=delay_ms, payload=payload,
+            )  # fmt: skip
+            state.defer(retry, (delay_ms, op_id))
             raise state.suspend()
         state.commit(
             [
@@ -502,16 +507,14 @@ class DurableContext:
         op_id = self._next_id()
         op = self._recorded(op_id, R.WAIT, R.SUB_WAIT, name)
         if op is None:
-            state.deferred.append(R.record(R.STARTED, R.WAIT, R.SUB_WAIT, op_id, name, aux=millis))
-            state.deferred_timers.append((millis, op_id))
+            started = R.record(R.STARTED, R.WAIT, R.SUB_WAIT, op_id, name, aux=millis)
+            state.defer(started, (millis, op_id))
             raise state.suspend()
         if op[R.OP_STATUS] == R.SUCCEEDED:
             return
         state.wait_until(op[R.OP_STARTED_MS] + op[R.OP_START_AUX], op_id)
         self._replaying = False
-        state.deferred.append(
-            R.record(R.SUCCEEDED, R.WAIT, R.SUB_WAIT, op_id, name, aux=op[R.OP_START_AUX])
-        )
+        state.defer(R.record(R.SUCCEEDED, R.WAIT, R.SUB_WAIT, op_id, name, aux=op[R.OP_START_AUX]))
 
     # -- callbacks --------------------------------------------------------------
 
@@ -624,7 +627,7 @@ class DurableContext:
                 obj = _error_obj(op[R.OP_PAYLOAD])
                 raise _child_error(obj) from rebuild_error(obj)
         else:
-            state.deferred.append(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
+            state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
         child = DurableContext(state, op_id, replaying=self._replaying and op is not None)
         try:
             result = func(child)

@@ -340,16 +340,15 @@ class Engine:
             )
             final = "FAILED"
         elapsed = core.now_ms() - started_ms
+        deferred, timers = state.take_deferred()
         records = [
-            *state.deferred,
+            *deferred,
             R.record(R.INVOCATION_COMPLETED, R.EXECUTION, R.SUB_NONE, "", aux=elapsed),
         ]
         if outcome is not None:
             records.append(outcome)
         try:
-            rerun = core.end_invocation(
-                exec_key, invocation.wake, final, records, state.deferred_timers
-            )
+            rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
         except ExecutionFinishedError:
             rerun = False  # cancelled while it ran
         core.finish(exec_key, rerun)
