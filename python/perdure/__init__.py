@@ -8,6 +8,16 @@ from the top and everything already done is replayed from the journal.
 
 from perdure._core import FORMAT_VERSION
 from perdure._core import __version__ as __version__
+from perdure.batch import (
+    BatchItem,
+    BatchItemStatus,
+    BatchResult,
+    CompletionConfig,
+    CompletionReason,
+    MapConfig,
+    NestingType,
+    ParallelConfig,
+)
 from perdure.config import (
     CallbackConfig,
     ChildConfig,
@@ -65,6 +75,9 @@ from perdure.serdes import JsonSerDes, PickleSerDes, SerDes, SerDesContext
 
 __all__ = [
     "FORMAT_VERSION",
+    "BatchItem",
+    "BatchItemStatus",
+    "BatchResult",
     "Callback",
     "CallbackAlreadyCompletedError",
     "CallbackConfig",
@@ -74,6 +87,8 @@ __all__ = [
     "CallbackTimeoutError",
     "ChildConfig",
     "ChildContextError",
+    "CompletionConfig",
+    "CompletionReason",
     "CorruptRecordError",
     "DurableContext",
     "DurableOperationError",
@@ -89,7 +104,10 @@ __all__ = [
     "ExecutionTimedOutError",
     "JitterStrategy",
     "JsonSerDes",
+    "MapConfig",
+    "NestingType",
     "NonDeterministicExecutionError",
+    "ParallelConfig",
     "PayloadTooLargeError",
     "PerdureError",
     "PickleSerDes",

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
 from perdure._core import MISSING
+from perdure.batch import BatchResult, MapConfig, ParallelConfig, run_batch
 from perdure.config import (
     CallbackConfig,
     ChildConfig,
@@ -592,6 +593,45 @@ class DurableContext:
                 ) from cause
             raise
 
+    # -- fan-out ----------------------------------------------------------------
+
+    def map(
+        self,
+        items: Sequence[Item],
+        func: Callable[[DurableContext, Item, int, Sequence[Item]], T],
+        name: str | None = None,
+        config: MapConfig | None = None,
+    ) -> BatchResult[T]:
+        """Runs ``func(ctx, item, index, items)`` for every item, concurrently on
+        the executor, each in its own child context; returns a BatchResult."""
+        _check_callable(func, "map")
+        config = _checked_config(config, MapConfig, "map")
+        if not isinstance(items, Sequence) or isinstance(items, str | bytes):
+            raise ValidationError(f"map needs a sequence of items, got {type(items).__name__}")
+        namer = config.item_namer or (lambda _item, index: f"map-item-{index}")
+        branches = [
+            (namer(item, index), _map_branch(func, item, index, items))
+            for index, item in enumerate(items)
+        ]
+        return run_batch(self, branches, name, config, R.SUB_MAP, R.SUB_MAP_ITERATION)
+
+    def parallel(
+        self,
+        functions: Sequence[Callable[[DurableContext], T]],
+        name: str | None = None,
+        config: ParallelConfig | None = None,
+    ) -> BatchResult[T]:
+        """Runs every ``function(ctx)`` concurrently on the executor, each in its
+        own child context; returns a BatchResult."""
+        config = _checked_config(config, ParallelConfig, "parallel")
+        if not isinstance(functions, Sequence):
+            got = type(functions).__name__
+            raise ValidationError(f"parallel needs a sequence of functions, got {got}")
+        for index, function in enumerate(functions):
+            _check_callable(function, f"parallel branch {index}")
+        branches = [(f"parallel-branch-{index}", f) for index, f in enumerate(functions)]
+        return run_batch(self, branches, name, config, R.SUB_PARALLEL, R.SUB_PARALLEL_BRANCH)
+
     # -- child contexts -----------------------------------------------------------
 
     def run_in_child_context(
@@ -615,9 +655,22 @@ class DurableContext:
         name: str | None,
         config: ChildConfig,
         sub_type: int,
+        op_id: str | None = None,
+        flat: bool = False,
     ) -> T:
+        """Runs a child context at the next id (or at ``op_id``: a batch numbers
+        its branches by index). A ``flat`` child writes no records of its own;
+        its operations alone make it replayable."""
         state = self._state
-        op_id = self._next_id()
+        if op_id is None:
+            op_id = self._next_id()
+        if flat:
+            child = DurableContext(state, op_id, replaying=self._replaying)
+            try:
+                return func(child)
+            except Exception as exc:
+                obj = error_object(exc)
+                raise _child_error(obj) from rebuild_error(obj)
         op = self._recorded(op_id, R.CONTEXT, sub_type, name)
         if op is not None:
             status = op[R.OP_STATUS]
@@ -644,6 +697,16 @@ class DurableContext:
 
 
 C = TypeVar("C")
+Item = TypeVar("Item")
+
+
+def _map_branch(
+    func: Callable[[DurableContext, Item, int, Sequence[Item]], T],
+    item: Item,
+    index: int,
+    items: Sequence[Item],
+) -> Callable[[DurableContext], T]:
+    return lambda ctx: func(ctx, item, index, items)
 
 
 def _check_callable(func: object, what: str) -> None:

@@ -363,6 +363,16 @@ impl Runtime {
         Ok(())
     }
 
+    /// The executor, once started.
+    pub fn executor(&self) -> Option<Arc<Executor>> {
+        self.owner
+            .as_ref()?
+            .executor
+            .lock()
+            .unwrap_or_else(|poison| poison.into_inner())
+            .clone()
+    }
+
     pub fn next_ready(&self, timeout: Duration) -> Result<Option<u64>> {
         Ok(self.owner()?.scheduler.next(timeout))
     }

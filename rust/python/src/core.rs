@@ -2,7 +2,8 @@
 //! commit, a read, waiting for work) releases the GIL.
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use perdure_core::executor::WorkerWrapper;
@@ -20,6 +21,9 @@ use crate::invocation::Invocation;
 
 /// A record as Python passes it: (kind, op_type, sub_type, op_id, name,
 /// attempt, aux, aux2, extra, payload). The timestamp is stamped on commit.
+/// What one function of a batch gave: (returned normally, value or exception).
+type Outcome = (bool, Py<PyAny>);
+
 type RecordIn = (
     u8,
     u8,
@@ -242,6 +246,45 @@ impl Core {
             })
         });
         self.runtime.start_executor(workers, run_worker, invoker).py_err()
+    }
+
+    /// Calls every function in `funcs` (no arguments) on the executor, at most
+    /// `max_concurrency` at a time, and returns `(ok, value)` for each in
+    /// order: the return value, or the exception it raised. The calling worker
+    /// helps run them meanwhile, so nested batches never run out of threads.
+    /// Without an executor (a store opened without owning it) they run here,
+    /// one after another.
+    fn run_batch(&self, py: Python<'_>, funcs: Vec<Py<PyAny>>, max_concurrency: usize) -> PyResult<Vec<Outcome>> {
+        let count = funcs.len();
+        let call = |py: Python<'_>, func: &Py<PyAny>| match func.call0(py) {
+            Ok(value) => (true, value),
+            Err(err) => (false, err.into_value(py).into_any()),
+        };
+        let Some(executor) = self.runtime.executor() else {
+            return Ok(funcs.iter().map(|func| call(py, func)).collect());
+        };
+        let funcs = Arc::new(funcs);
+        let results: Arc<Mutex<Vec<Option<Outcome>>>> = Arc::new(Mutex::new((0..count).map(|_| None).collect()));
+        let next = Arc::new(AtomicUsize::new(0));
+        let finished = Arc::new(AtomicUsize::new(0));
+        // A few runner tasks each take the next function until none is left:
+        // that is what bounds the concurrency.
+        for _ in 0..max_concurrency.clamp(1, count.max(1)) {
+            let (funcs, results, next, finished) = (funcs.clone(), results.clone(), next.clone(), finished.clone());
+            executor.spawn(Box::new(move || loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                let Some(func) = funcs.get(index) else { break };
+                let outcome = Python::attach(|py| call(py, func));
+                results.lock().unwrap_or_else(|poison| poison.into_inner())[index] = Some(outcome);
+                finished.fetch_add(1, Ordering::SeqCst);
+            }));
+        }
+        py.detach(|| executor.help_until(&|| finished.load(Ordering::SeqCst) == count));
+        let mut results = results.lock().unwrap_or_else(|poison| poison.into_inner());
+        Ok(results
+            .iter_mut()
+            .map(|slot| slot.take().unwrap_or_else(|| (false, py.None())))
+            .collect())
     }
 
     fn next_ready(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<u64>> {
