@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
-from perdure._core import MISSING
+from perdure._core import MISSING, NEW
 from perdure.batch import BatchResult, MapConfig, ParallelConfig, run_batch
 from perdure.config import (
     CallbackConfig,
@@ -44,7 +44,15 @@ from perdure.errors import (
     rebuild_error,
 )
 from perdure.retries import RetryDecision, RetryPresets
-from perdure.serdes import SerDes, SerDesContext, deserialize, dumps, loads, serialize
+from perdure.serdes import (
+    SerDes,
+    SerDesContext,
+    deserialize,
+    dumps,
+    error_object_from_payload,
+    loads,
+    serialize,
+)
 
 if TYPE_CHECKING:
     from perdure._core import Core, Invocation
@@ -61,6 +69,7 @@ T = TypeVar("T")
 
 _DEFAULT_STEP_CONFIG = StepConfig()
 _MISSING = MISSING
+_NEW = NEW
 _SCALARS = frozenset({int, str, bool, float, type(None)})
 _DEFAULT_RETRY = RetryPresets.default()
 _workflow_logger = logging.getLogger("perdure.workflow")
@@ -135,9 +144,6 @@ class _InvocationState:
 
     def check_size(self, payload: bytes, what: str) -> bytes:
         return check_payload_size(payload, self.max_payload, what)
-
-    def suspend(self) -> _Suspend:
-        return _Suspend()
 
     def wait_until(self, due_ms: int, op_id: str) -> None:
         """Returns if ``due_ms`` has passed, else suspends. The durable timer
@@ -234,7 +240,7 @@ class Callback(Generic[T]):
             payload = op[R.OP_PAYLOAD] if op is not None else None
             return cast(T, self._context._decode(self._serdes, payload, self.operation_id))
         if status == R.FAILED:
-            obj = _error_obj(op[R.OP_PAYLOAD] if op is not None else None)
+            obj = error_object_from_payload(op[R.OP_PAYLOAD] if op is not None else None)
             raise CallbackExternalError(
                 obj.get("ErrorMessage") or "Callback failed",
                 callback_id=self.callback_id,
@@ -250,17 +256,7 @@ class Callback(Generic[T]):
             )
         # Not answered yet: end this invocation; the answer wakes a new one.
         self._context._replaying = False
-        raise state.suspend()
-
-
-def _error_obj(payload: bytes | None) -> dict[str, Any]:
-    if not payload:
-        return {}
-    try:
-        obj = deserialize(None, payload, SerDesContext("", ""))
-    except SerDesError:
-        return {"ErrorMessage": payload.decode("utf-8", "replace")}
-    return obj if isinstance(obj, dict) else {"ErrorMessage": str(obj)}
+        raise _Suspend()
 
 
 def _error_payload(exc: BaseException) -> bytes:
@@ -398,6 +394,9 @@ class DurableContext:
             # Replay fast path: one call into Rust finds the step and decodes
             # its result; anything unusual falls through to the slow path.
             value = self._replay_step(op_id, name)
+            if value is _NEW:
+                self._replaying = False
+                return self._step(op_id, func, name, config, R.SUB_STEP, recorded=False)
             if value is not _MISSING:
                 return value  # type: ignore[return-value]
         return self._step(op_id, func, name, config, R.SUB_STEP)
@@ -409,9 +408,12 @@ class DurableContext:
         name: str | None,
         config: StepConfig,
         sub_type: int,
+        recorded: bool = True,
     ) -> T:
+        """The full step: ``recorded=False`` when the caller already knows the
+        journal has no such operation."""
         state = self._state
-        op = self._recorded(op_id, R.STEP, sub_type, name)
+        op = self._recorded(op_id, R.STEP, sub_type, name) if recorded else None
         attempt = 1
         interrupted = False
         if op is not None:
@@ -419,7 +421,7 @@ class DurableContext:
             if status == R.SUCCEEDED:
                 return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
             if status == R.FAILED:
-                raise _step_error(_error_obj(op[R.OP_PAYLOAD]))
+                raise _step_error(error_object_from_payload(op[R.OP_PAYLOAD]))
             if status == R.RETRY:
                 state.wait_until(op[R.OP_TIMESTAMP] + op[R.OP_AUX2], op_id)
                 attempt = op[R.OP_ATTEMPT] + 1
@@ -478,7 +480,7 @@ class DurableContext:
                 attempt=attempt, aux=duration, aux2=delay_ms, payload=payload,
             )  # fmt: skip
             state.defer(retry, (delay_ms, op_id))
-            raise state.suspend()
+            raise _Suspend()
         state.commit(
             [
                 R.record(
@@ -510,7 +512,7 @@ class DurableContext:
         if op is None:
             started = R.record(R.STARTED, R.WAIT, R.SUB_WAIT, op_id, name, aux=millis)
             state.defer(started, (millis, op_id))
-            raise state.suspend()
+            raise _Suspend()
         if op[R.OP_STATUS] == R.SUCCEEDED:
             return
         state.wait_until(op[R.OP_STARTED_MS] + op[R.OP_START_AUX], op_id)
@@ -677,7 +679,7 @@ class DurableContext:
             if status == R.SUCCEEDED:
                 return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
             if status == R.FAILED:
-                obj = _error_obj(op[R.OP_PAYLOAD])
+                obj = error_object_from_payload(op[R.OP_PAYLOAD])
                 raise _child_error(obj) from rebuild_error(obj)
         else:
             state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))

@@ -38,7 +38,13 @@ from perdure.errors import (
 )
 from perdure.history import build_history
 from perdure.registry import function_name, lookup
-from perdure.serdes import SerDes, SerDesContext, deserialize, serialize
+from perdure.serdes import (
+    SerDes,
+    SerDesContext,
+    deserialize,
+    error_object_from_payload,
+    serialize,
+)
 
 __all__ = ["Engine", "ExecutionHandle", "ExecutionInfo"]
 
@@ -414,7 +420,7 @@ class ExecutionHandle:
                 if payload is None
                 else deserialize(None, payload, SerDesContext("result", self.execution_id))
             )
-        obj = deserialize(None, payload, _NO_CONTEXT) if payload else {}
+        obj = error_object_from_payload(payload)
         message = obj.get("ErrorMessage") or state.lower()
         if state == "CANCELLED":
             raise ExecutionCancelledError(

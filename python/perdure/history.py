@@ -11,10 +11,8 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
 from perdure import _records as R
-from perdure.serdes import payload_to_json_text
+from perdure.serdes import error_object_from_payload, payload_to_json_text
 
 __all__ = ["build_history"]
 
@@ -57,13 +55,7 @@ def _seconds(ms: int) -> int | float:
 
 
 def _error(payload: bytes | None) -> dict[str, Any]:
-    obj: Any = {}
-    if payload:
-        try:
-            obj = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            obj = {"ErrorMessage": _text(payload)}
-    return {"Payload": obj if isinstance(obj, dict) else {"ErrorMessage": str(obj)}}
+    return {"Payload": error_object_from_payload(payload)}
 
 
 def _parent(op_id: str) -> str | None:
@@ -74,7 +66,7 @@ def _parent(op_id: str) -> str | None:
 def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
     """Events for ``records`` (tuples as ``Core.journal`` returns them)."""
     events: list[dict[str, Any]] = []
-    ops: dict[str, tuple[int, str | None]] = {}  # op id -> (sub type, name)
+    names: dict[str, str | None] = {}  # op id -> the name its first record gave
     started_attempts: dict[str, int] = {}
     function = None
     invocation = 0
@@ -140,9 +132,9 @@ def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dic
                 )
             continue
 
-        if name is None and op_id in ops:
-            name = ops[op_id][1]  # records written by the core (a timeout) carry no name
-        ops.setdefault(op_id, (sub_type, name))
+        if name is None:
+            name = names.get(op_id)  # records written by the core (a timeout) carry no name
+        names.setdefault(op_id, name)
         prefix = _OP_PREFIX.get(op_type, "Operation")
 
         if op_type == R.STEP:

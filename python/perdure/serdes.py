@@ -53,6 +53,7 @@ __all__ = [
     "SerDesContext",
     "deserialize",
     "dumps",
+    "error_object_from_payload",
     "loads",
     "payload_to_json_text",
     "serialize",
@@ -481,6 +482,19 @@ def loads(data: bytes | bytearray | memoryview | str) -> Any:
         msg = f"cannot deserialize payload: it is not valid JSON ({exc})"
         raise SerDesError(msg) from None
     return _loads_extended(data)
+
+
+def error_object_from_payload(payload: bytes | None) -> dict[str, Any]:
+    """The error object a FAILED/RETRY/TIMED_OUT record carries. An unreadable
+    payload still yields an object, with its text as the message, so a damaged
+    error never hides the failure itself."""
+    if not payload:
+        return {}
+    try:
+        obj = loads(payload)
+    except SerDesError:
+        return {"ErrorMessage": payload.decode("utf-8", "replace")}
+    return obj if isinstance(obj, dict) else {"ErrorMessage": str(obj)}
 
 
 def payload_to_json_text(data: bytes | bytearray | memoryview) -> str:

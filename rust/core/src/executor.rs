@@ -11,9 +11,10 @@
 //! thread's whole life, which is where the bindings give the thread its Python
 //! thread state once, instead of once per task.
 
+use parking_lot::{Condvar, Mutex};
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -120,13 +121,13 @@ impl Executor {
                     continue;
                 }
             }
-            let guard = self.shared.lock_idle();
+            let mut guard = self.shared.idle.lock();
             if done() {
                 break;
             }
             // Short naps: the waited-for tasks may finish on another worker,
             // which does not signal this particular waiter.
-            drop(self.shared.wake.wait_timeout(guard, Duration::from_millis(1)));
+            self.shared.wake.wait_for(&mut guard, Duration::from_millis(1));
         }
     }
 
@@ -137,13 +138,13 @@ impl Executor {
     pub fn shutdown(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.unfinished() > 0 && Instant::now() < deadline {
-            let guard = self.shared.lock_idle();
-            drop(self.shared.wake.wait_timeout(guard, Duration::from_millis(5)));
+            let mut guard = self.shared.idle.lock();
+            self.shared.wake.wait_for(&mut guard, Duration::from_millis(5));
         }
         let drained = self.unfinished() == 0;
         self.shared.shutdown.store(true, Ordering::SeqCst);
         self.shared.notify();
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
+        let threads = std::mem::take(&mut *self.threads.lock());
         let current = std::thread::current().id();
         for thread in threads {
             if thread.thread().id() != current && (drained || thread.is_finished()) {
@@ -161,14 +162,10 @@ impl Drop for Executor {
 }
 
 impl Shared {
-    fn lock_idle(&self) -> MutexGuard<'_, ()> {
-        self.idle.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-
     fn notify(&self) {
         // Taking the lock orders this wake-up after a worker's last look for
         // work, so it is never lost.
-        drop(self.lock_idle());
+        drop(self.idle.lock());
         self.wake.notify_all();
     }
 
@@ -179,11 +176,11 @@ impl Shared {
                 self.run(task);
                 continue;
             }
-            let guard = self.lock_idle();
+            let mut guard = self.idle.lock();
             if self.has_work() || self.shutdown.load(Ordering::SeqCst) {
                 continue;
             }
-            drop(self.wake.wait_timeout(guard, IDLE_NAP));
+            self.wake.wait_for(&mut guard, IDLE_NAP);
         }
     }
 

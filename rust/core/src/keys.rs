@@ -225,8 +225,7 @@ impl CallbackEntry {
             return Err("unknown callback entry version".into());
         }
         let state = CallbackState::from_u8(reader.u8()?).ok_or("unknown callback state")?;
-        let exec_key = read_u64(bytes.get(2..).unwrap_or_default()).ok_or("truncated callback entry")?;
-        reader.pos = 10;
+        let exec_key = reader.u64_be()?;
         Ok(CallbackEntry {
             state,
             exec_key,

@@ -284,6 +284,12 @@ impl<'a> Reader<'a> {
         Ok(byte)
     }
 
+    pub fn u64_be(&mut self) -> Result<u64, String> {
+        let bytes = self.bytes.get(self.pos..self.pos + 8).ok_or("truncated value")?;
+        self.pos += 8;
+        Ok(u64::from_be_bytes(bytes.try_into().map_err(|_| "truncated value")?))
+    }
+
     pub fn slice(&mut self) -> Result<&'a [u8], String> {
         let len = usize::try_from(self.varint()?).map_err(|_| "length out of range")?;
         let end = self

@@ -2,9 +2,10 @@
 //! lock, the ready queue, the timer thread and the poller that notices what
 //! other processes wrote (a callback completed from the CLI, say).
 
+use parking_lot::{Condvar, Mutex};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -188,7 +189,7 @@ impl Runtime {
         }
         if finishes {
             let (count, signal) = &self.finished;
-            *count.lock().unwrap_or_else(|poison| poison.into_inner()) += 1;
+            *count.lock() += 1;
             signal.notify_all();
         }
         Ok(outcomes)
@@ -341,7 +342,7 @@ impl Runtime {
     /// execution that becomes runnable is handed to `invoke` on one of them.
     pub fn start_executor(&self, workers: usize, run_worker: WorkerWrapper, invoke: Invoker) -> Result<()> {
         let owner = self.owner()?;
-        let mut slot = owner.executor.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut slot = owner.executor.lock();
         if slot.is_some() {
             return Err(Error::InvalidInput("the executor is already running".into()));
         }
@@ -365,12 +366,7 @@ impl Runtime {
 
     /// The executor, once started.
     pub fn executor(&self) -> Option<Arc<Executor>> {
-        self.owner
-            .as_ref()?
-            .executor
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone()
+        self.owner.as_ref()?.executor.lock().clone()
     }
 
     pub fn next_ready(&self, timeout: Duration) -> Result<Option<u64>> {
@@ -410,7 +406,7 @@ impl Runtime {
         let deadline = timeout.map(|t| Instant::now() + t);
         let (count, signal) = &self.finished;
         loop {
-            let seen = *count.lock().unwrap_or_else(|poison| poison.into_inner());
+            let seen = *count.lock();
             let summary = self
                 .store
                 .execution(exec_key)?
@@ -426,13 +422,9 @@ impl Runtime {
                     _ => return Ok(None),
                 }
             }
-            let guard = count.lock().unwrap_or_else(|poison| poison.into_inner());
+            let mut guard = count.lock();
             if *guard == seen {
-                drop(
-                    signal
-                        .wait_timeout(guard, slice)
-                        .unwrap_or_else(|poison| poison.into_inner()),
-                );
+                signal.wait_for(&mut guard, slice);
             }
         }
     }
@@ -444,18 +436,14 @@ impl Runtime {
         if let Some(owner) = &self.owner {
             drained = owner.scheduler.close(timeout);
             owner.scheduler.clear_dispatch();
-            let executor = owner
-                .executor
-                .lock()
-                .unwrap_or_else(|poison| poison.into_inner())
-                .take();
+            let executor = owner.executor.lock().take();
             if let Some(executor) = executor {
                 // Only no-op dispatch tasks can be left once the scheduler closed.
                 executor.shutdown(Duration::from_millis(200));
             }
             owner.stop.store(true, Ordering::SeqCst);
             owner.timers.close();
-            let threads = std::mem::take(&mut *owner.threads.lock().unwrap_or_else(|poison| poison.into_inner()));
+            let threads = std::mem::take(&mut *owner.threads.lock());
             for thread in threads {
                 let _ = thread.join();
             }
@@ -463,7 +451,7 @@ impl Runtime {
         self.writer.close();
         self.store.sync()?;
         if let Some(owner) = &self.owner {
-            owner.lock.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+            owner.lock.lock().take();
         }
         Ok(drained)
     }

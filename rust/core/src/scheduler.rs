@@ -4,8 +4,9 @@
 //! it commits before the invocation ends, and by `again` when it commits
 //! after: the execution is queued once more when it finishes.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Called once for every execution queued, after the queue lock is released.
@@ -32,14 +33,10 @@ pub struct Scheduler {
 }
 
 impl Scheduler {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-
     /// Hands every queued execution (now and later) to `dispatch`.
     pub fn set_dispatch(&self, dispatch: Dispatch) {
-        let queued = self.lock().queue.len();
-        *self.dispatch.lock().unwrap_or_else(|poison| poison.into_inner()) = Some(dispatch.clone());
+        let queued = self.state.lock().queue.len();
+        *self.dispatch.lock() = Some(dispatch.clone());
         for _ in 0..queued {
             dispatch();
         }
@@ -47,22 +44,18 @@ impl Scheduler {
 
     /// Drops the dispatcher (and what it holds: the executor, the invoker).
     pub fn clear_dispatch(&self) {
-        self.dispatch.lock().unwrap_or_else(|poison| poison.into_inner()).take();
+        self.dispatch.lock().take();
     }
 
     fn dispatched(&self) {
-        let dispatch = self
-            .dispatch
-            .lock()
-            .unwrap_or_else(|poison| poison.into_inner())
-            .clone();
+        let dispatch = self.dispatch.lock().clone();
         if let Some(dispatch) = dispatch {
             dispatch();
         }
     }
 
     pub fn schedule(&self, exec_key: u64) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         if state.closed || state.parked.contains(&exec_key) {
             return;
         }
@@ -81,7 +74,7 @@ impl Scheduler {
     /// The next execution to run, or `None` on timeout or close.
     pub fn next(&self, timeout: Duration) -> Option<u64> {
         let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         loop {
             if state.closed {
                 return None;
@@ -92,17 +85,13 @@ impl Scheduler {
                 return Some(exec_key);
             }
             let left = deadline.checked_duration_since(Instant::now())?;
-            state = self
-                .ready
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poison| poison.into_inner())
-                .0;
+            self.ready.wait_for(&mut state, left);
         }
     }
 
     /// The invocation ended; `rerun` queues the execution again at once.
     pub fn finish(&self, exec_key: u64, rerun: bool) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         state.running.remove(&exec_key);
         let rerun = state.again.remove(&exec_key) || rerun;
         let queued = rerun && !state.closed && state.queued.insert(exec_key);
@@ -120,7 +109,7 @@ impl Scheduler {
     }
 
     pub fn park(&self, exec_key: u64) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         state.running.remove(&exec_key);
         state.again.remove(&exec_key);
         state.parked.insert(exec_key);
@@ -130,13 +119,13 @@ impl Scheduler {
     }
 
     pub fn is_running(&self, exec_key: u64) -> bool {
-        self.lock().running.contains(&exec_key)
+        self.state.lock().running.contains(&exec_key)
     }
 
     /// Stops handing out work and waits up to `timeout` for running invocations.
     pub fn close(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         state.closed = true;
         state.queue.clear();
         state.queued.clear();
@@ -145,11 +134,7 @@ impl Scheduler {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
                 return false;
             };
-            state = self
-                .ready
-                .wait_timeout(state, left)
-                .unwrap_or_else(|poison| poison.into_inner())
-                .0;
+            self.ready.wait_for(&mut state, left);
         }
         true
     }

@@ -2,11 +2,12 @@
 //! files), the named databases, the map that grows by itself, and every read.
 //! All writes go through [`crate::writer`].
 
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::fs;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
 
 use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
@@ -121,7 +122,7 @@ impl Store {
             .create(path)
             .map_err(access)?;
         let canonical = path.canonicalize().map_err(access)?;
-        let mut registry = OPEN_STORES.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut registry = OPEN_STORES.lock();
         let registry = registry.get_or_insert_with(HashMap::new);
         if let Some(store) = registry.get(&canonical).and_then(Weak::upgrade) {
             return Ok(store);
@@ -209,7 +210,7 @@ impl Store {
     pub(crate) fn read<T>(&self, f: impl FnOnce(&RoTxn<WithoutTls>, &Dbs) -> Result<T>) -> Result<T> {
         let mut f = Some(f);
         loop {
-            let guard = self.gate.read().unwrap_or_else(|poison| poison.into_inner());
+            let guard = self.gate.read();
             match self.env.read_txn() {
                 Ok(txn) => {
                     let f = f.take().expect("read closure runs once");
@@ -233,7 +234,7 @@ impl Store {
 
     /// Another process grew the map: take its size (no transaction may be open).
     pub(crate) fn adopt_map_size(&self) -> Result<()> {
-        let _exclusive = self.gate.write().unwrap_or_else(|poison| poison.into_inner());
+        let _exclusive = self.gate.write();
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
         unsafe { self.env.resize(0) }?;
         Ok(())
@@ -241,7 +242,7 @@ impl Store {
 
     /// Doubles the map after MDB_MAP_FULL; called by the writer with no transaction open.
     pub(crate) fn grow_map(&self) -> Result<()> {
-        let _exclusive = self.gate.write().unwrap_or_else(|poison| poison.into_inner());
+        let _exclusive = self.gate.write();
         let current = self.env.info().map_size;
         let new_size = round_up(current.saturating_mul(2), page_size());
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
@@ -346,19 +347,6 @@ impl Store {
                 if limit != 0 && rows.len() == limit {
                     break;
                 }
-            }
-            Ok(rows)
-        })
-    }
-
-    /// Executions that should run now: (exec key, wake value).
-    pub fn pending(&self) -> Result<Vec<(u64, u64)>> {
-        self.read(|txn, dbs| {
-            let mut rows = Vec::new();
-            for entry in dbs.pending.iter(txn)? {
-                let (key, value) = entry?;
-                let exec_key = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad pending key"))?;
-                rows.push((exec_key, keys::read_u64(value).unwrap_or(0)));
             }
             Ok(rows)
         })

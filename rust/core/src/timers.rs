@@ -2,8 +2,9 @@
 //! order in memory, and when one falls due, fires it through the writer (which
 //! wakes the execution durably) and queues the woken execution.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeSet;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::clock::Clock;
@@ -30,12 +31,8 @@ pub struct Timers {
 }
 
 impl Timers {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-
     pub fn add(&self, timer: Timer) {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         let earliest = state.timers.first().is_none_or(|first| timer < *first);
         state.timers.insert(timer);
         if earliest {
@@ -44,7 +41,7 @@ impl Timers {
     }
 
     pub fn len(&self) -> usize {
-        self.lock().timers.len()
+        self.state.lock().timers.len()
     }
 
     /// Re-checks deadlines now (the clock moved).
@@ -53,13 +50,13 @@ impl Timers {
     }
 
     pub fn close(&self) {
-        self.lock().closed = true;
+        self.state.lock().closed = true;
         self.changed.notify_all();
     }
 
     /// Blocks until timers are due; `None` once closed.
     fn next_due(&self, clock: &dyn Clock) -> Option<Vec<Timer>> {
-        let mut state = self.lock();
+        let mut state = self.state.lock();
         loop {
             if state.closed {
                 return None;
@@ -70,11 +67,7 @@ impl Timers {
                 Some(first) => Duration::from_millis(first.due_ms - now).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
-            state = self
-                .changed
-                .wait_timeout(state, sleep)
-                .unwrap_or_else(|poison| poison.into_inner())
-                .0;
+            self.changed.wait_for(&mut state, sleep);
         }
         let now = clock.now_ms();
         let mut due = Vec::new();

@@ -6,9 +6,10 @@
 //! mutations is applied, and a batch whose check fails changes nothing while
 //! the rest of the group commits.
 
+use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use heed::{MdbError, RwTxn};
 
@@ -110,13 +111,9 @@ impl Writer {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, Queue> {
-        self.queue.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-
     /// Commits `batch` and blocks until it is durable at the store's durability.
     pub fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
-        let mut queue = self.lock();
+        let mut queue = self.queue.lock();
         if queue.closed {
             return Err(Error::Closed);
         }
@@ -128,7 +125,7 @@ impl Writer {
                 return answer;
             }
             if queue.committing {
-                queue = self.answered.wait(queue).unwrap_or_else(|poison| poison.into_inner());
+                self.answered.wait(&mut queue);
                 continue;
             }
             queue.committing = true;
@@ -143,7 +140,7 @@ impl Writer {
                         .map(|_| Err(Error::Io(std::io::Error::other("commit panicked"))))
                         .collect()
                 });
-            queue = self.lock();
+            queue = self.queue.lock();
             queue.answers.extend(tickets.into_iter().zip(answers));
             queue.committing = false;
             self.answered.notify_all();
@@ -152,10 +149,10 @@ impl Writer {
 
     /// Refuses new batches and waits for the commit in progress.
     pub fn close(&self) {
-        let mut queue = self.lock();
+        let mut queue = self.queue.lock();
         queue.closed = true;
         while queue.committing || !queue.waiting.is_empty() {
-            queue = self.answered.wait(queue).unwrap_or_else(|poison| poison.into_inner());
+            self.answered.wait(&mut queue);
         }
     }
 }
@@ -175,7 +172,7 @@ fn commit_batches(store: &Store, batches: &[Vec<Mutation>]) -> Vec<Result<Vec<Ou
 
 fn try_commit(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
     loop {
-        let guard = store.gate().read().unwrap_or_else(|poison| poison.into_inner());
+        let guard = store.gate().read();
         let mut txn = match store.env.write_txn() {
             Ok(txn) => txn,
             Err(heed::Error::Mdb(MdbError::MapResized)) => {

@@ -61,7 +61,7 @@ fn start_append_and_suspend() {
     assert_eq!(journal.len(), 2);
     assert_eq!(journal[1].payload.as_deref(), Some(&b"42"[..]));
     assert!(
-        runtime.store.pending().unwrap().is_empty(),
+        runtime.store.woken_since(0).unwrap().1.is_empty(),
         "a suspended execution is not pending"
     );
 }

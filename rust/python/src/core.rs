@@ -1,9 +1,10 @@
 //! `perdure._core.Core`: one opened store. Every call that may block (a
 //! commit, a read, waiting for work) releases the GIL.
 
+use parking_lot::Mutex;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use perdure_core::executor::WorkerWrapper;
@@ -148,11 +149,6 @@ impl Core {
     }
 
     #[getter]
-    fn map_size(&self) -> usize {
-        self.runtime.store.map_size()
-    }
-
-    #[getter]
     fn pending_timers(&self) -> usize {
         self.runtime.pending_timers()
     }
@@ -275,21 +271,16 @@ impl Core {
                 let index = next.fetch_add(1, Ordering::SeqCst);
                 let Some(func) = funcs.get(index) else { break };
                 let outcome = Python::attach(|py| call(py, func));
-                results.lock().unwrap_or_else(|poison| poison.into_inner())[index] = Some(outcome);
+                results.lock()[index] = Some(outcome);
                 finished.fetch_add(1, Ordering::SeqCst);
             }));
         }
         py.detach(|| executor.help_until(&|| finished.load(Ordering::SeqCst) == count));
-        let mut results = results.lock().unwrap_or_else(|poison| poison.into_inner());
+        let mut results = results.lock();
         Ok(results
             .iter_mut()
             .map(|slot| slot.take().unwrap_or_else(|| (false, py.None())))
             .collect())
-    }
-
-    fn next_ready(&self, py: Python<'_>, timeout: f64) -> PyResult<Option<u64>> {
-        let timeout = seconds(py, timeout)?;
-        py.detach(|| self.runtime.next_ready(timeout)).py_err()
     }
 
     fn finish(&self, exec_key: u64, rerun: bool) -> PyResult<()> {
@@ -302,10 +293,6 @@ impl Core {
 
     fn is_running(&self, exec_key: u64) -> bool {
         self.runtime.is_running(exec_key)
-    }
-
-    fn poke_timers(&self) {
-        self.runtime.poke_timers();
     }
 
     fn execution<'py>(&self, py: Python<'py>, execution_id: String) -> PyResult<Option<Bound<'py, PyTuple>>> {
@@ -364,12 +351,6 @@ impl Core {
         let timeout = timeout.map(|t| seconds(py, t)).transpose()?;
         let summary = py.detach(|| self.runtime.wait_finished(exec_key, timeout)).py_err()?;
         summary.map(|s| summary_to_py(py, &s)).transpose()
-    }
-
-    /// (state, exec_key, op_id) of a callback, or None.
-    fn callback_info(&self, py: Python<'_>, callback_id: String) -> PyResult<Option<(String, u64, String)>> {
-        let entry = py.detach(|| self.runtime.store.callback(&callback_id)).py_err()?;
-        Ok(entry.map(|e| (e.state.name().to_string(), e.exec_key, e.op_id)))
     }
 
     /// Stops the engine's threads, waiting up to `timeout` seconds for running

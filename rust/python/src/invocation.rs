@@ -14,6 +14,14 @@ const EXTENDED_MARKER: u8 = b'~';
 /// Returned by `replay_step` when there is nothing to replay; exported as
 /// `perdure._core.MISSING` (None is a valid step result).
 pub static MISSING: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+/// Returned by `replay_step` when the journal has no such operation at all:
+/// new work, so the caller need not look it up again. `perdure._core.NEW`.
+pub static NEW: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+fn sentinel<'py>(py: Python<'py>, cell: &PyOnceLock<Py<PyAny>>) -> Bound<'py, PyAny> {
+    cell.get(py)
+        .map_or_else(|| py.None().into_bound(py), |m| m.bind(py).clone())
+}
 
 #[pyclass(frozen, module = "perdure._core")]
 pub struct Invocation {
@@ -67,16 +75,13 @@ impl Invocation {
     /// succeeded under this name, decoded straight from its JSON; `MISSING`
     /// otherwise (not recorded, not finished, failed, a mismatch, or a payload
     /// that needs perdure's extended-type decoding) — the slow path then
-    /// looks at the operation with `lookup` and says why.
+    /// looks at the operation with `lookup` and says why; `NEW` when the
+    /// journal does not hold the operation.
     #[pyo3(signature = (op_id, name = None))]
     fn replay_step<'py>(&self, py: Python<'py>, op_id: &str, name: Option<&str>) -> Bound<'py, PyAny> {
-        let missing = || {
-            MISSING
-                .get(py)
-                .map_or_else(|| py.None().into_bound(py), |m| m.bind(py).clone())
-        };
+        let missing = || sentinel(py, &MISSING);
         let Some(op) = self.index.get(op_id) else {
-            return missing();
+            return sentinel(py, &NEW);
         };
         let matches = op.status == RecordKind::Succeeded
             && op.op_type == OpType::Step

@@ -11,10 +11,12 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::Core>()?;
     m.add_class::<invocation::Invocation>()?;
     m.add("FORMAT_VERSION", perdure_core::store::FORMAT_VERSION)?;
-    let missing = invocation::MISSING.get_or_try_init(m.py(), || {
-        Ok::<_, PyErr>(m.py().import("builtins")?.getattr("object")?.call0()?.unbind())
-    })?;
-    m.add("MISSING", missing.clone_ref(m.py()))?;
+    for (name, cell) in [("MISSING", &invocation::MISSING), ("NEW", &invocation::NEW)] {
+        let sentinel = cell.get_or_try_init(m.py(), || {
+            Ok::<_, PyErr>(m.py().import("builtins")?.getattr("object")?.call0()?.unbind())
+        })?;
+        m.add(name, sentinel.clone_ref(m.py()))?;
+    }
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }
