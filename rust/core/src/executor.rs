@@ -27,8 +27,9 @@ pub type Task = Box<dyn FnOnce() + Send + 'static>;
 /// Wraps a worker thread's life: must call `body` once and return when it does.
 pub type WorkerWrapper = Arc<dyn Fn(&mut (dyn FnMut() + Send)) + Send + Sync>;
 
-/// How long an idle worker sleeps before looking again, even unwoken.
-const IDLE_NAP: Duration = Duration::from_millis(50);
+/// How long an idle worker sleeps before looking again, even unwoken (a
+/// safety net only: every spawn wakes a sleeper).
+const IDLE_NAP: Duration = Duration::from_millis(500);
 
 struct Shared {
     id: usize,
@@ -37,8 +38,19 @@ struct Shared {
     /// Tasks spawned and not yet finished.
     unfinished: AtomicUsize,
     shutdown: AtomicBool,
-    idle: Mutex<()>,
-    wake: Condvar,
+    /// Counts who sleeps: a spawn wakes one idle worker, never all of them,
+    /// and a finished task signals only when someone waits for one.
+    sleepers: Mutex<Sleepers>,
+    /// Idle workers wait here for work.
+    work_ready: Condvar,
+    /// Helpers and `shutdown` wait here for tasks to finish.
+    task_done: Condvar,
+}
+
+#[derive(Default)]
+struct Sleepers {
+    idle: usize,
+    waiting_on_tasks: usize,
 }
 
 thread_local! {
@@ -64,8 +76,9 @@ impl Executor {
             stealers: deques.iter().map(Worker::stealer).collect(),
             unfinished: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
-            idle: Mutex::new(()),
-            wake: Condvar::new(),
+            sleepers: Mutex::new(Sleepers::default()),
+            work_ready: Condvar::new(),
+            task_done: Condvar::new(),
         });
         let mut threads = Vec::with_capacity(workers);
         for (index, deque) in deques.into_iter().enumerate() {
@@ -107,7 +120,7 @@ impl Executor {
         if let Some(task) = task {
             self.shared.injector.push(task);
         }
-        self.shared.notify();
+        self.shared.wake_one();
     }
 
     /// Runs queued tasks on this thread until `done()` holds. On a thread that
@@ -121,13 +134,15 @@ impl Executor {
                     continue;
                 }
             }
-            let mut guard = self.shared.idle.lock();
+            let mut sleepers = self.shared.sleepers.lock();
             if done() {
                 break;
             }
-            // Short naps: the waited-for tasks may finish on another worker,
-            // which does not signal this particular waiter.
-            self.shared.wake.wait_for(&mut guard, Duration::from_millis(1));
+            // Short naps: a helper also wants to hear of newly spawned tasks,
+            // which wake only idle workers.
+            sleepers.waiting_on_tasks += 1;
+            self.shared.task_done.wait_for(&mut sleepers, Duration::from_millis(1));
+            sleepers.waiting_on_tasks -= 1;
         }
     }
 
@@ -138,12 +153,15 @@ impl Executor {
     pub fn shutdown(&self, timeout: Duration) -> bool {
         let deadline = Instant::now() + timeout;
         while self.unfinished() > 0 && Instant::now() < deadline {
-            let mut guard = self.shared.idle.lock();
-            self.shared.wake.wait_for(&mut guard, Duration::from_millis(5));
+            let mut sleepers = self.shared.sleepers.lock();
+            sleepers.waiting_on_tasks += 1;
+            self.shared.task_done.wait_for(&mut sleepers, Duration::from_millis(5));
+            sleepers.waiting_on_tasks -= 1;
         }
         let drained = self.unfinished() == 0;
         self.shared.shutdown.store(true, Ordering::SeqCst);
-        self.shared.notify();
+        drop(self.shared.sleepers.lock());
+        self.shared.work_ready.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock());
         let current = std::thread::current().id();
         for thread in threads {
@@ -162,11 +180,13 @@ impl Drop for Executor {
 }
 
 impl Shared {
-    fn notify(&self) {
+    fn wake_one(&self) {
         // Taking the lock orders this wake-up after a worker's last look for
         // work, so it is never lost.
-        drop(self.idle.lock());
-        self.wake.notify_all();
+        let sleepers = self.sleepers.lock();
+        if sleepers.idle > 0 {
+            self.work_ready.notify_one();
+        }
     }
 
     /// A worker thread's loop: run tasks, sleep when there are none.
@@ -176,11 +196,13 @@ impl Shared {
                 self.run(task);
                 continue;
             }
-            let mut guard = self.idle.lock();
+            let mut sleepers = self.sleepers.lock();
             if self.has_work() || self.shutdown.load(Ordering::SeqCst) {
                 continue;
             }
-            self.wake.wait_for(&mut guard, IDLE_NAP);
+            sleepers.idle += 1;
+            self.work_ready.wait_for(&mut sleepers, IDLE_NAP);
+            sleepers.idle -= 1;
         }
     }
 
@@ -188,10 +210,10 @@ impl Shared {
         // A panicking task must not take the worker down; the bindings turn
         // Python errors into results before they get here.
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
-        if self.unfinished.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.notify(); // someone may wait for the pool to drain
-        } else {
-            self.wake.notify_all(); // helpers waiting on this task's siblings
+        self.unfinished.fetch_sub(1, Ordering::SeqCst);
+        let sleepers = self.sleepers.lock();
+        if sleepers.waiting_on_tasks > 0 {
+            self.task_done.notify_all();
         }
     }
 
@@ -209,16 +231,22 @@ impl Shared {
         }
         loop {
             let mut retry = false;
-            let from_injector = LOCAL.with(|local| match &*local.borrow() {
-                Some((id, deque)) if *id == self.id => self.injector.steal_batch_and_pop(deque),
-                _ => self.injector.steal(),
-            });
+            let from_injector = if self.injector.is_empty() {
+                Steal::Empty
+            } else {
+                LOCAL.with(|local| match &*local.borrow() {
+                    Some((id, deque)) if *id == self.id => self.injector.steal_batch_and_pop(deque),
+                    _ => self.injector.steal(),
+                })
+            };
             match from_injector {
                 Steal::Success(task) => return Some(task),
                 Steal::Retry => retry = true,
                 Steal::Empty => {}
             }
-            for stealer in &self.stealers {
+            // `is_empty` first: `steal` pins crossbeam's epoch, whose upkeep
+            // walks every registered thread, and most deques are empty.
+            for stealer in self.stealers.iter().filter(|stealer| !stealer.is_empty()) {
                 match stealer.steal() {
                     Steal::Success(task) => return Some(task),
                     Steal::Retry => retry = true,

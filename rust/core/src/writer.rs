@@ -7,7 +7,6 @@
 //! the rest of the group commits.
 
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
@@ -82,24 +81,56 @@ pub enum Outcome {
     Rearmed(Timer),
 }
 
-/// Batches waiting for a commit, and the answers of committed ones.
+/// Where a waiting caller learns its fate: its answer, or that it must lead
+/// the next commit. One per caller, so a commit wakes exactly the callers it
+/// answered and hands leadership to one more, never the whole crowd.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    Lead,
+    Answered(Result<Vec<Outcome>>),
+}
+
+impl Slot {
+    fn set(&self, state: SlotState) {
+        *self.state.lock() = state;
+        self.ready.notify_one();
+    }
+
+    fn wait(&self) -> SlotState {
+        let mut state = self.state.lock();
+        while matches!(*state, SlotState::Waiting) {
+            self.ready.wait(&mut state);
+        }
+        std::mem::take(&mut *state)
+    }
+}
+
+/// Batches waiting for a commit.
 #[derive(Default)]
 struct Queue {
-    waiting: Vec<(u64, Vec<Mutation>)>,
-    answers: HashMap<u64, Result<Vec<Outcome>>>,
-    next_ticket: u64,
-    committing: bool,
+    waiting: Vec<(Vec<Mutation>, Arc<Slot>)>,
+    /// A leader holds the commit (committing or about to).
+    leading: bool,
     closed: bool,
 }
 
 /// Group commit without a dedicated thread: the first caller to find no
-/// commit in progress becomes the leader and commits every batch queued so
-/// far, its own included; the others wait for their answer. An uncontended
-/// caller commits in its own thread, with no hand-off at all.
+/// leader commits every batch queued so far, its own included, then answers
+/// each waiter and makes the oldest remaining waiter the next leader. An
+/// uncontended caller commits in its own thread, with no hand-off at all.
 pub struct Writer {
     store: Arc<Store>,
     queue: Mutex<Queue>,
-    answered: Condvar,
+    /// Signalled when the writer goes idle; `close` waits on it.
+    idle: Condvar,
 }
 
 impl Writer {
@@ -107,43 +138,62 @@ impl Writer {
         Writer {
             store,
             queue: Mutex::new(Queue::default()),
-            answered: Condvar::new(),
+            idle: Condvar::new(),
         }
     }
 
     /// Commits `batch` and blocks until it is durable at the store's durability.
     pub fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
-        let mut queue = self.queue.lock();
-        if queue.closed {
-            return Err(Error::Closed);
+        let slot = Arc::new(Slot::default());
+        {
+            let mut queue = self.queue.lock();
+            if queue.closed {
+                return Err(Error::Closed);
+            }
+            queue.waiting.push((batch, slot.clone()));
+            if queue.leading {
+                drop(queue);
+                match slot.wait() {
+                    SlotState::Answered(answer) => return answer,
+                    SlotState::Lead => {}
+                    SlotState::Waiting => unreachable!("Slot::wait returns only once the state is set"),
+                }
+            } else {
+                queue.leading = true;
+            }
         }
-        let ticket = queue.next_ticket;
-        queue.next_ticket += 1;
-        queue.waiting.push((ticket, batch));
-        loop {
-            if let Some(answer) = queue.answers.remove(&ticket) {
-                return answer;
-            }
-            if queue.committing {
-                self.answered.wait(&mut queue);
-                continue;
-            }
-            queue.committing = true;
+        self.lead();
+        match slot.wait() {
+            SlotState::Answered(answer) => answer,
+            _ => Err(Error::Io(std::io::Error::other("group commit lost an answer"))),
+        }
+    }
+
+    /// Commits what is queued (the leader's own batch is among it), answers
+    /// every caller in the group and passes the lead on.
+    fn lead(&self) {
+        let group: Vec<(Vec<Mutation>, Arc<Slot>)> = {
+            let mut queue = self.queue.lock();
             let take = queue.waiting.len().min(MAX_GROUP);
-            let group: Vec<(u64, Vec<Mutation>)> = queue.waiting.drain(..take).collect();
-            drop(queue);
-            let (tickets, batches): (Vec<u64>, Vec<Vec<Mutation>>) = group.into_iter().unzip();
-            let answers =
-                catch_unwind(AssertUnwindSafe(|| commit_batches(&self.store, &batches))).unwrap_or_else(|_| {
-                    batches
-                        .iter()
-                        .map(|_| Err(Error::Io(std::io::Error::other("commit panicked"))))
-                        .collect()
-                });
-            queue = self.queue.lock();
-            queue.answers.extend(tickets.into_iter().zip(answers));
-            queue.committing = false;
-            self.answered.notify_all();
+            queue.waiting.drain(..take).collect()
+        };
+        let (batches, slots): (Vec<Vec<Mutation>>, Vec<Arc<Slot>>) = group.into_iter().unzip();
+        let answers = catch_unwind(AssertUnwindSafe(|| commit_batches(&self.store, &batches))).unwrap_or_else(|_| {
+            batches
+                .iter()
+                .map(|_| Err(Error::Io(std::io::Error::other("commit panicked"))))
+                .collect()
+        });
+        for (slot, answer) in slots.iter().zip(answers) {
+            slot.set(SlotState::Answered(answer));
+        }
+        let mut queue = self.queue.lock();
+        match queue.waiting.first() {
+            Some((_, next)) => next.set(SlotState::Lead),
+            None => {
+                queue.leading = false;
+                self.idle.notify_all();
+            }
         }
     }
 
@@ -151,8 +201,8 @@ impl Writer {
     pub fn close(&self) {
         let mut queue = self.queue.lock();
         queue.closed = true;
-        while queue.committing || !queue.waiting.is_empty() {
-            self.answered.wait(&mut queue);
+        while queue.leading || !queue.waiting.is_empty() {
+            self.idle.wait(&mut queue);
         }
     }
 }
