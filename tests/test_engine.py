@@ -25,6 +25,7 @@ from perdure import (
     WaitForCallbackConfig,
     create_retry_strategy,
 )
+from support import wait_for
 
 TIMEOUT = 20
 runs: Counter[str] = Counter()
@@ -596,12 +597,30 @@ def test_history_event_shape(engine: perdure.Engine) -> None:
     assert history[-1]["ExecutionSucceededDetails"] == {"Result": {"Payload": "[20,21]"}}
 
 
-def test_second_owner_in_process_is_refused(tmp_path: Path) -> None:
-    with perdure.Engine(tmp_path / "s"):
-        with pytest.raises(perdure.StoreBusyError, match="already opened by another engine"):
-            perdure.Engine(tmp_path / "s")
+def test_two_engines_in_one_process_share_a_store(tmp_path: Path) -> None:
+    first = perdure.Engine(tmp_path / "s", workers=2)
+    second = perdure.Engine(tmp_path / "s", workers=2)
+    try:
+        assert first.owner_id != second.owner_id
+        release = threading.Event()
+
+        @perdure.durable(name="test_engine.two_engines")
+        def held(ctx: perdure.DurableContext, _: None) -> str:
+            ctx.step(lambda _: release.wait(30), name="hold")
+            return "done"
+
+        handle = first.start(held, None, execution_id="shared-1")
+        wait_for(lambda: first._core.is_running(handle._exec_key), "the first engine to run it")
+        assert second.get("shared-1")._engine is second
+        assert second._core.lease(handle._exec_key) == first.owner_id
+        release.set()
+        assert second.get("shared-1").result(timeout=30) == "done"
         with perdure.Engine(tmp_path / "s", owner=False) as client:
-            assert client.list() == []
+            assert [i.execution_id for i in client.list()] == ["shared-1"]
+    finally:
+        release.set()
+        first.close()
+        second.close()
 
 
 def test_closed_engine_refuses_work(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ def test_hierarchy() -> None:
     assert issubclass(E.ValidationError, E.PerdureError)
     assert issubclass(E.ValidationError, ValueError)
     assert issubclass(E.PayloadTooLargeError, E.ValidationError)
-    for cls in (E.CorruptRecordError, E.StoreVersionError, E.StoreAccessError, E.StoreBusyError):
+    for cls in (E.CorruptRecordError, E.StoreVersionError, E.StoreAccessError):
         assert issubclass(cls, E.StoreError)
     for cls in (
         E.UnknownCallbackError,

@@ -50,7 +50,19 @@ from support import wait_for
 
 # region decoder written from docs/format.md (no perdure imports)
 
-DB_NAMES = {"meta", "executions", "exec_ids", "journal", "timers", "callbacks", "pending"}
+DB_NAMES = {
+    "meta",
+    "executions",
+    "exec_ids",
+    "journal",
+    "timers",
+    "callbacks",
+    "pending",
+    "wakes",
+    "owners",
+    "leases",
+    "orphans",
+}
 
 STARTED, SUCCEEDED, FAILED, RETRY, CANCELLED, TIMED_OUT, INVOCATION_COMPLETED = range(1, 8)
 EXECUTION, STEP, WAIT, CALLBACK, CONTEXT = range(5)
@@ -245,6 +257,22 @@ def decode_timer(key: bytes) -> Timer:
 
 
 @dataclass
+class OwnerEntry:
+    pid: int
+    started_ms: int
+    renewed_ms: int
+
+
+def decode_owner(raw: bytes) -> OwnerEntry:
+    assert raw[0] == 1
+    pid, pos = varint(raw, 1)
+    started, pos = varint(raw, pos)
+    renewed, pos = varint(raw, pos)
+    assert pos == len(raw)
+    return OwnerEntry(pid, started, renewed)
+
+
+@dataclass
 class Store:
     names: set[str]
     meta: dict[str, bytes]
@@ -254,6 +282,10 @@ class Store:
     timers: list[Timer]
     callbacks: dict[str, CallbackEntry]
     pending: dict[int, int]
+    wakes: dict[int, int]
+    owners: dict[int, OwnerEntry]
+    leases: dict[int, int]
+    orphans: set[int]
 
 
 def read_store(path: Path) -> Store:
@@ -284,6 +316,10 @@ def read_store(path: Path) -> Store:
             timers=timers,
             callbacks={k.decode("ascii"): decode_callback(v) for k, v in items("callbacks")},
             pending={u64(k): u64(v) for k, v in items("pending")},
+            wakes={u64(k): u64(v) for k, v in items("wakes")},
+            owners={u64(k): decode_owner(v) for k, v in items("owners")},
+            leases={u64(k): u64(v) for k, v in items("leases")},
+            orphans={u64(k) for k, v in items("orphans") if v == b""},
         )
     finally:
         env.close()
@@ -494,23 +530,54 @@ def by_op(records: list[Record]) -> dict[str, list[Record]]:
 def test_files_are_owner_only(written: tuple[Path, dict[str, Any], Store]) -> None:
     path, _, _ = written
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    assert sorted(p.name for p in path.iterdir()) == ["data.mdb", "lock.mdb", "owner.lock"]
-    for name in ("data.mdb", "lock.mdb", "owner.lock"):
+    assert sorted(p.name for p in path.iterdir()) == ["data.mdb", "lock.mdb", "owners"]
+    for name in ("data.mdb", "lock.mdb"):
         st = (path / name).stat()
         assert stat.S_IMODE(st.st_mode) == 0o600, name
         assert st.st_uid == os.getuid()
+    # Every engine closed: each removed its lock file.
+    assert stat.S_IMODE((path / "owners").stat().st_mode) == 0o700
+    assert list((path / "owners").iterdir()) == []
 
 
 def test_named_databases_and_meta(written: tuple[Path, dict[str, Any], Store]) -> None:
     _, _, store = written
     assert store.names == DB_NAMES
     assert set(store.meta) == {"format_version", "next_exec_key", "wake_seq"}
-    assert store.meta["format_version"] == (1).to_bytes(4, "big")
-    assert perdure.FORMAT_VERSION == 1
+    assert store.meta["format_version"] == (2).to_bytes(4, "big")
+    assert perdure.FORMAT_VERSION == 2
     assert u64(store.meta["next_exec_key"]) == len(KEYS)
     # The never-run execution was the last one woken: its pending value is
-    # the counter's current value.
-    assert store.pending == {KEYS["fmt-pending"]: u64(store.meta["wake_seq"])}
+    # the counter's current value, and the wake index maps it back.
+    wake = u64(store.meta["wake_seq"])
+    assert store.pending == {KEYS["fmt-pending"]: wake}
+    assert store.wakes == {wake: KEYS["fmt-pending"]}
+    # Every engine closed: no owner and no lease is left; the two active
+    # executions wait for the next engine to claim them.
+    assert store.owners == {} and store.leases == {}
+    assert store.orphans == {KEYS["fmt-sleeper"], KEYS["fmt-pending"]}
+
+
+def test_owners_and_leases_while_engines_run(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    first = perdure.Engine(path, workers=1)
+    second = perdure.Engine(path, workers=1)
+    try:
+        first.start(waits_forever, None, execution_id="leased")
+        wait_for(lambda: first.get("leased").status() == "SUSPENDED", "the execution to suspend")
+        store = read_store(path)
+        locks = sorted(p.name for p in (path / "owners").iterdir())
+        assert locks == sorted(f"{e.owner_id:016x}.lock" for e in (first, second))
+        for name in locks:
+            assert stat.S_IMODE((path / "owners" / name).stat().st_mode) == 0o600
+    finally:
+        first.close()
+        second.close()
+    assert set(store.owners) == {first.owner_id, second.owner_id}
+    for entry in store.owners.values():
+        assert entry.pid == os.getpid() and entry.renewed_ms >= entry.started_ms > 0
+    assert store.leases == {1: first.owner_id}
+    assert store.orphans == set()
 
 
 def test_executions_and_ids(written: tuple[Path, dict[str, Any], Store]) -> None:

@@ -34,6 +34,7 @@ from perdure.errors import (
     ChildContextError,
     EngineClosedError,
     ExecutionFinishedError,
+    LeaseLostError,
     NonDeterministicExecutionError,
     PayloadTooLargeError,
     SerDesError,
@@ -137,9 +138,10 @@ class _InvocationState:
             timers = [*earlier_timers, *timers]
         try:
             return self.core.append(self.exec_key, records, timers, callback)
-        except (ExecutionFinishedError, EngineClosedError):
-            # Cancelled, or the engine is closing: stop this invocation in a way
-            # workflow code cannot swallow; what is committed stays committed.
+        except (ExecutionFinishedError, EngineClosedError, LeaseLostError):
+            # Cancelled, the engine is closing, or another engine took the
+            # execution over: stop this invocation in a way workflow code
+            # cannot swallow; what is committed stays committed.
             raise _Abort() from None
 
     def check_size(self, payload: bytes, what: str) -> bytes:

@@ -33,6 +33,7 @@ from perdure.errors import (
     ExecutionFinishedError,
     ExecutionNotFoundError,
     ExecutionTimedOutError,
+    LeaseLostError,
     ValidationError,
     error_object,
 )
@@ -79,6 +80,13 @@ class Engine:
     threads until :meth:`close`. With ``owner=False`` it only reads the store
     and answers callbacks, as the CLI does while another process runs the
     executions.
+
+    Several engines, in one process or many, may run executions from the same
+    store: each execution is leased to one engine at a time. When an engine's
+    process dies, the others notice at once (its lock is released) and take
+    its executions over; an engine that stops renewing its lease for
+    ``lease_timeout`` seconds (a hung process) loses them too, and whatever it
+    writes to them afterwards is refused.
     """
 
     def __init__(
@@ -90,6 +98,7 @@ class Engine:
         owner: bool = True,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
         poll_interval: float = 0.005,
+        lease_timeout: float = 10.0,
         map_size: int | None = None,
     ) -> None:
         if durability not in _DURABILITIES:
@@ -108,10 +117,19 @@ class Engine:
             raise ValidationError(
                 f"poll_interval must be in (0, 10] seconds, got {poll_interval!r}"
             )
+        if (
+            not isinstance(lease_timeout, int | float)
+            or isinstance(lease_timeout, bool)
+            or not 0 < lease_timeout <= 86_400
+        ):
+            raise ValidationError(
+                f"lease_timeout must be in (0, 86400] seconds, got {lease_timeout!r}"
+            )
         options: dict[str, Any] = {
             "durability": durability,
             "owner": owner,
             "poll_interval": float(poll_interval),
+            "lease_timeout": float(lease_timeout),
         }
         if map_size is not None:
             options["map_size"] = map_size
@@ -147,6 +165,12 @@ class Engine:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    @property
+    def owner_id(self) -> int | None:
+        """This engine's id among the engines sharing the store (None with
+        ``owner=False``)."""
+        return self._core.owner_id
 
     def _check_open(self) -> None:
         if self._closed:
@@ -355,8 +379,8 @@ class Engine:
             records.append(outcome)
         try:
             rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
-        except ExecutionFinishedError:
-            rerun = False  # cancelled while it ran
+        except (ExecutionFinishedError, LeaseLostError):
+            rerun = False  # cancelled while it ran, or taken over by another engine
         core.finish(exec_key, rerun)
 
 

@@ -30,6 +30,7 @@ __all__ = [
     "ExecutionNotFoundError",
     "ExecutionTimedOutError",
     "InvokeError",
+    "LeaseLostError",
     "NonDeterministicExecutionError",
     "PayloadTooLargeError",
     "PerdureError",
@@ -37,7 +38,6 @@ __all__ = [
     "StepError",
     "StepInterruptedError",
     "StoreAccessError",
-    "StoreBusyError",
     "StoreError",
     "StoreVersionError",
     "UnknownCallbackError",
@@ -193,8 +193,17 @@ class StoreAccessError(StoreError):
     """The store directory cannot be created, opened or written."""
 
 
-class StoreBusyError(StoreError):
-    """The store is held by someone else in a way that excludes this opener."""
+class LeaseLostError(PerdureError):
+    """This engine lost an execution's lease: another engine took the execution
+    over (this one looked dead or hung), so this one's writes to it are refused.
+
+    Workflow code never sees it: the invocation stops, and the engine that now
+    holds the lease runs the execution.
+    """
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
 
 
 class CorruptStoreError(StoreError):

@@ -31,9 +31,10 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// Another engine already owns this store.
-    #[error("store {path:?} is already opened by another engine ({holder})")]
-    StoreBusy { path: PathBuf, holder: String },
+    /// This engine no longer holds the execution's lease: another engine took
+    /// it over (this one was thought dead), so this one's writes are refused.
+    #[error("execution {execution_id:?} is now run by another engine; this engine's lease on it was lost")]
+    LeaseLost { execution_id: String },
 
     #[error("no execution with id {0:?}")]
     ExecutionNotFound(String),

@@ -252,6 +252,38 @@ impl CallbackEntry {
     }
 }
 
+/// The owners database value (the key is the owner id, 8 bytes big-endian):
+/// one running engine, its process and when it last renewed its lease.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnerEntry {
+    pub pid: u32,
+    pub started_ms: u64,
+    pub renewed_ms: u64,
+}
+
+impl OwnerEntry {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        out.push(META_VERSION);
+        put_varint(&mut out, u64::from(self.pid));
+        put_varint(&mut out, self.started_ms);
+        put_varint(&mut out, self.renewed_ms);
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<OwnerEntry, String> {
+        let mut reader = Reader { bytes, pos: 0 };
+        if reader.u8()? != META_VERSION {
+            return Err("unknown owner entry version".into());
+        }
+        Ok(OwnerEntry {
+            pid: u32::try_from(reader.varint()?).map_err(|_| "owner pid out of range")?,
+            started_ms: reader.varint()?,
+            renewed_ms: reader.varint()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -294,5 +326,11 @@ mod tests {
         };
         assert_eq!(CallbackEntry::decode(&entry.encode()).unwrap(), entry);
         assert_eq!(entry.next_deadline(), Some((950, TimerKind::CallbackHeartbeat)));
+        let owner = OwnerEntry {
+            pid: 4242,
+            started_ms: 1,
+            renewed_ms: 99,
+        };
+        assert_eq!(OwnerEntry::decode(&owner.encode()).unwrap(), owner);
     }
 }

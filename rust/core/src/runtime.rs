@@ -1,8 +1,10 @@
-//! A store opened for use: the writer, and for the owning engine the owner
-//! lock, the ready queue, the timer thread and the poller that notices what
-//! other processes wrote (a callback completed from the CLI, say).
+//! A store opened for use: the writer, and for an engine that runs executions
+//! its lease, the ready queue, the timer thread and the poller that notices
+//! what other processes wrote (a callback completed from the CLI, say) and
+//! takes over the executions of engines that died.
 
 use parking_lot::{Condvar, Mutex};
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -12,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
-use crate::keys::{CallbackEntry, CallbackState, ExecState, Timer, TimerKind};
+use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, Timer, TimerKind};
 use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
@@ -22,11 +24,15 @@ use crate::writer::{Mutation, Outcome, Writer};
 
 pub struct RuntimeOptions {
     pub store: StoreOptions,
-    /// Run executions (take the owner lock, timers, ready queue), or only
+    /// Run executions (register as an owner, timers, ready queue), or only
     /// read and complete callbacks, as the CLI does.
     pub owner: bool,
     /// How often the owner looks for wake-ups written by other processes.
     pub poll_interval: Duration,
+    /// How long an owner may go without renewing its lease (a hung process)
+    /// before other owners take its executions. A crashed owner is noticed
+    /// at once, through its lock, whatever this is.
+    pub lease_timeout: Duration,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -36,6 +42,7 @@ impl Default for RuntimeOptions {
             store: StoreOptions::default(),
             owner: true,
             poll_interval: Duration::from_millis(5),
+            lease_timeout: Duration::from_secs(10),
             clock: Arc::new(SystemClock),
         }
     }
@@ -52,6 +59,9 @@ pub struct NewCallback {
 pub type Invoker = Arc<dyn Fn(u64) + Send + Sync>;
 
 struct Owner {
+    /// This engine's id in the owners database and in every lease it holds.
+    id: u64,
+    leases: Arc<Leases>,
     /// Released on close, so another engine may take over at once.
     lock: Mutex<Option<OwnerLock>>,
     scheduler: Arc<Scheduler>,
@@ -73,11 +83,6 @@ pub struct Runtime {
 impl Runtime {
     pub fn open(path: &Path, options: RuntimeOptions) -> Result<Runtime> {
         let store = Store::open(path, &options.store)?;
-        let lock = if options.owner {
-            Some(OwnerLock::acquire(store.path())?)
-        } else {
-            None
-        };
         let writer = Arc::new(Writer::new(store.clone()));
         let mut runtime = Runtime {
             store,
@@ -86,43 +91,59 @@ impl Runtime {
             owner: None,
             finished: (Mutex::new(0), Condvar::new()),
         };
-        if let Some(lock) = lock {
-            runtime.owner = Some(runtime.start_owner(lock, options.poll_interval)?);
+        if options.owner {
+            runtime.owner = Some(runtime.start_owner(options.poll_interval, options.lease_timeout)?);
         }
         Ok(runtime)
     }
 
-    /// Loads every timer and pending execution a previous owner left, then
-    /// starts the timer and poller threads.
-    fn start_owner(&self, lock: OwnerLock, poll_interval: Duration) -> Result<Owner> {
+    /// Registers this engine as an owner, takes over what dead owners left,
+    /// then starts the timer and poller threads.
+    fn start_owner(&self, poll_interval: Duration, lease_timeout: Duration) -> Result<Owner> {
+        let id = new_owner_id()?;
+        let lock = OwnerLock::acquire(self.store.path(), id)?;
+        let now = SystemClock.now_ms();
+        let entry = OwnerEntry {
+            pid: std::process::id(),
+            started_ms: now,
+            renewed_ms: now,
+        };
+        self.writer.submit(vec![Mutation::RegisterOwner { owner: id, entry }])?;
         let scheduler = Arc::new(Scheduler::default());
         let timers = Arc::new(Timers::default());
-        for timer in self.store.timers()? {
-            timers.add(timer);
-        }
+        let leases = Arc::new(Leases {
+            id,
+            store: self.store.clone(),
+            writer: self.writer.clone(),
+            scheduler: scheduler.clone(),
+            timers: timers.clone(),
+            lease_timeout,
+        });
+        // Wake-ups after this value reach the poller; claims cover those before.
+        let seen = self.store.wake_seq()?;
+        leases.reap_dead()?;
+        while leases.claim()? == CLAIM_CHUNK {}
         let stop = Arc::new(AtomicBool::new(false));
         let timer_context = TimerContext {
             clock: self.clock.clone(),
             writer: self.writer.clone(),
             scheduler: scheduler.clone(),
             timers: timers.clone(),
+            owner: id,
         };
         let timer_thread = std::thread::Builder::new()
             .name("perdure-timers".into())
             .spawn(move || timer_context.run())?;
         let poller = Poller {
-            store: self.store.clone(),
-            scheduler: scheduler.clone(),
+            leases: leases.clone(),
             stop: stop.clone(),
         };
-        let (seen, pending) = self.store.woken_since(0)?;
-        for exec_key in pending {
-            scheduler.schedule(exec_key);
-        }
         let poller_thread = std::thread::Builder::new()
             .name("perdure-poller".into())
             .spawn(move || poller.run(seen, poll_interval))?;
         Ok(Owner {
+            id,
+            leases,
             lock: Mutex::new(Some(lock)),
             scheduler,
             timers,
@@ -130,6 +151,11 @@ impl Runtime {
             threads: Mutex::new(vec![timer_thread, poller_thread]),
             executor: Mutex::new(None),
         })
+    }
+
+    /// This engine's owner id, when it runs executions.
+    pub fn owner_id(&self) -> Option<u64> {
+        self.owner.as_ref().map(|owner| owner.id)
     }
 
     pub fn is_owner(&self) -> bool {
@@ -178,8 +204,10 @@ impl Runtime {
             }
             for outcome in &outcomes {
                 match outcome {
-                    Outcome::Woke(Some(exec_key))
-                    | Outcome::Created {
+                    Outcome::Woke(Some(woken)) if woken.owner == Some(owner.id) => {
+                        owner.scheduler.schedule(woken.exec_key)
+                    }
+                    Outcome::Created {
                         exec_key,
                         created: true,
                     } => owner.scheduler.schedule(*exec_key),
@@ -209,6 +237,7 @@ impl Runtime {
             execution_id: execution_id.to_string(),
             function: function.to_string(),
             started,
+            owner: self.owner_id(),
         }])?;
         match outcomes.first() {
             Some(Outcome::Created { exec_key, created }) => Ok((*exec_key, *created)),
@@ -227,7 +256,8 @@ impl Runtime {
         callback: Option<NewCallback>,
     ) -> Result<Option<String>> {
         let now = self.now_ms();
-        let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 1);
+        let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 2);
+        batch.extend(self.fence(exec_key));
         let mut callback_id = None;
         if let Some(callback) = callback {
             let id = new_callback_id()?;
@@ -265,6 +295,11 @@ impl Runtime {
         Ok(callback_id)
     }
 
+    /// The check that puts an invocation's writes behind this engine's lease.
+    fn fence(&self, exec_key: u64) -> Option<Mutation> {
+        self.owner_id().map(|owner| Mutation::Fence { exec_key, owner })
+    }
+
     /// Ends an invocation. Returns whether the execution must run again now.
     pub fn end_invocation(
         &self,
@@ -275,7 +310,8 @@ impl Runtime {
         wake_at: Vec<(u64, String)>,
     ) -> Result<bool> {
         let now = self.now_ms();
-        let mut batch: Vec<Mutation> = wake_timers(exec_key, now, wake_at).collect();
+        let mut batch: Vec<Mutation> = self.fence(exec_key).into_iter().collect();
+        batch.extend(wake_timers(exec_key, now, wake_at));
         for record in &mut records {
             record.timestamp_ms = now;
         }
@@ -447,6 +483,11 @@ impl Runtime {
             for thread in threads {
                 let _ = thread.join();
             }
+            if owner.lock.lock().is_some() {
+                // Leave this engine's active executions to the others now,
+                // rather than after they notice that it is gone.
+                let _ = owner.leases.release();
+            }
         }
         self.writer.close();
         self.store.sync()?;
@@ -463,27 +504,141 @@ impl Drop for Runtime {
     }
 }
 
-/// Watches the store's wake counter; when another process woke an execution,
-/// queues the executions woken since the last look (the scheduler ignores
-/// those already queued, and runs a running one again when it finishes).
-struct Poller {
+/// Claims at most this many unowned executions per look, so that several
+/// engines share the executions of one that died.
+const CLAIM_CHUNK: usize = 4096;
+
+/// How many poll intervals pass between looks at the other owners.
+const LIVENESS_EVERY: u32 = 20;
+
+/// This engine's part in sharing a store: the lease it renews, reaping dead
+/// owners and claiming the executions nobody runs.
+struct Leases {
+    id: u64,
     store: Arc<Store>,
+    writer: Arc<Writer>,
     scheduler: Arc<Scheduler>,
+    timers: Arc<Timers>,
+    lease_timeout: Duration,
+}
+
+impl Leases {
+    /// Reaps every other owner that crashed (its lock is free) or stopped
+    /// renewing its lease (hung); their executions become claimable.
+    fn reap_dead(&self) -> Result<()> {
+        let now = SystemClock.now_ms();
+        let timeout_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
+        for (owner, entry) in self.store.owners()? {
+            if owner == self.id {
+                continue;
+            }
+            let crashed = !OwnerLock::is_held(self.store.path(), owner);
+            let hung = entry.renewed_ms.saturating_add(timeout_ms) < now;
+            if crashed || hung {
+                let renewed_ms = (!crashed).then_some(entry.renewed_ms);
+                self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
+                if crashed {
+                    OwnerLock::remove_stale(self.store.path(), owner);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Claims a chunk of unowned executions: arms their timers and queues
+    /// those waiting to run. Returns how many it claimed.
+    fn claim(&self) -> Result<usize> {
+        let outcomes = self.writer.submit(vec![Mutation::Claim {
+            owner: self.id,
+            max: CLAIM_CHUNK,
+        }])?;
+        let Some(Outcome::Claimed(claimed)) = outcomes.into_iter().next() else {
+            return Ok(0);
+        };
+        let keys: HashSet<u64> = claimed.iter().map(|(exec_key, _)| *exec_key).collect();
+        if !keys.is_empty() {
+            for timer in self.store.timers_of(&keys)? {
+                self.timers.add(timer);
+            }
+        }
+        for (exec_key, pending) in &claimed {
+            if *pending {
+                self.scheduler.schedule(*exec_key);
+            }
+        }
+        Ok(claimed.len())
+    }
+
+    /// Renews this engine's lease. If others reaped it meanwhile (it looked
+    /// hung), it registers again: its old leases are gone, and every write
+    /// under them is refused, but it can claim work afresh.
+    fn renew(&self) -> Result<()> {
+        let now_ms = SystemClock.now_ms();
+        match self
+            .writer
+            .submit(vec![Mutation::RenewOwner { owner: self.id, now_ms }])
+        {
+            Err(Error::LeaseLost { .. }) => {
+                let entry = OwnerEntry {
+                    pid: std::process::id(),
+                    started_ms: now_ms,
+                    renewed_ms: now_ms,
+                };
+                self.writer
+                    .submit(vec![Mutation::RegisterOwner { owner: self.id, entry }])?;
+                Ok(())
+            }
+            other => other.map(drop),
+        }
+    }
+
+    /// Gives up this engine's lease and leaves its executions to others.
+    fn release(&self) -> Result<()> {
+        self.writer.submit(vec![Mutation::Reap {
+            owner: self.id,
+            renewed_ms: None,
+        }])?;
+        Ok(())
+    }
+}
+
+/// Watches the store's wake counter; when another process woke one of this
+/// engine's executions, queues the executions woken since the last look (the
+/// scheduler ignores those already queued, and runs a running one again when
+/// it finishes). Also renews the lease, reaps dead owners and claims orphans.
+struct Poller {
+    leases: Arc<Leases>,
     stop: Arc<AtomicBool>,
 }
 
 impl Poller {
     fn run(&self, mut seen: u64, interval: Duration) {
+        let leases = &self.leases;
+        let renew_every = (leases.lease_timeout / 4).max(interval);
+        let mut last_renewal = Instant::now();
+        let mut polls: u32 = 0;
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(interval);
-            let Ok(current) = self.store.wake_seq() else { continue };
+            polls = polls.wrapping_add(1);
+            // Errors here are transient (a commit refused while closing, a
+            // full disk): the next poll tries again.
+            if last_renewal.elapsed() >= renew_every && leases.renew().is_ok() {
+                last_renewal = Instant::now();
+            }
+            if polls % LIVENESS_EVERY == 0 {
+                let _ = leases.reap_dead();
+            }
+            if leases.store.has_orphans().unwrap_or(false) {
+                let _ = leases.claim();
+            }
+            let Ok(current) = leases.store.wake_seq() else { continue };
             if current == seen {
                 continue;
             }
-            if let Ok((now_seen, woken)) = self.store.woken_since(seen) {
+            if let Ok((now_seen, woken)) = leases.store.woken_since(seen, leases.id) {
                 seen = now_seen;
                 for exec_key in woken {
-                    self.scheduler.schedule(exec_key);
+                    leases.scheduler.schedule(exec_key);
                 }
             }
         }
@@ -500,6 +655,18 @@ fn wake_timers(exec_key: u64, now: u64, wake_at: Vec<(u64, String)>) -> impl Ite
             subject: op_id,
         })
     })
+}
+
+/// A random, non-zero owner id.
+fn new_owner_id() -> Result<u64> {
+    loop {
+        let mut bytes = [0u8; 8];
+        getrandom::fill(&mut bytes).map_err(|err| Error::Io(std::io::Error::other(err.to_string())))?;
+        let id = u64::from_be_bytes(bytes);
+        if id != 0 {
+            return Ok(id);
+        }
+    }
 }
 
 /// 128 random bits from the OS, hex-encoded: unguessable and URL-safe.

@@ -3,22 +3,26 @@
 //! All writes go through [`crate::writer`].
 
 use parking_lot::{Mutex, RwLock};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::ops::Bound;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
 use heed::types::Bytes;
-use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, WithoutTls};
+use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, Timer};
+use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
 use crate::replay::ReplayIndex;
 
 /// The on-disk format this build reads and writes (see `docs/format.md`).
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// Stores of this version are upgraded in place when opened (2 added leases
+/// and the index of wake-ups by value).
+const UPGRADABLE_FROM: u32 = 1;
 pub const DEFAULT_MAP_SIZE: usize = 256 << 20;
 
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
@@ -74,6 +78,14 @@ pub(crate) struct Dbs {
     pub timers: Database<Bytes, Bytes>,
     pub callbacks: Database<Bytes, Bytes>,
     pub pending: Database<Bytes, Bytes>,
+    /// Wake value -> execution key: the wake-ups after a value, in order.
+    pub wakes: Database<Bytes, Bytes>,
+    /// Owner id -> [`keys::OwnerEntry`]: the engines running executions.
+    pub owners: Database<Bytes, Bytes>,
+    /// Execution key -> owner id: who runs each active execution.
+    pub leases: Database<Bytes, Bytes>,
+    /// Execution key -> nothing: active executions no engine runs yet.
+    pub orphans: Database<Bytes, Bytes>,
 }
 
 /// What an invocation needs, read in one transaction.
@@ -148,7 +160,7 @@ impl Store {
             Durability::Process | Durability::None => EnvFlags::NO_SYNC,
         };
         let mut env_options = EnvOpenOptions::new().read_txn_without_tls();
-        env_options.map_size(map_size).max_dbs(8).max_readers(1024);
+        env_options.map_size(map_size).max_dbs(16).max_readers(1024);
         // SAFETY: the registry above guarantees one Env per path in this process,
         // and perdure never modifies the files behind LMDB's back.
         let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| match err {
@@ -171,6 +183,10 @@ impl Store {
             timers: env.create_database(&mut txn, Some("timers"))?,
             callbacks: env.create_database(&mut txn, Some("callbacks"))?,
             pending: env.create_database(&mut txn, Some("pending"))?,
+            wakes: env.create_database(&mut txn, Some("wakes"))?,
+            owners: env.create_database(&mut txn, Some("owners"))?,
+            leases: env.create_database(&mut txn, Some("leases"))?,
+            orphans: env.create_database(&mut txn, Some("orphans"))?,
         };
         match dbs.meta.get(&txn, META_FORMAT)? {
             None => dbs.meta.put(&mut txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?,
@@ -179,7 +195,9 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| Error::corrupt_store("format_version is not 4 bytes"))?;
-                if found != FORMAT_VERSION {
+                if found == UPGRADABLE_FROM {
+                    upgrade_from_v1(&mut txn, &dbs)?;
+                } else if found != FORMAT_VERSION {
                     return Err(Error::FormatVersion {
                         path: path.to_path_buf(),
                         found,
@@ -352,20 +370,67 @@ impl Store {
         })
     }
 
-    /// The wake counter now, and the executions woken after `seen`, from one
-    /// snapshot: a wake with a value at or below `seen` was already looked at.
-    pub fn woken_since(&self, seen: u64) -> Result<(u64, Vec<u64>)> {
+    /// The wake counter now, and the executions of `owner` woken after `seen`,
+    /// from one snapshot: a wake with a value at or below `seen` was already
+    /// looked at. Reads only the wake-ups after `seen`, however many wait.
+    pub fn woken_since(&self, seen: u64, owner: u64) -> Result<(u64, Vec<u64>)> {
         self.read(|txn, dbs| {
             let now = dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0);
             let mut woken = Vec::new();
-            for entry in dbs.pending.iter(txn)? {
-                let (key, value) = entry?;
-                let exec_key = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad pending key"))?;
-                if keys::read_u64(value).unwrap_or(u64::MAX) > seen {
+            let from = (seen + 1).to_be_bytes();
+            for entry in dbs.wakes.range(txn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
+                let (_, value) = entry?;
+                let exec_key = keys::read_u64(value).ok_or_else(|| Error::corrupt_store("bad wakes entry"))?;
+                if lease_in(txn, dbs, exec_key)? == Some(owner) {
                     woken.push(exec_key);
                 }
             }
             Ok((now, woken))
+        })
+    }
+
+    /// The running engines, by owner id.
+    pub fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>> {
+        self.read(|txn, dbs| {
+            let mut owners = Vec::new();
+            for entry in dbs.owners.iter(txn)? {
+                let (key, value) = entry?;
+                let owner = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad owner key"))?;
+                owners.push((owner, OwnerEntry::decode(value).map_err(Error::CorruptStore)?));
+            }
+            Ok(owners)
+        })
+    }
+
+    /// Whether some active execution waits for an engine to claim it.
+    pub fn has_orphans(&self) -> Result<bool> {
+        self.read(|txn, dbs| Ok(dbs.orphans.first(txn)?.is_some()))
+    }
+
+    /// The engine that runs an execution, if any.
+    pub fn lease(&self, exec_key: u64) -> Result<Option<u64>> {
+        self.read(|txn, dbs| lease_in(txn, dbs, exec_key))
+    }
+
+    /// The durable timers of the given executions.
+    pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<Vec<Timer>> {
+        Ok(self
+            .timers()?
+            .into_iter()
+            .filter(|timer| exec_keys.contains(&timer.exec_key))
+            .collect())
+    }
+
+    /// Which of the given executions wait to run (woken, not yet run).
+    pub fn pending_of(&self, exec_keys: &[u64]) -> Result<Vec<u64>> {
+        self.read(|txn, dbs| {
+            let mut pending = Vec::new();
+            for &exec_key in exec_keys {
+                if dbs.pending.get(txn, &keys::exec_key_bytes(exec_key))?.is_some() {
+                    pending.push(exec_key);
+                }
+            }
+            Ok(pending)
         })
     }
 
@@ -388,6 +453,39 @@ impl Store {
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
         self.read(|txn, dbs| callback_in(txn, dbs, callback_id))
     }
+}
+
+pub(crate) fn lease_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Option<u64>> {
+    Ok(dbs
+        .leases
+        .get(txn, &keys::exec_key_bytes(exec_key))?
+        .and_then(keys::read_u64))
+}
+
+/// Format 1 had one owner per store and no index of wake-ups: index every
+/// pending wake-up, and leave every active execution for the next engine to
+/// claim.
+fn upgrade_from_v1(txn: &mut RwTxn, dbs: &Dbs) -> Result<()> {
+    let mut wakes = Vec::new();
+    for entry in dbs.pending.iter(txn)? {
+        let (key, value) = entry?;
+        wakes.push((value.to_vec(), key.to_vec()));
+    }
+    for (wake, exec_key) in wakes {
+        dbs.wakes.put(txn, &wake, &exec_key)?;
+    }
+    let mut active = Vec::new();
+    for entry in dbs.executions.iter(txn)? {
+        let (key, value) = entry?;
+        if ExecMeta::decode(value).map_err(Error::CorruptStore)?.state == ExecState::Active {
+            active.push(key.to_vec());
+        }
+    }
+    for exec_key in active {
+        dbs.orphans.put(txn, &exec_key, &[])?;
+    }
+    dbs.meta.put(txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+    Ok(())
 }
 
 pub(crate) fn exec_key_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, execution_id: &str) -> Result<Option<u64>> {

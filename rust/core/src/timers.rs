@@ -77,7 +77,7 @@ impl Timers {
         Some(due)
     }
 
-    pub(crate) fn run(&self, clock: &dyn Clock, writer: &Writer, scheduler: &Scheduler) {
+    pub(crate) fn run(&self, clock: &dyn Clock, writer: &Writer, scheduler: &Scheduler, owner: u64) {
         while let Some(due) = self.next_due(clock) {
             let now_ms = clock.now_ms();
             let batch = due
@@ -91,7 +91,9 @@ impl Timers {
                 Ok(outcomes) => {
                     for outcome in outcomes {
                         match outcome {
-                            Outcome::Woke(Some(exec_key)) => scheduler.schedule(exec_key),
+                            Outcome::Woke(Some(woken)) if woken.owner == Some(owner) => {
+                                scheduler.schedule(woken.exec_key)
+                            }
                             Outcome::Rearmed(timer) => self.add(timer),
                             _ => {}
                         }
@@ -116,10 +118,13 @@ pub(crate) struct TimerContext {
     pub writer: Arc<Writer>,
     pub scheduler: Arc<Scheduler>,
     pub timers: Arc<Timers>,
+    /// Only this owner's executions are queued here when a timer wakes them.
+    pub owner: u64,
 }
 
 impl TimerContext {
     pub fn run(&self) {
-        self.timers.run(self.clock.as_ref(), &self.writer, &self.scheduler);
+        self.timers
+            .run(self.clock.as_ref(), &self.writer, &self.scheduler, self.owner);
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use heed::{MdbError, RwTxn};
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, Timer, TimerKind};
+use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, Timer, TimerKind};
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::store::{self, Dbs, Store, META_NEXT_EXEC, META_WAKE_SEQ};
 
@@ -27,6 +27,35 @@ pub enum Mutation {
         execution_id: String,
         function: String,
         started: Record,
+        /// The engine that will run it; `None` leaves it for any engine to claim.
+        owner: Option<u64>,
+    },
+    /// Refuses the batch unless `owner` holds the execution's lease: put first
+    /// in every batch an invocation writes, it fences off a stale owner.
+    Fence {
+        exec_key: u64,
+        owner: u64,
+    },
+    RegisterOwner {
+        owner: u64,
+        entry: OwnerEntry,
+    },
+    /// Renews an owner's lease; refused if the owner was reaped meanwhile.
+    RenewOwner {
+        owner: u64,
+        now_ms: u64,
+    },
+    /// Removes an owner (dead, stale or closing) and leaves its active
+    /// executions for others to claim. With `renewed_ms`, only if the owner
+    /// has not renewed since that moment.
+    Reap {
+        owner: u64,
+        renewed_ms: Option<u64>,
+    },
+    /// Leases up to `max` unclaimed active executions to `owner`.
+    Claim {
+        owner: u64,
+        max: usize,
     },
     Append {
         exec_key: u64,
@@ -72,13 +101,22 @@ pub enum Outcome {
         created: bool,
     },
     /// The execution that became runnable, if any.
-    Woke(Option<u64>),
+    Woke(Option<Woken>),
+    /// Executions leased by a claim, each with whether it waits to run.
+    Claimed(Vec<(u64, bool)>),
     /// Whether a wake-up arrived during the invocation, so it must run again.
     Ended {
         rerun: bool,
     },
     /// A timer fired early (its deadline moved) and this one replaces it.
     Rearmed(Timer),
+}
+
+/// An execution made runnable, and the engine that runs it (if any).
+#[derive(Debug, PartialEq, Eq, Clone, Copy)]
+pub struct Woken {
+    pub exec_key: u64,
+    pub owner: Option<u64>,
 }
 
 /// Where a waiting caller learns its fate: its answer, or that it must lead
@@ -309,6 +347,22 @@ fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
         Mutation::Append { exec_key, .. }
         | Mutation::EndInvocation { exec_key, .. }
         | Mutation::Cancel { exec_key, .. } => active_meta(txn, dbs, *exec_key).map(drop),
+        Mutation::Fence { exec_key, owner } => {
+            if store::lease_in(txn, dbs, *exec_key)? == Some(*owner) {
+                return Ok(());
+            }
+            let meta = active_meta(txn, dbs, *exec_key)?;
+            Err(Error::LeaseLost {
+                execution_id: meta.execution_id,
+            })
+        }
+        Mutation::RenewOwner { owner, .. } => match dbs.owners.get(txn, &owner.to_be_bytes())? {
+            Some(_) => Ok(()),
+            None => Err(Error::LeaseLost {
+                execution_id: String::new(),
+            }),
+        },
+        Mutation::RegisterOwner { .. } | Mutation::Reap { .. } | Mutation::Claim { .. } => Ok(()),
         Mutation::CreateCallback { callback_id, entry } => {
             active_meta(txn, dbs, entry.exec_key)?;
             if dbs.callbacks.get(txn, callback_id.as_bytes())?.is_some() {
@@ -331,6 +385,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             execution_id,
             function,
             started,
+            owner,
         } => {
             if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
                 return Ok(Outcome::Created {
@@ -351,6 +406,12 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             dbs.executions
                 .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
             append(txn, dbs, exec_key, started)?;
+            match owner {
+                Some(owner) => dbs
+                    .leases
+                    .put(txn, &keys::exec_key_bytes(exec_key), &owner.to_be_bytes())?,
+                None => dbs.orphans.put(txn, &keys::exec_key_bytes(exec_key), &[])?,
+            }
             wake(txn, dbs, exec_key)?;
             Ok(Outcome::Created {
                 exec_key,
@@ -361,6 +422,22 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             append(txn, dbs, *exec_key, record)?;
             Ok(Outcome::Done)
         }
+        Mutation::Fence { .. } => Ok(Outcome::Done),
+        Mutation::RegisterOwner { owner, entry } => {
+            dbs.owners.put(txn, &owner.to_be_bytes(), &entry.encode())?;
+            Ok(Outcome::Done)
+        }
+        Mutation::RenewOwner { owner, now_ms } => {
+            let key = owner.to_be_bytes();
+            if let Some(bytes) = dbs.owners.get(txn, &key)? {
+                let mut entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
+                entry.renewed_ms = *now_ms;
+                dbs.owners.put(txn, &key, &entry.encode())?;
+            }
+            Ok(Outcome::Done)
+        }
+        Mutation::Reap { owner, renewed_ms } => reap(txn, dbs, *owner, *renewed_ms),
+        Mutation::Claim { owner, max } => claim(txn, dbs, *owner, *max),
         Mutation::AddTimer(timer) => {
             dbs.timers.put(txn, &timer.encode(), &[])?;
             Ok(Outcome::Done)
@@ -403,18 +480,15 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             for record in records {
                 append(txn, dbs, *exec_key, record)?;
             }
-            let pending_key = keys::exec_key_bytes(*exec_key);
             if let Some(state) = final_state {
                 let updated_ms = records.last().map_or(0, |r| r.timestamp_ms);
-                set_state(txn, dbs, *exec_key, *state, updated_ms)?;
-                dbs.pending.delete(txn, &pending_key)?;
+                finish(txn, dbs, *exec_key, *state, updated_ms)?;
                 return Ok(Outcome::Ended { rerun: false });
             }
-            let current = dbs.pending.get(txn, &pending_key)?.and_then(keys::read_u64);
-            match current {
+            match pending_wake(txn, dbs, *exec_key)? {
                 Some(wake) if wake != *seen_wake => Ok(Outcome::Ended { rerun: true }),
                 Some(_) => {
-                    dbs.pending.delete(txn, &pending_key)?;
+                    clear_pending(txn, dbs, *exec_key)?;
                     Ok(Outcome::Ended { rerun: false })
                 }
                 None => Ok(Outcome::Ended { rerun: false }),
@@ -422,8 +496,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
         }
         Mutation::Cancel { exec_key, record } => {
             append(txn, dbs, *exec_key, record)?;
-            set_state(txn, dbs, *exec_key, ExecState::Cancelled, record.timestamp_ms)?;
-            dbs.pending.delete(txn, &keys::exec_key_bytes(*exec_key))?;
+            finish(txn, dbs, *exec_key, ExecState::Cancelled, record.timestamp_ms)?;
             Ok(Outcome::Done)
         }
     }
@@ -438,10 +511,7 @@ fn fire_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer, now_ms: u64) -> Result<
         return Ok(Outcome::Woke(None));
     }
     match timer.kind {
-        TimerKind::Wake => {
-            wake(txn, dbs, timer.exec_key)?;
-            Ok(Outcome::Woke(Some(timer.exec_key)))
-        }
+        TimerKind::Wake => Ok(Outcome::Woke(Some(wake(txn, dbs, timer.exec_key)?))),
         TimerKind::CallbackTimeout | TimerKind::CallbackHeartbeat => {
             let Some(entry) = store::callback_in(txn, dbs, &timer.subject)? else {
                 return Ok(Outcome::Woke(None));
@@ -490,8 +560,7 @@ fn finish_callback(
     entry.state = state;
     dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
     append(txn, dbs, entry.exec_key, record)?;
-    wake(txn, dbs, entry.exec_key)?;
-    Ok(Outcome::Woke(Some(entry.exec_key)))
+    Ok(Outcome::Woke(Some(wake(txn, dbs, entry.exec_key)?)))
 }
 
 /// Appends after the execution's last record; one B-tree lookup, independent
@@ -512,12 +581,88 @@ fn append(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, record: &Record) -> Result<
     Ok(())
 }
 
-/// Marks the execution runnable with a fresh wake value.
-fn wake(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
+/// Marks the execution runnable with a fresh wake value, indexed by value
+/// so that engines read only the wake-ups they have not seen.
+fn wake(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<Woken> {
+    clear_pending(txn, dbs, exec_key)?;
     let seq = bump_counter(txn, dbs, META_WAKE_SEQ)?;
-    dbs.pending
-        .put(txn, &keys::exec_key_bytes(exec_key), &seq.to_be_bytes())?;
+    let key = keys::exec_key_bytes(exec_key);
+    dbs.pending.put(txn, &key, &seq.to_be_bytes())?;
+    dbs.wakes.put(txn, &seq.to_be_bytes(), &key)?;
+    Ok(Woken {
+        exec_key,
+        owner: store::lease_in(txn, dbs, exec_key)?,
+    })
+}
+
+fn pending_wake(txn: &RwTxn, dbs: &Dbs, exec_key: u64) -> Result<Option<u64>> {
+    Ok(dbs
+        .pending
+        .get(txn, &keys::exec_key_bytes(exec_key))?
+        .and_then(keys::read_u64))
+}
+
+fn clear_pending(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
+    if let Some(wake) = pending_wake(txn, dbs, exec_key)? {
+        dbs.wakes.delete(txn, &wake.to_be_bytes())?;
+        dbs.pending.delete(txn, &keys::exec_key_bytes(exec_key))?;
+    }
     Ok(())
+}
+
+/// Ends an execution: its final state, and no wake-up, lease or claim left.
+fn finish(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<()> {
+    set_state(txn, dbs, exec_key, state, updated_ms)?;
+    clear_pending(txn, dbs, exec_key)?;
+    let key = keys::exec_key_bytes(exec_key);
+    dbs.leases.delete(txn, &key)?;
+    dbs.orphans.delete(txn, &key)?;
+    Ok(())
+}
+
+fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Result<Outcome> {
+    let owner_key = owner.to_be_bytes();
+    let Some(bytes) = dbs.owners.get(txn, &owner_key)? else {
+        return Ok(Outcome::Done); // reaped already (by another engine)
+    };
+    let entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
+    if renewed_ms.is_some_and(|seen| seen != entry.renewed_ms) {
+        return Ok(Outcome::Done); // it renewed after all: alive
+    }
+    dbs.owners.delete(txn, &owner_key)?;
+    // One pass over the leases: a reap is rare, and an index by owner would
+    // cost a write on every execution start and end.
+    let mut orphaned = Vec::new();
+    for entry in dbs.leases.iter(txn)? {
+        let (key, value) = entry?;
+        if keys::read_u64(value) == Some(owner) {
+            orphaned.push(key.to_vec());
+        }
+    }
+    for exec_key in orphaned {
+        dbs.leases.delete(txn, &exec_key)?;
+        dbs.orphans.put(txn, &exec_key, &[])?;
+    }
+    Ok(Outcome::Done)
+}
+
+fn claim(txn: &mut RwTxn, dbs: &Dbs, owner: u64, max: usize) -> Result<Outcome> {
+    let mut taken = Vec::new();
+    for entry in dbs.orphans.iter(txn)?.take(max) {
+        let (key, _) = entry?;
+        taken.push(keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad orphans key"))?);
+    }
+    let mut claimed = Vec::with_capacity(taken.len());
+    for exec_key in taken {
+        let key = keys::exec_key_bytes(exec_key);
+        dbs.orphans.delete(txn, &key)?;
+        let active = store::meta_in(txn, dbs, exec_key)?.is_some_and(|meta| !meta.state.is_terminal());
+        if active {
+            dbs.leases.put(txn, &key, &owner.to_be_bytes())?;
+            claimed.push((exec_key, pending_wake(txn, dbs, exec_key)?.is_some()));
+        }
+    }
+    Ok(Outcome::Claimed(claimed))
 }
 
 fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<()> {

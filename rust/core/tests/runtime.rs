@@ -19,6 +19,7 @@ fn options(clock: Arc<ManualClock>, map_size: usize) -> RuntimeOptions {
         },
         owner: true,
         poll_interval: Duration::from_millis(5),
+        lease_timeout: Duration::from_secs(10),
         clock,
     }
 }
@@ -61,7 +62,12 @@ fn start_append_and_suspend() {
     assert_eq!(journal.len(), 2);
     assert_eq!(journal[1].payload.as_deref(), Some(&b"42"[..]));
     assert!(
-        runtime.store.woken_since(0).unwrap().1.is_empty(),
+        runtime
+            .store
+            .woken_since(0, runtime.owner_id().unwrap())
+            .unwrap()
+            .1
+            .is_empty(),
         "a suspended execution is not pending"
     );
 }
@@ -175,13 +181,35 @@ fn timers_and_pending_work_survive_reopening() {
 }
 
 #[test]
-fn one_owner_at_a_time_but_clients_may_join() {
+fn owners_share_a_store_and_each_execution_has_one() {
     let dir = tempfile::tempdir().unwrap();
-    let (_owner, clock) = open(dir.path());
-    assert!(matches!(
-        Runtime::open(dir.path(), options(clock.clone(), 1 << 20)),
-        Err(Error::StoreBusy { .. })
-    ));
+    let (first, clock) = open(dir.path());
+    let second = Runtime::open(dir.path(), options(clock.clone(), 1 << 20)).unwrap();
+    assert_ne!(first.owner_id(), second.owner_id());
+    let (exec, _) = first.start("e-1", "wf", vec![]).unwrap();
+    assert_eq!(first.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
+    assert!(
+        matches!(
+            second.append(exec, vec![step_record("1", b"1")], vec![], None),
+            Err(Error::LeaseLost { ref execution_id }) if execution_id == "e-1"
+        ),
+        "only the lease holder writes an invocation's records"
+    );
+    first.append(exec, vec![step_record("1", b"1")], vec![], None).unwrap();
+    assert_eq!(second.store.lease(exec).unwrap(), first.owner_id());
+
+    // The first owner leaves: the second claims the active execution it ran
+    // and runs it, since it waits to run (it never finished its invocation).
+    first.close(Duration::from_secs(1)).unwrap();
+    assert_eq!(second.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    assert_eq!(second.store.lease(exec).unwrap(), second.owner_id());
+    second.append(exec, vec![step_record("2", b"2")], vec![], None).unwrap();
+    assert_eq!(
+        second.store.journal(exec).unwrap().len(),
+        3,
+        "nothing lost in the hand-over"
+    );
+
     let client = Runtime::open(
         dir.path(),
         RuntimeOptions {
@@ -190,7 +218,8 @@ fn one_owner_at_a_time_but_clients_may_join() {
         },
     )
     .unwrap();
-    assert!(client.store.list(None, None, 0).unwrap().is_empty());
+    assert_eq!(client.owner_id(), None);
+    assert_eq!(client.store.list(None, None, 0).unwrap().len(), 1);
 }
 
 #[test]
@@ -276,7 +305,7 @@ fn cancelled_execution_takes_no_more_records() {
 
 fn raw_env(dir: &std::path::Path) -> heed::Env {
     // SAFETY: the runtime that used this directory is closed and dropped.
-    unsafe { EnvOpenOptions::new().max_dbs(8).open(dir) }.unwrap()
+    unsafe { EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap()
 }
 
 #[test]
@@ -336,7 +365,7 @@ fn a_newer_format_is_refused_and_left_untouched() {
     match Runtime::open(dir.path(), options(clock, 1 << 20)) {
         Err(Error::FormatVersion {
             found: 99,
-            supported: 1,
+            supported: perdure_core::store::FORMAT_VERSION,
             ..
         }) => {}
         Err(other) => panic!("expected a format version error, got {other:?}"),
@@ -349,4 +378,42 @@ fn a_newer_format_is_refused_and_left_untouched() {
         meta.get(&txn, b"format_version").unwrap(),
         Some(&99u32.to_be_bytes()[..])
     );
+}
+
+/// A format-1 store (one owner, no leases, no wake index) is upgraded when
+/// opened: its active executions are claimed and its pending ones run.
+#[test]
+fn a_format_1_store_is_upgraded_in_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let exec = {
+        let (runtime, _clock) = open(dir.path());
+        let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+        runtime.close(Duration::from_secs(1)).unwrap();
+        exec
+    };
+    {
+        let env = raw_env(dir.path());
+        let mut txn = env.write_txn().unwrap();
+        for name in ["wakes", "owners", "leases", "orphans"] {
+            let db: Database<Bytes, Bytes> = env.open_database(&txn, Some(name)).unwrap().unwrap();
+            db.clear(&mut txn).unwrap();
+        }
+        let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
+        meta.put(&mut txn, b"format_version", &1u32.to_be_bytes()).unwrap();
+        txn.commit().unwrap();
+    }
+    let (runtime, _clock) = open(dir.path());
+    assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    assert_eq!(runtime.store.lease(exec).unwrap(), runtime.owner_id());
+    runtime.close(Duration::from_secs(1)).unwrap();
+    drop(runtime);
+    let env = raw_env(dir.path());
+    let txn = env.read_txn().unwrap();
+    let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
+    assert_eq!(
+        meta.get(&txn, b"format_version").unwrap(),
+        Some(&perdure_core::store::FORMAT_VERSION.to_be_bytes()[..])
+    );
+    let wakes: Database<Bytes, Bytes> = env.open_database(&txn, Some("wakes")).unwrap().unwrap();
+    assert_eq!(wakes.len(&txn).unwrap(), 1, "the pending wake-up is indexed");
 }

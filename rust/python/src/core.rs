@@ -116,7 +116,10 @@ fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
 #[pymethods]
 impl Core {
     #[new]
-    #[pyo3(signature = (path, *, durability = "full", owner = true, map_size = DEFAULT_MAP_SIZE, poll_interval = 0.005))]
+    #[pyo3(signature = (
+        path, *, durability = "full", owner = true, map_size = DEFAULT_MAP_SIZE, poll_interval = 0.005,
+        lease_timeout = 10.0
+    ))]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -124,12 +127,14 @@ impl Core {
         owner: bool,
         map_size: usize,
         poll_interval: f64,
+        lease_timeout: f64,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).py_err()?;
         let options = RuntimeOptions {
             store: StoreOptions { durability, map_size },
             owner,
             poll_interval: seconds(py, poll_interval)?,
+            lease_timeout: seconds(py, lease_timeout)?,
             ..RuntimeOptions::default()
         };
         let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
@@ -146,6 +151,17 @@ impl Core {
     #[getter]
     fn owner(&self) -> bool {
         self.runtime.is_owner()
+    }
+
+    /// This engine's id among the engines sharing the store (None: not an owner).
+    #[getter]
+    fn owner_id(&self) -> Option<u64> {
+        self.runtime.owner_id()
+    }
+
+    /// The owner id of the engine that runs an execution, if any.
+    fn lease(&self, py: Python<'_>, exec_key: u64) -> PyResult<Option<u64>> {
+        py.detach(|| self.runtime.store.lease(exec_key)).py_err()
     }
 
     #[getter]

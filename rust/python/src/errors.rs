@@ -53,7 +53,9 @@ pub fn to_py(err: Error) -> PyErr {
             Error::StoreAccess { path, .. } => {
                 ("StoreAccessError", vec![("path", obj(py, path.display().to_string()))])
             }
-            Error::StoreBusy { path, .. } => ("StoreBusyError", vec![("path", obj(py, path.display().to_string()))]),
+            Error::LeaseLost { execution_id } => {
+                ("LeaseLostError", vec![("execution_id", obj(py, execution_id.clone()))])
+            }
             Error::ExecutionNotFound(_) => ("ExecutionNotFoundError", vec![]),
             Error::ExecutionFinished { .. } => ("ExecutionFinishedError", vec![]),
             Error::ExecutionIdConflict { .. } | Error::InvalidInput(_) => ("ValidationError", vec![]),
