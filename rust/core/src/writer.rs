@@ -406,11 +406,14 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             dbs.executions
                 .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
             append(txn, dbs, exec_key, started)?;
+            // An owner reaped meanwhile (thought hung, or closing) must not
+            // take new leases: nobody would ever reap them again.
+            let key = keys::exec_key_bytes(exec_key);
             match owner {
-                Some(owner) => dbs
-                    .leases
-                    .put(txn, &keys::exec_key_bytes(exec_key), &owner.to_be_bytes())?,
-                None => dbs.orphans.put(txn, &keys::exec_key_bytes(exec_key), &[])?,
+                Some(owner) if dbs.owners.get(txn, &owner.to_be_bytes())?.is_some() => {
+                    dbs.leases.put(txn, &key, &owner.to_be_bytes())?
+                }
+                _ => dbs.orphans.put(txn, &key, &[])?,
             }
             wake(txn, dbs, exec_key)?;
             Ok(Outcome::Created {
@@ -622,14 +625,19 @@ fn finish(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_m
 
 fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Result<Outcome> {
     let owner_key = owner.to_be_bytes();
-    let Some(bytes) = dbs.owners.get(txn, &owner_key)? else {
-        return Ok(Outcome::Done); // reaped already (by another engine)
-    };
-    let entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
-    if renewed_ms.is_some_and(|seen| seen != entry.renewed_ms) {
-        return Ok(Outcome::Done); // it renewed after all: alive
+    match dbs.owners.get(txn, &owner_key)? {
+        Some(bytes) => {
+            let entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
+            if renewed_ms.is_some_and(|seen| seen != entry.renewed_ms) {
+                return Ok(Outcome::Done); // it renewed after all: alive
+            }
+            dbs.owners.delete(txn, &owner_key)?;
+        }
+        // Reaped already by another engine. An owner releasing itself still
+        // sweeps: it may hold leases taken before it learned it was reaped.
+        None if renewed_ms.is_some() => return Ok(Outcome::Done),
+        None => {}
     }
-    dbs.owners.delete(txn, &owner_key)?;
     // One pass over the leases: a reap is rare, and an index by owner would
     // cost a write on every execution start and end.
     let mut orphaned = Vec::new();

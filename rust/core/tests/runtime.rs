@@ -417,3 +417,32 @@ fn a_format_1_store_is_upgraded_in_place() {
     let wakes: Database<Bytes, Bytes> = env.open_database(&txn, Some("wakes")).unwrap().unwrap();
     assert_eq!(wakes.len(&txn).unwrap(), 1, "the pending wake-up is indexed");
 }
+
+/// An owner that others took for hung loses its leases; its late writes are
+/// refused, and what it starts before registering again is left for others.
+#[test]
+fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, clock) = open(dir.path());
+    let (exec, _) = slow.start("e-1", "wf", vec![]).unwrap();
+    // This one judges others by a 1 ms lease, so it reaps `slow` (which
+    // renews every 2.5 s) at its first look.
+    std::thread::sleep(Duration::from_millis(10));
+    let eager = Runtime::open(
+        dir.path(),
+        RuntimeOptions {
+            lease_timeout: Duration::from_millis(1),
+            ..options(clock, 1 << 20)
+        },
+    )
+    .unwrap();
+    assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    assert_eq!(eager.store.lease(exec).unwrap(), eager.owner_id());
+    assert!(matches!(
+        slow.append(exec, vec![step_record("1", b"1")], vec![], None),
+        Err(Error::LeaseLost { .. })
+    ));
+    let (later, _) = slow.start("e-2", "wf", vec![]).unwrap();
+    assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(later));
+    assert_eq!(eager.store.lease(later).unwrap(), eager.owner_id());
+}
