@@ -91,18 +91,31 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     def progress(message: str) -> None:
         print(f"perdure bench: {message}", file=sys.stderr, flush=True)
 
-    results = bench.run_all(
-        args.quick,
-        store_dir=args.store_dir,
-        steps=args.steps,
-        repeats=args.repeats,
-        progress=progress,
-    )
-    report = bench.format_report(results)
+    results: dict[str, Any] = {}
+    reports: list[str] = []
+    if args.suite in ("core", "all"):
+        results["core"] = bench.run_all(
+            args.quick,
+            store_dir=args.store_dir,
+            steps=args.steps,
+            repeats=args.repeats,
+            progress=progress,
+        )
+        reports.append(bench.format_report(results["core"]))
+    if args.suite in ("concurrency", "all"):
+        from perdure import bench_concurrency
+
+        results["concurrency"] = bench_concurrency.run_concurrency(
+            args.quick, store_dir=args.store_dir, repeats=args.repeats, progress=progress
+        )
+        reports.append(bench_concurrency.format_concurrency_report(results["concurrency"]))
+    report = "\n\n".join(reports)
+    # One suite prints its figures as they were; "all" nests them by suite.
+    figures = results if args.suite == "all" else results[args.suite]
     if args.json:
         # The table goes to stderr so that stdout stays parseable JSON.
         print(report, file=sys.stderr)
-        _print_json(results)
+        _print_json(figures)
     else:
         print(report)
     return 0
@@ -176,9 +189,17 @@ def _parser() -> argparse.ArgumentParser:
 
     bench_help = (
         "measure this machine: raw LMDB commits/s, sequential durable steps/s at full and "
-        "process durability, replay ops/s, bytes on disk per step"
+        "process durability, replay ops/s, bytes on disk per step (suite core); steps/s with "
+        "many executions in flight, steps blocking on I/O, map, many executions, suspended "
+        "executions' memory and threads, timers due together (suite concurrency)"
     )
     bench = commands.add_parser("bench", help=bench_help, description=bench_help)
+    bench.add_argument(
+        "--suite",
+        choices=("core", "concurrency", "all"),
+        default="core",
+        help="which figures to measure (default core)",
+    )
     bench.add_argument(
         "--store-dir",
         help="directory under which the scratch stores are made, on the disk to measure "
@@ -187,13 +208,14 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--steps",
         type=_positive_int,
-        help="timed sequential steps (and synced LMDB commits) per sample at full "
+        help="suite core: timed sequential steps (and synced LMDB commits) per sample at full "
         "durability; 10x that at process (default 3000, 300 with --quick)",
     )
     bench.add_argument(
         "--repeats",
         type=_positive_int,
-        help="samples per figure; medians are reported (default 5, 1 with --quick)",
+        help="samples per figure; medians are reported (default 5, 1 with --quick; the "
+        "concurrency suite's larger figures take at most 3)",
     )
     bench.add_argument("--quick", action="store_true", help="small counts: a smoke run")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")

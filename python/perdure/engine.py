@@ -72,6 +72,16 @@ def _timestamp(ms: int) -> datetime:
     return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
+def default_workers(durability: str) -> int:
+    """Workers an engine starts unless told otherwise. At "full" a step waits
+    for an fsync without the GIL, and every execution in flight shares the
+    next one (group commit), so many workers pay off; otherwise steps are
+    CPU work under one GIL and a few workers do as well as many."""
+    if durability == "full":
+        return 64
+    return min(32, 2 * (os.cpu_count() or 1) + 2)
+
+
 class Engine:
     """An embedded durable-execution engine on one store directory.
 
@@ -106,7 +116,7 @@ class Engine:
                 f"durability must be one of {', '.join(_DURABILITIES)}; got {durability!r}"
             )
         if workers is None:
-            workers = min(32, 2 * (os.cpu_count() or 1) + 2)
+            workers = default_workers(durability)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
         if not isinstance(max_payload_size, int) or max_payload_size < 1:
