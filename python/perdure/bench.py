@@ -690,12 +690,12 @@ def _spread(s: dict[str, Any], digits: int = 0) -> str:
     return f"{_fmt(s['median'], digits)}  [{_fmt(s['min'], digits)} .. {_fmt(s['max'], digits)}]"
 
 
-def format_report(results: dict[str, Any]) -> str:
-    """A readable table of :func:`run_all`'s results."""
+def report_header(results: dict[str, Any], title: str) -> list[str]:
+    """The lines naming the machine, the store's filesystem and the software."""
     m = results["machine"]
     fs = m["filesystem"]
     lines = [
-        "perdure bench",
+        title,
         f"  date        {m['date']}",
         f"  cpu         {m['cpu']} ({m['cores']} cores)",
         f"  kernel      {m['kernel']}; load average {m.get('load_average')} at start, "
@@ -709,6 +709,12 @@ def format_report(results: dict[str, Any]) -> str:
             "  WARNING     perdure._core has debug info: probably a debug build "
             "(maturin develop); build a release wheel for real figures"
         )
+    return lines
+
+
+def format_report(results: dict[str, Any]) -> str:
+    """A readable table of :func:`run_all`'s results."""
+    lines = report_header(results, "perdure bench")
     cfg = results["config"]
     lines.append(
         f"  config      steps={cfg['steps']} (x10 at process), repeats={cfg['repeats']}, "

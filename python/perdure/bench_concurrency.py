@@ -49,6 +49,7 @@ from perdure.bench import (
     _spread,
     machine_info,
     raw_lmdb_commit_rate,
+    report_header,
     stats,
 )
 from perdure.context import DurableContext
@@ -929,27 +930,6 @@ def run_concurrency(
 # -- report -------------------------------------------------------------------------
 
 
-def _header(results: dict[str, Any], title: str) -> list[str]:
-    m = results["machine"]
-    fs = m["filesystem"]
-    lines = [
-        title,
-        f"  date        {m['date']}",
-        f"  cpu         {m['cpu']} ({m['cores']} cores)",
-        f"  kernel      {m['kernel']}; load average {m.get('load_average')} at start, "
-        f"{m.get('load_average_end')} at end",
-        f"  store dir   {m['store_dir']} "
-        f"({fs['type']} on {fs['device']}, mounted at {fs['mount']})",
-        f"  python      {m['python']}; perdure {m['perdure']}; lmdb package {m['lmdb_package']}",
-    ]
-    if m.get("extension_debug_info"):
-        lines.append(
-            "  WARNING     perdure._core has debug info: probably a debug build "
-            "(maturin develop); build a release wheel for real figures"
-        )
-    return lines
-
-
 def _table(rows: list[tuple[str, str, str]]) -> list[str]:
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
@@ -964,7 +944,7 @@ def _ms(s: dict[str, Any]) -> str:
 
 def format_concurrency_report(results: dict[str, Any]) -> str:
     """A readable table of :func:`run_concurrency`'s results."""
-    lines = _header(results, "perdure bench --suite concurrency")
+    lines = report_header(results, "perdure bench --suite concurrency")
     cfg = results["config"]
     lines.append(
         f"  config      repeats={cfg['repeats']} (figure 1), {cfg['repeats_large']} (others), "
