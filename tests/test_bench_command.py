@@ -6,10 +6,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 
-def test_bench_quick_reports_every_figure(tmp_path: Path) -> None:
-    command = ["bench", "--quick", "--json", "--store-dir", str(tmp_path)]
+def _bench_quick(tmp_path: Path, *suite: str) -> tuple[dict[str, Any], str]:
+    """Runs ``perdure bench --quick --json`` in a fresh interpreter; returns
+    the figures and what went to stderr."""
+    command = ["bench", *suite, "--quick", "--json", "--store-dir", str(tmp_path)]
     done = subprocess.run(
         [sys.executable, "-m", "perdure", *command],
         capture_output=True,
@@ -18,7 +21,11 @@ def test_bench_quick_reports_every_figure(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
+    return json.loads(done.stdout), done.stderr
+
+
+def test_bench_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures, stderr = _bench_quick(tmp_path)
     assert figures["raw_lmdb"]["synced_commits_per_s"]["median"] > 0
     for durability in ("full", "process"):
         sequential = figures[f"sequential_{durability}"]
@@ -27,7 +34,7 @@ def test_bench_quick_reports_every_figure(tmp_path: Path) -> None:
     assert figures["replay"]["ops_per_s"]["median"] > 0
     assert 20 < figures["bytes_per_step"]["journal"]["bytes_per_step"] <= 64
     assert 20 < figures["bytes_per_step"]["data_mdb_growth_per_step"] <= 64
-    assert "replay ops/s" in done.stderr  # the readable table goes to stderr with --json
+    assert "replay ops/s" in stderr  # the readable table goes to stderr with --json
 
 
 def _positive(figure: dict[str, object], *keys: str) -> None:
@@ -38,16 +45,7 @@ def _positive(figure: dict[str, object], *keys: str) -> None:
 
 
 def test_bench_concurrency_quick_reports_every_figure(tmp_path: Path) -> None:
-    command = ["bench", "--suite", "concurrency", "--quick", "--json", "--store-dir", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", *command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
+    figures, stderr = _bench_quick(tmp_path, "--suite", "concurrency")
     # 1. steps/s with 1, 8, 64, 512 executions in flight, beside the raw commit rates
     for durability in ("full", "process"):
         steps = figures[f"steps_{durability}"]
@@ -85,4 +83,4 @@ def test_bench_concurrency_quick_reports_every_figure(tmp_path: Path) -> None:
     _positive(timers, "resumes_per_s")
     for key in ("p50", "p99", "max"):
         _positive(timers["lateness_ms"], key)
-    assert "timers due at the same moment" in done.stderr  # the table goes to stderr
+    assert "timers due at the same moment" in stderr  # the table goes to stderr

@@ -20,13 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lease_workflows as lw
 import perdure
 import pytest
 from support import wait_for
 
 HERE = Path(__file__).parent
-sys.path.insert(0, str(HERE))
-import lease_workflows as lw  # noqa: E402
 
 LINE_FIELDS = {"proc": 3, "body": 6, "ack": 6}
 

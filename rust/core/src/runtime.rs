@@ -122,7 +122,7 @@ impl Runtime {
         // Wake-ups after this value reach the poller; claims cover those before.
         let seen = self.store.wake_seq()?;
         leases.reap_dead()?;
-        while leases.claim()? == CLAIM_CHUNK {}
+        leases.claim(usize::MAX)?;
         let stop = Arc::new(AtomicBool::new(false));
         let timer_context = TimerContext {
             clock: self.clock.clone(),
@@ -545,28 +545,38 @@ impl Leases {
         Ok(())
     }
 
-    /// Claims a chunk of unowned executions: arms their timers and queues
-    /// those waiting to run. Returns how many it claimed.
-    fn claim(&self) -> Result<usize> {
-        let outcomes = self.writer.submit(vec![Mutation::Claim {
-            owner: self.id,
-            max: CLAIM_CHUNK,
-        }])?;
-        let Some(Outcome::Claimed(claimed)) = outcomes.into_iter().next() else {
-            return Ok(0);
-        };
+    /// Claims up to `chunks` chunks of unowned executions (stopping when
+    /// none are left), then arms their timers in one pass over the timers
+    /// database and queues those waiting to run.
+    fn claim(&self, chunks: usize) -> Result<()> {
+        let mut claimed = Vec::new();
+        for _ in 0..chunks {
+            let outcomes = self.writer.submit(vec![Mutation::Claim {
+                owner: self.id,
+                max: CLAIM_CHUNK,
+            }])?;
+            let Some(Outcome::Claimed(chunk)) = outcomes.into_iter().next() else {
+                break;
+            };
+            let exhausted = chunk.len() < CLAIM_CHUNK;
+            claimed.extend(chunk);
+            if exhausted {
+                break;
+            }
+        }
+        if claimed.is_empty() {
+            return Ok(());
+        }
         let keys: HashSet<u64> = claimed.iter().map(|(exec_key, _)| *exec_key).collect();
-        if !keys.is_empty() {
-            for timer in self.store.timers_of(&keys)? {
-                self.timers.add(timer);
+        for timer in self.store.timers_of(&keys)? {
+            self.timers.add(timer);
+        }
+        for (exec_key, pending) in claimed {
+            if pending {
+                self.scheduler.schedule(exec_key);
             }
         }
-        for (exec_key, pending) in &claimed {
-            if *pending {
-                self.scheduler.schedule(*exec_key);
-            }
-        }
-        Ok(claimed.len())
+        Ok(())
     }
 
     /// Renews this engine's lease. If others reaped it meanwhile (it looked
@@ -628,10 +638,12 @@ impl Poller {
             if polls % LIVENESS_EVERY == 0 {
                 let _ = leases.reap_dead();
             }
-            if leases.store.has_orphans().unwrap_or(false) {
-                let _ = leases.claim();
+            let Ok((current, orphans)) = leases.store.poll_state() else {
+                continue;
+            };
+            if orphans {
+                let _ = leases.claim(1);
             }
-            let Ok(current) = leases.store.wake_seq() else { continue };
             if current == seen {
                 continue;
             }

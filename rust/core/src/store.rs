@@ -402,9 +402,13 @@ impl Store {
         })
     }
 
-    /// Whether some active execution waits for an engine to claim it.
-    pub fn has_orphans(&self) -> Result<bool> {
-        self.read(|txn, dbs| Ok(dbs.orphans.first(txn)?.is_some()))
+    /// What the poller looks at every few milliseconds, in one read: the
+    /// wake counter, and whether some active execution waits to be claimed.
+    pub fn poll_state(&self) -> Result<(u64, bool)> {
+        self.read(|txn, dbs| {
+            let wake_seq = dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0);
+            Ok((wake_seq, dbs.orphans.first(txn)?.is_some()))
+        })
     }
 
     /// The engine that runs an execution, if any.
@@ -412,34 +416,17 @@ impl Store {
         self.read(|txn, dbs| lease_in(txn, dbs, exec_key))
     }
 
-    /// The durable timers of the given executions.
+    /// The durable timers of the given executions, in one pass over the
+    /// timers database (it is ordered by deadline, not by execution).
     pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<Vec<Timer>> {
-        Ok(self
-            .timers()?
-            .into_iter()
-            .filter(|timer| exec_keys.contains(&timer.exec_key))
-            .collect())
-    }
-
-    /// Which of the given executions wait to run (woken, not yet run).
-    pub fn pending_of(&self, exec_keys: &[u64]) -> Result<Vec<u64>> {
-        self.read(|txn, dbs| {
-            let mut pending = Vec::new();
-            for &exec_key in exec_keys {
-                if dbs.pending.get(txn, &keys::exec_key_bytes(exec_key))?.is_some() {
-                    pending.push(exec_key);
-                }
-            }
-            Ok(pending)
-        })
-    }
-
-    pub fn timers(&self) -> Result<Vec<Timer>> {
         self.read(|txn, dbs| {
             let mut timers = Vec::new();
             for entry in dbs.timers.iter(txn)? {
                 let (key, _) = entry?;
-                timers.push(Timer::decode(key).ok_or_else(|| Error::corrupt_store("bad timer key"))?);
+                let timer = Timer::decode(key).ok_or_else(|| Error::corrupt_store("bad timer key"))?;
+                if exec_keys.contains(&timer.exec_key) {
+                    timers.push(timer);
+                }
             }
             Ok(timers)
         })

@@ -142,12 +142,16 @@ impl Slot {
         self.ready.notify_one();
     }
 
-    fn wait(&self) -> SlotState {
+    /// Blocks until told; `None` means: lead the next commit.
+    fn wait(&self) -> Option<Result<Vec<Outcome>>> {
         let mut state = self.state.lock();
-        while matches!(*state, SlotState::Waiting) {
-            self.ready.wait(&mut state);
+        loop {
+            match std::mem::take(&mut *state) {
+                SlotState::Waiting => self.ready.wait(&mut state),
+                SlotState::Lead => return None,
+                SlotState::Answered(answer) => return Some(answer),
+            }
         }
-        std::mem::take(&mut *state)
     }
 }
 
@@ -191,20 +195,17 @@ impl Writer {
             queue.waiting.push((batch, slot.clone()));
             if queue.leading {
                 drop(queue);
-                match slot.wait() {
-                    SlotState::Answered(answer) => return answer,
-                    SlotState::Lead => {}
-                    SlotState::Waiting => unreachable!("Slot::wait returns only once the state is set"),
+                if let Some(answer) = slot.wait() {
+                    return answer;
                 }
             } else {
                 queue.leading = true;
             }
         }
+        // A leader's own batch is the oldest queued, so its commit answers it.
         self.lead();
-        match slot.wait() {
-            SlotState::Answered(answer) => answer,
-            _ => Err(Error::Io(std::io::Error::other("group commit lost an answer"))),
-        }
+        slot.wait()
+            .unwrap_or_else(|| Err(Error::Io(std::io::Error::other("group commit lost an answer"))))
     }
 
     /// Commits what is queued (the leader's own batch is among it), answers
