@@ -14,7 +14,7 @@ fn main() {
         ..RuntimeOptions::default()
     };
     let runtime = Runtime::open(dir.path(), options).expect("open");
-    let (exec, _) = runtime.start("e", "wf", b"null".to_vec()).expect("start");
+    let (exec, _) = runtime.start("e", "wf", b"null".to_vec(), None).expect("start");
     let steps: usize = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
     let records: Vec<Record> = (1..=steps)
         .map(|i| {
@@ -24,7 +24,7 @@ fn main() {
             record
         })
         .collect();
-    runtime.append(exec, records, vec![], None).expect("append");
+    runtime.append(exec, records, vec![], None, None).expect("append");
     for _ in 0..5 {
         let start = Instant::now();
         let data = runtime.store.load_invocation(exec).expect("load");

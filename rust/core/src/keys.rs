@@ -5,6 +5,8 @@
 use crate::record::{put_bytes, put_varint, Reader};
 
 pub const META_VERSION: u8 = 1;
+/// Execution metadata of a child execution: version 1 plus its parent link.
+pub const META_VERSION_CHILD: u8 = 2;
 
 pub fn journal_key(exec_key: u64, seq: u32) -> [u8; 12] {
     let mut key = [0u8; 12];
@@ -37,6 +39,8 @@ pub enum TimerKind {
     CallbackTimeout = 2,
     /// A callback's heartbeat deadline.
     CallbackHeartbeat = 3,
+    /// The execution's own timeout, given when it was started.
+    ExecutionTimeout = 4,
 }
 
 impl TimerKind {
@@ -45,6 +49,7 @@ impl TimerKind {
             1 => Some(TimerKind::Wake),
             2 => Some(TimerKind::CallbackTimeout),
             3 => Some(TimerKind::CallbackHeartbeat),
+            4 => Some(TimerKind::ExecutionTimeout),
             _ => None,
         }
     }
@@ -128,34 +133,61 @@ pub struct ExecMeta {
     pub updated_ms: u64,
     pub execution_id: String,
     pub function: String,
+    /// A child execution's parent and the operation that started it.
+    pub parent: Option<ParentLink>,
+}
+
+/// Where a child execution reports its outcome: an operation of its parent.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParentLink {
+    pub exec_key: u64,
+    pub op_id: String,
 }
 
 impl ExecMeta {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(24 + self.execution_id.len() + self.function.len());
-        out.push(META_VERSION);
+        out.push(if self.parent.is_some() {
+            META_VERSION_CHILD
+        } else {
+            META_VERSION
+        });
         out.push(self.state as u8);
         put_varint(&mut out, self.created_ms);
         put_varint(&mut out, self.updated_ms);
         put_bytes(&mut out, self.execution_id.as_bytes());
         put_bytes(&mut out, self.function.as_bytes());
+        if let Some(parent) = &self.parent {
+            put_varint(&mut out, parent.exec_key);
+            put_bytes(&mut out, parent.op_id.as_bytes());
+        }
         out
     }
 
     pub fn decode(bytes: &[u8]) -> Result<ExecMeta, String> {
         let mut reader = Reader { bytes, pos: 0 };
         let version = reader.u8()?;
-        if version != META_VERSION {
-            return Err(format!("execution metadata version {version} is not {META_VERSION}"));
+        if version != META_VERSION && version != META_VERSION_CHILD {
+            return Err(format!(
+                "execution metadata version {version} is not {META_VERSION} or {META_VERSION_CHILD}"
+            ));
         }
         let state = ExecState::from_u8(reader.u8()?).ok_or("unknown execution state")?;
-        Ok(ExecMeta {
+        let mut meta = ExecMeta {
             state,
             created_ms: reader.varint()?,
             updated_ms: reader.varint()?,
             execution_id: reader.string()?,
             function: reader.string()?,
-        })
+            parent: None,
+        };
+        if version == META_VERSION_CHILD {
+            meta.parent = Some(ParentLink {
+                exec_key: reader.varint()?,
+                op_id: reader.string()?,
+            });
+        }
+        Ok(meta)
     }
 }
 
@@ -314,8 +346,19 @@ mod tests {
             updated_ms: 20,
             execution_id: "o-1".into(),
             function: "place_order".into(),
+            parent: None,
         };
         assert_eq!(ExecMeta::decode(&meta.encode()).unwrap(), meta);
+        assert_eq!(meta.encode()[0], META_VERSION);
+        let child = ExecMeta {
+            parent: Some(ParentLink {
+                exec_key: 3,
+                op_id: "2-1".into(),
+            }),
+            ..meta.clone()
+        };
+        assert_eq!(ExecMeta::decode(&child.encode()).unwrap(), child);
+        assert_eq!(child.encode()[0], META_VERSION_CHILD);
         let entry = CallbackEntry {
             state: CallbackState::Pending,
             exec_key: 7,

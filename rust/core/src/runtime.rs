@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
-use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, Timer, TimerKind};
+use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
@@ -55,6 +55,16 @@ pub struct NewCallback {
     pub heartbeat_timeout_ms: u64,
 }
 
+/// A child execution to start together with an append (`ctx.invoke`).
+pub struct NewChild {
+    pub execution_id: String,
+    pub function: String,
+    pub input: Vec<u8>,
+    /// The parent's operation that waits for it.
+    pub op_id: String,
+    pub timeout_ms: Option<u64>,
+}
+
 /// Runs one invocation of an execution (the bindings call into Python).
 pub type Invoker = Arc<dyn Fn(u64) + Send + Sync>;
 
@@ -77,7 +87,21 @@ pub struct Runtime {
     clock: Arc<dyn Clock>,
     owner: Option<Owner>,
     /// Bumped when an execution of this process finishes; wakes `wait_finished`.
-    finished: (Mutex<u64>, Condvar),
+    finished: Arc<Finished>,
+}
+
+/// Counts executions finished by this process, so `wait_finished` wakes at once.
+#[derive(Default)]
+pub(crate) struct Finished {
+    count: Mutex<u64>,
+    signal: Condvar,
+}
+
+impl Finished {
+    pub(crate) fn bump(&self) {
+        *self.count.lock() += 1;
+        self.signal.notify_all();
+    }
 }
 
 impl Runtime {
@@ -89,7 +113,7 @@ impl Runtime {
             writer,
             clock: options.clock,
             owner: None,
-            finished: (Mutex::new(0), Condvar::new()),
+            finished: Arc::default(),
         };
         if options.owner {
             runtime.owner = Some(runtime.start_owner(options.poll_interval, options.lease_timeout)?);
@@ -130,6 +154,7 @@ impl Runtime {
             scheduler: scheduler.clone(),
             timers: timers.clone(),
             owner: id,
+            finished: self.finished.clone(),
         };
         let timer_thread = std::thread::Builder::new()
             .name("perdure-timers".into())
@@ -204,45 +229,77 @@ impl Runtime {
             }
             for outcome in &outcomes {
                 match outcome {
-                    Outcome::Woke(Some(woken)) if woken.owner == Some(owner.id) => {
-                        owner.scheduler.schedule(woken.exec_key)
-                    }
+                    Outcome::Woke(Some(woken))
+                    | Outcome::Ended {
+                        parent: Some(woken), ..
+                    } if woken.owner == Some(owner.id) => owner.scheduler.schedule(woken.exec_key),
                     Outcome::Created {
                         exec_key,
                         created: true,
-                    } => owner.scheduler.schedule(*exec_key),
+                        timer,
+                    } => {
+                        if let Some(timer) = timer {
+                            owner.timers.add(timer.clone());
+                        }
+                        owner.scheduler.schedule(*exec_key);
+                    }
                     _ => {}
                 }
             }
         }
         if finishes {
-            let (count, signal) = &self.finished;
-            *count.lock() += 1;
-            signal.notify_all();
+            self.finished.bump();
         }
         Ok(outcomes)
     }
 
-    /// Starts an execution, or finds the one with this id. Returns (key, created).
-    pub fn start(&self, execution_id: &str, function: &str, input: Vec<u8>) -> Result<(u64, bool)> {
-        if execution_id.is_empty() || execution_id.len() > 256 {
-            return Err(Error::InvalidInput("execution id must be 1 to 256 bytes".into()));
+    /// Starts an execution, or finds the one with this id. Returns (key,
+    /// created). With `timeout_ms` it ends TIMED_OUT if still active then.
+    pub fn start(
+        &self,
+        execution_id: &str,
+        function: &str,
+        input: Vec<u8>,
+        timeout_ms: Option<u64>,
+    ) -> Result<(u64, bool)> {
+        let now = self.now_ms();
+        let create = self.create_execution(execution_id, function, input, now, timeout_ms, None)?;
+        let outcomes = self.submit(vec![create])?;
+        match outcomes.first() {
+            Some(Outcome::Created { exec_key, created, .. }) => Ok((*exec_key, *created)),
+            _ => Err(Error::corrupt_store("create execution returned no key")),
+        }
+    }
+
+    fn create_execution(
+        &self,
+        execution_id: &str,
+        function: &str,
+        input: Vec<u8>,
+        now: u64,
+        timeout_ms: Option<u64>,
+        parent: Option<ParentLink>,
+    ) -> Result<Mutation> {
+        if execution_id.is_empty() || execution_id.len() > 1024 {
+            return Err(Error::InvalidInput("execution id must be 1 to 1024 bytes".into()));
+        }
+        if timeout_ms == Some(0) {
+            return Err(Error::InvalidInput("execution timeout must be positive".into()));
         }
         let mut started = Record::new(RecordKind::Started, OpType::Execution, SubType::None, "");
-        started.timestamp_ms = self.now_ms();
+        started.timestamp_ms = now;
         started.name = Some(function.to_string());
         started.extra = Some(execution_id.to_string());
         started.payload = Some(input);
-        let outcomes = self.submit(vec![Mutation::CreateExecution {
+        started.aux = timeout_ms.unwrap_or(0);
+        Ok(Mutation::CreateExecution {
             execution_id: execution_id.to_string(),
             function: function.to_string(),
             started,
             owner: self.owner_id(),
-        }])?;
-        match outcomes.first() {
-            Some(Outcome::Created { exec_key, created }) => Ok((*exec_key, *created)),
-            _ => Err(Error::corrupt_store("create execution returned no key")),
-        }
+            parent,
+            deadline_ms: timeout_ms.map(|t| now.saturating_add(t)),
+        })
     }
 
     /// Appends records (stamped now) and arms wake timers `delay_ms` after that
@@ -254,9 +311,10 @@ impl Runtime {
         mut records: Vec<Record>,
         wake_at: Vec<(u64, String)>,
         callback: Option<NewCallback>,
+        child: Option<NewChild>,
     ) -> Result<Option<String>> {
         let now = self.now_ms();
-        let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 2);
+        let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 3);
         batch.extend(self.fence(exec_key));
         let mut callback_id = None;
         if let Some(callback) = callback {
@@ -291,6 +349,20 @@ impl Runtime {
             batch.push(Mutation::Append { exec_key, record });
         }
         batch.extend(wake_timers(exec_key, now, wake_at));
+        if let Some(child) = child {
+            let parent = ParentLink {
+                exec_key,
+                op_id: child.op_id,
+            };
+            batch.push(self.create_execution(
+                &child.execution_id,
+                &child.function,
+                child.input,
+                now,
+                child.timeout_ms,
+                Some(parent),
+            )?);
+        }
         self.submit(batch)?;
         Ok(callback_id)
     }
@@ -322,7 +394,7 @@ impl Runtime {
             records,
         });
         let outcomes = self.submit(batch)?;
-        Ok(matches!(outcomes.last(), Some(Outcome::Ended { rerun: true })))
+        Ok(matches!(outcomes.last(), Some(Outcome::Ended { rerun: true, .. })))
     }
 
     /// Completes a callback from anywhere; wakes its execution.
@@ -440,7 +512,7 @@ impl Runtime {
     /// Blocks until the execution is finished or `timeout` passes.
     pub fn wait_finished(&self, exec_key: u64, timeout: Option<Duration>) -> Result<Option<ExecSummary>> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let (count, signal) = &self.finished;
+        let (count, signal) = (&self.finished.count, &self.finished.signal);
         loop {
             let seen = *count.lock();
             let summary = self

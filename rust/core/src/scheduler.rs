@@ -118,6 +118,12 @@ impl Scheduler {
         }
     }
 
+    /// Nothing queued and nothing running.
+    pub fn is_idle(&self) -> bool {
+        let state = self.state.lock();
+        state.queue.is_empty() && state.running.is_empty()
+    }
+
     pub fn is_running(&self, exec_key: u64) -> bool {
         self.state.lock().running.contains(&exec_key)
     }

@@ -19,10 +19,12 @@ use crate::record::Record;
 use crate::replay::ReplayIndex;
 
 /// The on-disk format this build reads and writes (see `docs/format.md`).
-pub const FORMAT_VERSION: u32 = 2;
-/// Stores of this version are upgraded in place when opened (2 added leases
-/// and the index of wake-ups by value).
-const UPGRADABLE_FROM: u32 = 1;
+pub const FORMAT_VERSION: u32 = 3;
+/// Format 2 added leases and the index of wake-ups by value; format 3 the
+/// parent link of child executions and execution timeout timers, which need
+/// no conversion. Older stores are upgraded in place when opened.
+const FORMAT_WITHOUT_LEASES: u32 = 1;
+const FORMAT_WITHOUT_CHILDREN: u32 = 2;
 pub const DEFAULT_MAP_SIZE: usize = 256 << 20;
 
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
@@ -195,8 +197,10 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| Error::corrupt_store("format_version is not 4 bytes"))?;
-                if found == UPGRADABLE_FROM {
+                if found == FORMAT_WITHOUT_LEASES {
                     upgrade_from_v1(&mut txn, &dbs)?;
+                } else if found == FORMAT_WITHOUT_CHILDREN {
+                    dbs.meta.put(&mut txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                 } else if found != FORMAT_VERSION {
                     return Err(Error::FormatVersion {
                         path: path.to_path_buf(),
@@ -518,7 +522,7 @@ fn journal_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &
 
 /// Decodes an execution's records in order; a corrupt one stops the walk
 /// with an error naming the execution and the sequence number.
-fn visit_journal(
+pub(crate) fn visit_journal(
     txn: &RoTxn<WithoutTls>,
     dbs: &Dbs,
     exec_key: u64,

@@ -5,16 +5,19 @@
 use parking_lot::{Condvar, Mutex};
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::clock::Clock;
-use crate::keys::Timer;
+use crate::keys::{Timer, TimerKind};
+use crate::runtime::Finished;
 use crate::scheduler::Scheduler;
 use crate::writer::{Mutation, Outcome, Writer};
 
 /// Re-read the clock at least this often, so a wall-clock jump or a test
 /// clock that skips ahead is noticed.
 const MAX_SLEEP: Duration = Duration::from_millis(250);
+/// How long an engine must stay idle before a skipping clock jumps.
+const SKIP_SETTLE: Duration = Duration::from_millis(2);
 /// Timers fired in one commit.
 const MAX_FIRE: usize = 8192;
 
@@ -54,19 +57,45 @@ impl Timers {
         self.changed.notify_all();
     }
 
-    /// Blocks until timers are due; `None` once closed.
-    fn next_due(&self, clock: &dyn Clock) -> Option<Vec<Timer>> {
+    /// Blocks until timers are due; `None` once closed. `idle` says the
+    /// engine has nothing queued or running: a skipping clock may then jump
+    /// to the next wake-up, once the engine has stayed idle a moment (so an
+    /// invocation about to be queued is not overtaken).
+    fn next_due(&self, clock: &dyn Clock, idle: &dyn Fn() -> bool) -> Option<Vec<Timer>> {
         let mut state = self.state.lock();
+        let mut idle_since: Option<Instant> = None;
         loop {
             if state.closed {
                 return None;
             }
             let now = clock.now_ms();
-            let sleep = match state.timers.first() {
+            let mut sleep = match state.timers.first() {
                 Some(first) if first.due_ms <= now => break,
                 Some(first) => Duration::from_millis(first.due_ms - now).min(MAX_SLEEP),
                 None => MAX_SLEEP,
             };
+            let next_wake = if clock.skips() {
+                state
+                    .timers
+                    .iter()
+                    .find(|t| t.kind == TimerKind::Wake)
+                    .map(|t| t.due_ms)
+            } else {
+                None
+            };
+            match next_wake {
+                Some(due_ms) if idle() => {
+                    let since = *idle_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= SKIP_SETTLE {
+                        if clock.skip_to(due_ms) {
+                            continue;
+                        }
+                    } else {
+                        sleep = sleep.min(SKIP_SETTLE);
+                    }
+                }
+                _ => idle_since = None,
+            }
             self.changed.wait_for(&mut state, sleep);
         }
         let now = clock.now_ms();
@@ -77,8 +106,16 @@ impl Timers {
         Some(due)
     }
 
-    pub(crate) fn run(&self, clock: &dyn Clock, writer: &Writer, scheduler: &Scheduler, owner: u64) {
-        while let Some(due) = self.next_due(clock) {
+    pub(crate) fn run(
+        &self,
+        clock: &dyn Clock,
+        writer: &Writer,
+        scheduler: &Scheduler,
+        owner: u64,
+        finished: &Finished,
+    ) {
+        let idle = || scheduler.is_idle();
+        while let Some(due) = self.next_due(clock, &idle) {
             let now_ms = clock.now_ms();
             let batch = due
                 .iter()
@@ -98,6 +135,9 @@ impl Timers {
                             _ => {}
                         }
                     }
+                    // An execution timeout may have ended executions: wake
+                    // whoever waits for a result (cheap when nobody does).
+                    finished.bump();
                 }
                 Err(_) => {
                     // The store refused the commit (closing, disk trouble): keep
@@ -120,11 +160,17 @@ pub(crate) struct TimerContext {
     pub timers: Arc<Timers>,
     /// Only this owner's executions are queued here when a timer wakes them.
     pub owner: u64,
+    pub finished: Arc<Finished>,
 }
 
 impl TimerContext {
     pub fn run(&self) {
-        self.timers
-            .run(self.clock.as_ref(), &self.writer, &self.scheduler, self.owner);
+        self.timers.run(
+            self.clock.as_ref(),
+            &self.writer,
+            &self.scheduler,
+            self.owner,
+            &self.finished,
+        );
     }
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use heed::{MdbError, RwTxn};
 
 use crate::error::{Error, Result};
-use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, Timer, TimerKind};
+use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::store::{self, Dbs, Store, META_NEXT_EXEC, META_WAKE_SEQ};
 
@@ -29,6 +29,10 @@ pub enum Mutation {
         started: Record,
         /// The engine that will run it; `None` leaves it for any engine to claim.
         owner: Option<u64>,
+        /// A child execution's parent operation (then the id must be new).
+        parent: Option<ParentLink>,
+        /// When the execution times out, if it does.
+        deadline_ms: Option<u64>,
     },
     /// Refuses the batch unless `owner` holds the execution's lease: put first
     /// in every batch an invocation writes, it fences off a stale owner.
@@ -99,14 +103,18 @@ pub enum Outcome {
     Created {
         exec_key: u64,
         created: bool,
+        /// The new execution's timeout timer.
+        timer: Option<Timer>,
     },
     /// The execution that became runnable, if any.
     Woke(Option<Woken>),
     /// Executions leased by a claim, each with whether it waits to run.
     Claimed(Vec<(u64, bool)>),
-    /// Whether a wake-up arrived during the invocation, so it must run again.
+    /// Whether a wake-up arrived during the invocation, so it must run
+    /// again; and the parent an ended child execution woke.
     Ended {
         rerun: bool,
+        parent: Option<Woken>,
     },
     /// A timer fired early (its deadline moved) and this one replaces it.
     Rearmed(Timer),
@@ -329,9 +337,17 @@ fn pending_callback(txn: &RwTxn, dbs: &Dbs, callback_id: &str) -> Result<Callbac
 fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
     match mutation {
         Mutation::CreateExecution {
-            execution_id, function, ..
+            execution_id,
+            function,
+            parent,
+            ..
         } => {
             if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
+                if parent.is_some() {
+                    return Err(Error::InvalidInput(format!(
+                        "cannot start child execution {execution_id:?}: an execution with that id exists"
+                    )));
+                }
                 let existing = store::meta_in(txn, dbs, exec_key)?
                     .map(|meta| meta.function)
                     .unwrap_or_default();
@@ -387,11 +403,14 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             function,
             started,
             owner,
+            parent,
+            deadline_ms,
         } => {
             if let Some(exec_key) = store::exec_key_in(txn, dbs, execution_id)? {
                 return Ok(Outcome::Created {
                     exec_key,
                     created: false,
+                    timer: None,
                 });
             }
             let exec_key = bump_counter(txn, dbs, META_NEXT_EXEC)?;
@@ -401,6 +420,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                 updated_ms: started.timestamp_ms,
                 execution_id: execution_id.clone(),
                 function: function.clone(),
+                parent: parent.clone(),
             };
             dbs.exec_ids
                 .put(txn, execution_id.as_bytes(), &keys::exec_key_bytes(exec_key))?;
@@ -417,9 +437,19 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                 _ => dbs.orphans.put(txn, &key, &[])?,
             }
             wake(txn, dbs, exec_key)?;
+            let timer = deadline_ms.map(|due_ms| Timer {
+                due_ms,
+                exec_key,
+                kind: TimerKind::ExecutionTimeout,
+                subject: String::new(),
+            });
+            if let Some(timer) = &timer {
+                dbs.timers.put(txn, &timer.encode(), &[])?;
+            }
             Ok(Outcome::Created {
                 exec_key,
                 created: true,
+                timer,
             })
         }
         Mutation::Append { exec_key, record } => {
@@ -484,24 +514,22 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             for record in records {
                 append(txn, dbs, *exec_key, record)?;
             }
-            if let Some(state) = final_state {
-                let updated_ms = records.last().map_or(0, |r| r.timestamp_ms);
-                finish(txn, dbs, *exec_key, *state, updated_ms)?;
-                return Ok(Outcome::Ended { rerun: false });
+            if let (Some(state), Some(last)) = (final_state, records.last()) {
+                let parent = finish(txn, dbs, *exec_key, *state, last)?;
+                return Ok(Outcome::Ended { rerun: false, parent });
             }
-            match pending_wake(txn, dbs, *exec_key)? {
-                Some(wake) if wake != *seen_wake => Ok(Outcome::Ended { rerun: true }),
+            let rerun = match pending_wake(txn, dbs, *exec_key)? {
+                Some(wake) if wake != *seen_wake => true,
                 Some(_) => {
                     clear_pending(txn, dbs, *exec_key)?;
-                    Ok(Outcome::Ended { rerun: false })
+                    false
                 }
-                None => Ok(Outcome::Ended { rerun: false }),
-            }
+                None => false,
+            };
+            Ok(Outcome::Ended { rerun, parent: None })
         }
         Mutation::Cancel { exec_key, record } => {
-            append(txn, dbs, *exec_key, record)?;
-            finish(txn, dbs, *exec_key, ExecState::Cancelled, record.timestamp_ms)?;
-            Ok(Outcome::Done)
+            Ok(Outcome::Woke(stop(txn, dbs, *exec_key, ExecState::Cancelled, record)?))
         }
     }
 }
@@ -516,6 +544,19 @@ fn fire_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer, now_ms: u64) -> Result<
     }
     match timer.kind {
         TimerKind::Wake => Ok(Outcome::Woke(Some(wake(txn, dbs, timer.exec_key)?))),
+        TimerKind::ExecutionTimeout => {
+            let mut record = Record::new(RecordKind::TimedOut, OpType::Execution, SubType::None, "");
+            record.timestamp_ms = now_ms;
+            let started_ms = store::meta_in(txn, dbs, timer.exec_key)?.map_or(now_ms, |meta| meta.created_ms);
+            record.payload = Some(timeout_error(timer.due_ms.saturating_sub(started_ms)));
+            Ok(Outcome::Woke(stop(
+                txn,
+                dbs,
+                timer.exec_key,
+                ExecState::TimedOut,
+                &record,
+            )?))
+        }
         TimerKind::CallbackTimeout | TimerKind::CallbackHeartbeat => {
             let Some(entry) = store::callback_in(txn, dbs, &timer.subject)? else {
                 return Ok(Outcome::Woke(None));
@@ -614,14 +655,102 @@ fn clear_pending(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
     Ok(())
 }
 
-/// Ends an execution: its final state, and no wake-up, lease or claim left.
-fn finish(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<()> {
-    set_state(txn, dbs, exec_key, state, updated_ms)?;
+/// Ends an execution whose final record (`last`) is appended: its final
+/// state, and no wake-up, lease or claim left. A child execution reports
+/// its outcome to its parent's operation and wakes the parent (returned).
+fn finish(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, last: &Record) -> Result<Option<Woken>> {
+    let meta = set_state(txn, dbs, exec_key, state, last.timestamp_ms)?;
     clear_pending(txn, dbs, exec_key)?;
     let key = keys::exec_key_bytes(exec_key);
     dbs.leases.delete(txn, &key)?;
     dbs.orphans.delete(txn, &key)?;
-    Ok(())
+    let Some(parent) = meta.parent else {
+        return Ok(None);
+    };
+    let parent_active = store::meta_in(txn, dbs, parent.exec_key)?.is_some_and(|meta| !meta.state.is_terminal());
+    if !parent_active {
+        return Ok(None); // a cancelled parent stopped its children itself
+    }
+    let kind = match state {
+        ExecState::Succeeded => RecordKind::Succeeded,
+        ExecState::Failed => RecordKind::Failed,
+        ExecState::TimedOut => RecordKind::TimedOut,
+        ExecState::Cancelled | ExecState::Active => RecordKind::Cancelled,
+    };
+    let mut record = Record::new(kind, OpType::ChainedInvoke, SubType::ChainedInvoke, parent.op_id);
+    record.timestamp_ms = last.timestamp_ms;
+    record.payload = last.payload.clone();
+    record.extra = Some(meta.execution_id);
+    append(txn, dbs, parent.exec_key, &record)?;
+    Ok(Some(wake(txn, dbs, parent.exec_key)?))
+}
+
+/// Stops an active execution from outside (cancelled, or timed out): its
+/// waits are cancelled, its running child executions stopped, then `record`
+/// ends it. Returns the parent it woke, if it is a child.
+fn stop(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, record: &Record) -> Result<Option<Woken>> {
+    let Some(meta) = store::meta_in(txn, dbs, exec_key)? else {
+        return Ok(None);
+    };
+    if meta.state.is_terminal() {
+        return Ok(None);
+    }
+    // Operations still open: the last record of each decides.
+    let mut open: Vec<(String, Record)> = Vec::new();
+    let mut position: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    store::visit_journal(txn, dbs, exec_key, &meta.execution_id, |r| {
+        if matches!(r.op_type, OpType::Wait | OpType::ChainedInvoke) {
+            match position.get(&r.op_id) {
+                Some(&at) => open[at].1 = r,
+                None => {
+                    position.insert(r.op_id.clone(), open.len());
+                    open.push((r.op_id.clone(), r));
+                }
+            }
+        }
+    })?;
+    // Mark the execution ended first, so its children do not report back.
+    set_state(txn, dbs, exec_key, state, record.timestamp_ms)?;
+    for (op_id, last) in open {
+        if last.kind != RecordKind::Started {
+            continue;
+        }
+        match last.op_type {
+            OpType::Wait => {
+                let mut cancelled = Record::new(RecordKind::Cancelled, OpType::Wait, last.sub_type, op_id);
+                cancelled.timestamp_ms = record.timestamp_ms;
+                cancelled.name = last.name;
+                cancelled.aux = last.aux;
+                cancelled.payload = record.payload.clone();
+                append(txn, dbs, exec_key, &cancelled)?;
+            }
+            _ => {
+                let child = match &last.extra {
+                    Some(child_id) => store::exec_key_in(txn, dbs, child_id)?,
+                    None => None,
+                };
+                if let Some(child) = child {
+                    let mut stopped = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
+                    stopped.timestamp_ms = record.timestamp_ms;
+                    stopped.payload = Some(PARENT_STOPPED.to_vec());
+                    stop(txn, dbs, child, ExecState::Cancelled, &stopped)?;
+                }
+            }
+        }
+    }
+    append(txn, dbs, exec_key, record)?;
+    finish(txn, dbs, exec_key, state, record)
+}
+
+/// The error of an execution stopped because its parent ended.
+const PARENT_STOPPED: &[u8] =
+    br#"{"ErrorType":"ParentStopped","ErrorMessage":"Execution stopped because its parent execution ended"}"#;
+
+/// The error of an execution that ran past its timeout.
+fn timeout_error(timeout_ms: u64) -> Vec<u8> {
+    let seconds = timeout_ms as f64 / 1000.0;
+    format!(r#"{{"ErrorType":"Execution.Timeout","ErrorMessage":"Execution timed out after {seconds} seconds."}}"#)
+        .into_bytes()
 }
 
 fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Result<Outcome> {
@@ -674,14 +803,14 @@ fn claim(txn: &mut RwTxn, dbs: &Dbs, owner: u64, max: usize) -> Result<Outcome> 
     Ok(Outcome::Claimed(claimed))
 }
 
-fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<()> {
+fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<ExecMeta> {
     let mut meta = store::meta_in(txn, dbs, exec_key)?
         .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
     meta.state = state;
     meta.updated_ms = updated_ms.max(meta.updated_ms);
     dbs.executions
         .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
-    Ok(())
+    Ok(meta)
 }
 
 fn bump_counter(txn: &mut RwTxn, dbs: &Dbs, name: &[u8]) -> Result<u64> {

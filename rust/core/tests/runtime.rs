@@ -39,11 +39,14 @@ fn step_record(op_id: &str, payload: &[u8]) -> Record {
 fn start_append_and_suspend() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, _clock) = open(dir.path());
-    let (exec, created) = runtime.start("e-1", "wf", b"{}".to_vec()).unwrap();
+    let (exec, created) = runtime.start("e-1", "wf", b"{}".to_vec(), None).unwrap();
     assert!(created);
-    assert_eq!(runtime.start("e-1", "wf", b"ignored".to_vec()).unwrap(), (exec, false));
+    assert_eq!(
+        runtime.start("e-1", "wf", b"ignored".to_vec(), None).unwrap(),
+        (exec, false)
+    );
     assert!(matches!(
-        runtime.start("e-1", "other", vec![]),
+        runtime.start("e-1", "other", vec![], None),
         Err(Error::ExecutionIdConflict { .. })
     ));
 
@@ -52,7 +55,7 @@ fn start_append_and_suspend() {
     assert!(loaded.index.is_empty(), "only the ExecutionStarted record so far");
     assert_eq!(loaded.index.input.as_deref(), Some(&b"{}"[..]));
     runtime
-        .append(exec, vec![step_record("1", b"42")], vec![], None)
+        .append(exec, vec![step_record("1", b"42")], vec![], None, None)
         .unwrap();
     let rerun = runtime.end_invocation(exec, loaded.wake, None, vec![], vec![]).unwrap();
     assert!(!rerun, "nothing woke the execution while it ran");
@@ -76,7 +79,7 @@ fn start_append_and_suspend() {
 fn a_wake_during_an_invocation_makes_it_run_again() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, _clock) = open(dir.path());
-    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     runtime.next_ready(Duration::from_secs(1)).unwrap();
     let loaded = runtime.store.load_invocation(exec).unwrap();
     let mut started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
@@ -87,7 +90,7 @@ fn a_wake_during_an_invocation_makes_it_run_again() {
         heartbeat_timeout_ms: 0,
     };
     let callback_id = runtime
-        .append(exec, vec![started], vec![], Some(callback))
+        .append(exec, vec![started], vec![], Some(callback), None)
         .unwrap()
         .unwrap();
     assert_eq!(callback_id.len(), 32);
@@ -113,7 +116,7 @@ fn a_wake_during_an_invocation_makes_it_run_again() {
 fn timers_fire_by_the_clock_and_time_out_callbacks() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, clock) = open(dir.path());
-    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
     let loaded = runtime.store.load_invocation(exec).unwrap();
     let started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
@@ -123,7 +126,7 @@ fn timers_fire_by_the_clock_and_time_out_callbacks() {
         heartbeat_timeout_ms: 0,
     };
     let callback_id = runtime
-        .append(exec, vec![started], vec![], Some(callback))
+        .append(exec, vec![started], vec![], Some(callback), None)
         .unwrap()
         .unwrap();
     assert!(!runtime.end_invocation(exec, loaded.wake, None, vec![], vec![]).unwrap());
@@ -156,14 +159,14 @@ fn timers_and_pending_work_survive_reopening() {
     let exec;
     {
         let (runtime, _clock) = open(dir.path());
-        exec = runtime.start("e-1", "wf", vec![]).unwrap().0;
+        exec = runtime.start("e-1", "wf", vec![], None).unwrap().0;
         runtime.next_ready(Duration::from_secs(1)).unwrap();
         let loaded = runtime.store.load_invocation(exec).unwrap();
         let wait = Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "1");
         runtime
             .end_invocation(exec, loaded.wake, None, vec![wait], vec![(500, "1".into())])
             .unwrap();
-        runtime.start("e-2", "wf", vec![]).unwrap();
+        runtime.start("e-2", "wf", vec![], None).unwrap();
         runtime.close(Duration::from_secs(1)).unwrap();
     }
     let clock = Arc::new(ManualClock::new(1_000_000 + 500));
@@ -186,16 +189,18 @@ fn owners_share_a_store_and_each_execution_has_one() {
     let (first, clock) = open(dir.path());
     let second = Runtime::open(dir.path(), options(clock.clone(), 1 << 20)).unwrap();
     assert_ne!(first.owner_id(), second.owner_id());
-    let (exec, _) = first.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = first.start("e-1", "wf", vec![], None).unwrap();
     assert_eq!(first.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
     assert!(
         matches!(
-            second.append(exec, vec![step_record("1", b"1")], vec![], None),
+            second.append(exec, vec![step_record("1", b"1")], vec![], None, None),
             Err(Error::LeaseLost { ref execution_id }) if execution_id == "e-1"
         ),
         "only the lease holder writes an invocation's records"
     );
-    first.append(exec, vec![step_record("1", b"1")], vec![], None).unwrap();
+    first
+        .append(exec, vec![step_record("1", b"1")], vec![], None, None)
+        .unwrap();
     assert_eq!(second.store.lease(exec).unwrap(), first.owner_id());
 
     // The first owner leaves: the second claims the active execution it ran
@@ -203,7 +208,9 @@ fn owners_share_a_store_and_each_execution_has_one() {
     first.close(Duration::from_secs(1)).unwrap();
     assert_eq!(second.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
     assert_eq!(second.store.lease(exec).unwrap(), second.owner_id());
-    second.append(exec, vec![step_record("2", b"2")], vec![], None).unwrap();
+    second
+        .append(exec, vec![step_record("2", b"2")], vec![], None, None)
+        .unwrap();
     assert_eq!(
         second.store.journal(exec).unwrap().len(),
         3,
@@ -228,7 +235,7 @@ fn group_commit_keeps_every_append_of_every_thread() {
     let (runtime, _clock) = open(dir.path());
     let runtime = Arc::new(runtime);
     let execs: Vec<u64> = (0..8)
-        .map(|i| runtime.start(&format!("e-{i}"), "wf", vec![]).unwrap().0)
+        .map(|i| runtime.start(&format!("e-{i}"), "wf", vec![], None).unwrap().0)
         .collect();
     let threads: Vec<_> = execs
         .iter()
@@ -238,7 +245,7 @@ fn group_commit_keeps_every_append_of_every_thread() {
                 for step in 0..200 {
                     let op_id = (step + 1).to_string();
                     runtime
-                        .append(exec, vec![step_record(&op_id, op_id.as_bytes())], vec![], None)
+                        .append(exec, vec![step_record(&op_id, op_id.as_bytes())], vec![], None, None)
                         .unwrap();
                 }
             })
@@ -262,7 +269,7 @@ fn the_map_grows_by_itself() {
     let clock = Arc::new(ManualClock::new(1));
     let runtime = Runtime::open(dir.path(), options(clock, 64 << 10)).unwrap();
     let before = runtime.store.map_size();
-    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     // Incompressible payloads, several times the initial map.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for step in 0..64 {
@@ -275,7 +282,7 @@ fn the_map_grows_by_itself() {
             })
             .collect();
         runtime
-            .append(exec, vec![step_record(&step.to_string(), &payload)], vec![], None)
+            .append(exec, vec![step_record(&step.to_string(), &payload)], vec![], None, None)
             .unwrap();
     }
     assert!(runtime.store.map_size() > before);
@@ -286,10 +293,10 @@ fn the_map_grows_by_itself() {
 fn cancelled_execution_takes_no_more_records() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, _clock) = open(dir.path());
-    let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     runtime.cancel("e-1", b"{}".to_vec()).unwrap();
     assert!(matches!(
-        runtime.append(exec, vec![step_record("1", b"1")], vec![], None),
+        runtime.append(exec, vec![step_record("1", b"1")], vec![], None, None),
         Err(Error::ExecutionFinished {
             status: "CANCELLED",
             ..
@@ -313,10 +320,10 @@ fn corrupt_records_are_reported_with_execution_and_sequence() {
     let dir = tempfile::tempdir().unwrap();
     let (exec, other) = {
         let (runtime, _clock) = open(dir.path());
-        let exec = runtime.start("bad", "wf", vec![]).unwrap().0;
-        let other = runtime.start("good", "wf", vec![]).unwrap().0;
+        let exec = runtime.start("bad", "wf", vec![], None).unwrap().0;
+        let other = runtime.start("good", "wf", vec![], None).unwrap().0;
         runtime
-            .append(exec, vec![step_record("1", b"12345")], vec![], None)
+            .append(exec, vec![step_record("1", b"12345")], vec![], None, None)
             .unwrap();
         runtime.close(Duration::from_secs(1)).unwrap();
         (exec, other)
@@ -387,7 +394,7 @@ fn a_format_1_store_is_upgraded_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let exec = {
         let (runtime, _clock) = open(dir.path());
-        let (exec, _) = runtime.start("e-1", "wf", vec![]).unwrap();
+        let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
         runtime.close(Duration::from_secs(1)).unwrap();
         exec
     };
@@ -424,7 +431,7 @@ fn a_format_1_store_is_upgraded_in_place() {
 fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     let dir = tempfile::tempdir().unwrap();
     let (slow, clock) = open(dir.path());
-    let (exec, _) = slow.start("e-1", "wf", vec![]).unwrap();
+    let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
     // This one judges others by a 1 ms lease, so it reaps `slow` (which
     // renews every 2.5 s) at its first look.
     std::thread::sleep(Duration::from_millis(10));
@@ -439,10 +446,10 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
     assert_eq!(eager.store.lease(exec).unwrap(), eager.owner_id());
     assert!(matches!(
-        slow.append(exec, vec![step_record("1", b"1")], vec![], None),
+        slow.append(exec, vec![step_record("1", b"1")], vec![], None, None),
         Err(Error::LeaseLost { .. })
     ));
-    let (later, _) = slow.start("e-2", "wf", vec![]).unwrap();
+    let (later, _) = slow.start("e-2", "wf", vec![], None).unwrap();
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(later));
     assert_eq!(eager.store.lease(later).unwrap(), eager.owner_id());
 }

@@ -7,9 +7,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use perdure_core::executor::WorkerWrapper;
+use perdure_core::clock::{Clock, SkippingClock as CoreSkippingClock};
+use perdure_core::executor::{Executor, WorkerWrapper};
 use perdure_core::keys::ExecState;
-use perdure_core::runtime::Invoker;
+use perdure_core::runtime::{Invoker, NewChild};
 use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
 use perdure_core::{
     Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
@@ -38,10 +39,50 @@ type RecordIn = (
     Option<Vec<u8>>,
 );
 
-#[pyclass(frozen, module = "perdure._core")]
+#[pyclass(frozen, weakref, module = "perdure._core")]
 pub struct Core {
     runtime: Arc<Runtime>,
 }
+
+/// The clock behind `perdure.testing.TimeSkippingClock`: shared by the
+/// engines given it, moved by the test or skipped ahead when they are idle.
+#[pyclass(frozen, module = "perdure._core")]
+pub struct SkippingClock {
+    clock: Arc<CoreSkippingClock>,
+}
+
+#[pymethods]
+impl SkippingClock {
+    #[new]
+    #[pyo3(signature = (start_ms, auto_skip = true))]
+    fn new(start_ms: u64, auto_skip: bool) -> Self {
+        SkippingClock {
+            clock: Arc::new(CoreSkippingClock::new(start_ms, auto_skip)),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
+    }
+
+    /// Moves time forward; returns the new now.
+    fn advance(&self, ms: u64) -> u64 {
+        self.clock.advance(ms)
+    }
+
+    #[getter]
+    fn auto_skip(&self) -> bool {
+        self.clock.auto_skip()
+    }
+
+    #[setter]
+    fn set_auto_skip(&self, on: bool) {
+        self.clock.set_auto_skip(on);
+    }
+}
+
+/// A child execution as Python passes it: (execution_id, function, input, op_id, timeout_ms).
+type ChildIn = (String, String, Vec<u8>, String, Option<u64>);
 
 fn invalid(py: Python<'_>, message: String) -> PyErr {
     perdure_error(py, "ValidationError", message, &[])
@@ -113,13 +154,20 @@ fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value.max(0.0)).map_err(|_| invalid(py, format!("bad timeout {value}")))
 }
 
+/// Wraps each executor worker's life in one Python thread state; the
+/// worker holds the GIL only while it runs Python.
+fn python_worker() -> WorkerWrapper {
+    Arc::new(|body: &mut (dyn FnMut() + Send)| Python::attach(|py| py.detach(&mut *body)))
+}
+
 #[pymethods]
 impl Core {
     #[new]
     #[pyo3(signature = (
         path, *, durability = "full", owner = true, map_size = DEFAULT_MAP_SIZE, poll_interval = 0.005,
-        lease_timeout = 10.0
+        lease_timeout = 10.0, clock = None
     ))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
@@ -128,15 +176,19 @@ impl Core {
         map_size: usize,
         poll_interval: f64,
         lease_timeout: f64,
+        clock: Option<PyRef<'_, SkippingClock>>,
     ) -> PyResult<Self> {
         let durability = Durability::parse(durability).py_err()?;
-        let options = RuntimeOptions {
+        let mut options = RuntimeOptions {
             store: StoreOptions { durability, map_size },
             owner,
             poll_interval: seconds(py, poll_interval)?,
             lease_timeout: seconds(py, lease_timeout)?,
             ..RuntimeOptions::default()
         };
+        if let Some(clock) = clock {
+            options.clock = clock.clock.clone();
+        }
         let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
         Ok(Core {
             runtime: Arc::new(runtime),
@@ -173,8 +225,21 @@ impl Core {
         self.runtime.now_ms()
     }
 
-    fn start(&self, py: Python<'_>, execution_id: String, function: String, input: Vec<u8>) -> PyResult<(u64, bool)> {
-        py.detach(|| self.runtime.start(&execution_id, &function, input))
+    /// Re-checks timer deadlines now (a test clock moved).
+    fn poke_timers(&self) {
+        self.runtime.poke_timers();
+    }
+
+    #[pyo3(signature = (execution_id, function, input, timeout_ms = None))]
+    fn start(
+        &self,
+        py: Python<'_>,
+        execution_id: String,
+        function: String,
+        input: Vec<u8>,
+        timeout_ms: Option<u64>,
+    ) -> PyResult<(u64, bool)> {
+        py.detach(|| self.runtime.start(&execution_id, &function, input, timeout_ms))
             .py_err()
     }
 
@@ -184,7 +249,10 @@ impl Core {
         Ok(py.detach(|| Invocation::new(data)))
     }
 
-    #[pyo3(signature = (exec_key, records, wake_at = Vec::new(), callback = None))]
+    /// Appends records in one commit; `callback` registers a callback (its
+    /// new id is returned), `child` starts a child execution linked to the
+    /// appending operation.
+    #[pyo3(signature = (exec_key, records, wake_at = Vec::new(), callback = None, child = None))]
     fn append(
         &self,
         py: Python<'_>,
@@ -192,6 +260,7 @@ impl Core {
         records: Vec<RecordIn>,
         wake_at: Vec<(u64, String)>,
         callback: Option<(String, u64, u64)>,
+        child: Option<ChildIn>,
     ) -> PyResult<Option<String>> {
         let records = records_from(py, records)?;
         let callback = callback.map(|(op_id, timeout_ms, heartbeat_timeout_ms)| NewCallback {
@@ -199,7 +268,14 @@ impl Core {
             timeout_ms,
             heartbeat_timeout_ms,
         });
-        py.detach(|| self.runtime.append(exec_key, records, wake_at, callback))
+        let child = child.map(|(execution_id, function, input, op_id, timeout_ms)| NewChild {
+            execution_id,
+            function,
+            input,
+            op_id,
+            timeout_ms,
+        });
+        py.detach(|| self.runtime.append(exec_key, records, wake_at, callback, child))
             .py_err()
     }
 
@@ -247,8 +323,7 @@ impl Core {
     /// worker keeps one Python thread state for its life and holds the GIL
     /// only while Python runs.
     fn start_executor(&self, workers: usize, invoke: Py<PyAny>) -> PyResult<()> {
-        let run_worker: WorkerWrapper =
-            Arc::new(|body: &mut (dyn FnMut() + Send)| Python::attach(|py| py.detach(&mut *body)));
+        let run_worker = python_worker();
         let invoker: Invoker = Arc::new(move |exec_key: u64| {
             Python::attach(|py| {
                 if let Err(err) = invoke.call1(py, (exec_key,)) {
@@ -264,16 +339,23 @@ impl Core {
     /// `max_concurrency` at a time, and returns `(ok, value)` for each in
     /// order: the return value, or the exception it raised. The calling worker
     /// helps run them meanwhile, so nested batches never run out of threads.
-    /// Without an executor (a store opened without owning it) they run here,
-    /// one after another.
+    /// Without an executor (a store opened without owning it, as replay
+    /// verification does) a pool of `max_concurrency` threads serves this call.
     fn run_batch(&self, py: Python<'_>, funcs: Vec<Py<PyAny>>, max_concurrency: usize) -> PyResult<Vec<Outcome>> {
         let count = funcs.len();
         let call = |py: Python<'_>, func: &Py<PyAny>| match func.call0(py) {
             Ok(value) => (true, value),
             Err(err) => (false, err.into_value(py).into_any()),
         };
-        let Some(executor) = self.runtime.executor() else {
-            return Ok(funcs.iter().map(|func| call(py, func)).collect());
+        let executor = match self.runtime.executor() {
+            Some(executor) => executor,
+            None if count <= 1 || max_concurrency <= 1 => {
+                return Ok(funcs.iter().map(|func| call(py, func)).collect());
+            }
+            None => {
+                let threads = max_concurrency.min(count);
+                Arc::new(py.detach(|| Executor::new(threads, python_worker())).py_err()?)
+            }
         };
         let funcs = Arc::new(funcs);
         let results: Arc<Mutex<Vec<Option<Outcome>>>> = Arc::new(Mutex::new((0..count).map(|_| None).collect()));
@@ -291,7 +373,12 @@ impl Core {
                 finished.fetch_add(1, Ordering::SeqCst);
             }));
         }
-        py.detach(|| executor.help_until(&|| finished.load(Ordering::SeqCst) == count));
+        py.detach(|| {
+            executor.help_until(&|| finished.load(Ordering::SeqCst) == count);
+            // A pool made for this call stops here, without the GIL: its
+            // workers take the GIL once more to leave their thread state.
+            drop(executor);
+        });
         let mut results = results.lock();
         Ok(results
             .iter_mut()

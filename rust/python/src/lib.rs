@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 #[pymodule]
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<core::Core>()?;
+    m.add_class::<core::SkippingClock>()?;
     m.add_class::<invocation::Invocation>()?;
     m.add("FORMAT_VERSION", perdure_core::store::FORMAT_VERSION)?;
     for (name, cell) in [("MISSING", &invocation::MISSING), ("NEW", &invocation::NEW)] {
