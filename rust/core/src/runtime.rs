@@ -20,7 +20,7 @@ use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
 use crate::store::{ExecSummary, Store, StoreOptions};
 use crate::timers::{TimerContext, Timers};
-use crate::writer::{Mutation, Outcome, Writer};
+use crate::writer::{Delivery, Done, Mutation, Outcome, Writer};
 
 pub struct RuntimeOptions {
     pub store: StoreOptions,
@@ -200,57 +200,41 @@ impl Runtime {
     /// Commits a batch and acts on what it did: arms timers, queues woken
     /// executions, signals finished ones.
     fn submit(&self, batch: Vec<Mutation>) -> Result<Vec<Outcome>> {
-        let mut new_timers = Vec::new();
-        let mut finishes = false;
-        for mutation in &batch {
-            match mutation {
-                Mutation::AddTimer(timer) => new_timers.push(timer.clone()),
-                Mutation::CreateCallback { callback_id, entry } => {
-                    if let Some((due_ms, kind)) = entry.next_deadline() {
-                        new_timers.push(Timer {
-                            due_ms,
-                            exec_key: entry.exec_key,
-                            kind,
-                            subject: callback_id.clone(),
-                        });
-                    }
-                }
-                Mutation::EndInvocation {
-                    final_state: Some(_), ..
-                }
-                | Mutation::Cancel { .. } => finishes = true,
-                _ => {}
-            }
-        }
+        let after = AfterCommit::of(&batch);
         let outcomes = self.writer.submit(batch)?;
-        if let Some(owner) = &self.owner {
-            for timer in new_timers {
-                owner.timers.add(timer);
-            }
-            for outcome in &outcomes {
-                match outcome {
-                    Outcome::Woke(Some(woken))
-                    | Outcome::Ended {
-                        parent: Some(woken), ..
-                    } if woken.owner == Some(owner.id) => owner.scheduler.schedule(woken.exec_key),
-                    Outcome::Created {
-                        exec_key,
-                        created: true,
-                        timer,
-                    } => {
-                        if let Some(timer) = timer {
-                            owner.timers.add(timer.clone());
-                        }
-                        owner.scheduler.schedule(*exec_key);
-                    }
-                    _ => {}
-                }
-            }
-        }
-        if finishes {
-            self.finished.bump();
-        }
+        after.settle(&self.settler(), &outcomes);
         Ok(outcomes)
+    }
+
+    /// `submit` for callers that cannot block: `done` gets the outcomes (on
+    /// the commit thread) once the batch is durable and acted on.
+    fn submit_later(&self, batch: Vec<Mutation>, done: Done) {
+        let after = AfterCommit::of(&batch);
+        let settler = self.settler();
+        self.writer.submit_later(
+            batch,
+            Box::new(move |answer| {
+                if let Ok(outcomes) = &answer {
+                    after.settle(&settler, outcomes);
+                }
+                done(answer);
+            }),
+        );
+    }
+
+    fn settler(&self) -> Settler {
+        Settler {
+            owner: self
+                .owner
+                .as_ref()
+                .map(|owner| (owner.id, owner.timers.clone(), owner.scheduler.clone())),
+            finished: self.finished.clone(),
+        }
+    }
+
+    /// How answers of `submit_later` reach their callers (see `Writer::set_delivery`).
+    pub fn set_delivery(&self, delivery: Delivery) {
+        self.writer.set_delivery(delivery);
     }
 
     /// Starts an execution, or finds the one with this id. Returns (key,
@@ -308,11 +292,43 @@ impl Runtime {
     pub fn append(
         &self,
         exec_key: u64,
-        mut records: Vec<Record>,
+        records: Vec<Record>,
         wake_at: Vec<(u64, String)>,
         callback: Option<NewCallback>,
         child: Option<NewChild>,
     ) -> Result<Option<String>> {
+        let (batch, callback_id) = self.append_batch(exec_key, records, wake_at, callback, child)?;
+        self.submit(batch)?;
+        Ok(callback_id)
+    }
+
+    /// `append` without blocking: `done` gets the new callback id (or the
+    /// error) once the records are durable.
+    pub fn append_later(
+        &self,
+        exec_key: u64,
+        records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+        callback: Option<NewCallback>,
+        child: Option<NewChild>,
+        done: Box<dyn FnOnce(Result<Option<String>>) + Send>,
+    ) {
+        match self.append_batch(exec_key, records, wake_at, callback, child) {
+            Ok((batch, callback_id)) => {
+                self.submit_later(batch, Box::new(move |answer| done(answer.map(|_| callback_id))))
+            }
+            Err(err) => done(Err(err)),
+        }
+    }
+
+    fn append_batch(
+        &self,
+        exec_key: u64,
+        mut records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+        callback: Option<NewCallback>,
+        child: Option<NewChild>,
+    ) -> Result<(Vec<Mutation>, Option<String>)> {
         let now = self.now_ms();
         let mut batch = Vec::with_capacity(records.len() + wake_at.len() + 3);
         batch.extend(self.fence(exec_key));
@@ -363,8 +379,7 @@ impl Runtime {
                 Some(parent),
             )?);
         }
-        self.submit(batch)?;
-        Ok(callback_id)
+        Ok((batch, callback_id))
     }
 
     /// The check that puts an invocation's writes behind this engine's lease.
@@ -378,9 +393,38 @@ impl Runtime {
         exec_key: u64,
         seen_wake: u64,
         final_state: Option<ExecState>,
-        mut records: Vec<Record>,
+        records: Vec<Record>,
         wake_at: Vec<(u64, String)>,
     ) -> Result<bool> {
+        let batch = self.end_batch(exec_key, seen_wake, final_state, records, wake_at);
+        Ok(reran(&self.submit(batch)?))
+    }
+
+    /// `end_invocation` without blocking: `done` gets whether to run again.
+    pub fn end_invocation_later(
+        &self,
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<ExecState>,
+        records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+        done: Box<dyn FnOnce(Result<bool>) + Send>,
+    ) {
+        let batch = self.end_batch(exec_key, seen_wake, final_state, records, wake_at);
+        self.submit_later(
+            batch,
+            Box::new(move |answer| done(answer.map(|outcomes| reran(&outcomes)))),
+        );
+    }
+
+    fn end_batch(
+        &self,
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<ExecState>,
+        mut records: Vec<Record>,
+        wake_at: Vec<(u64, String)>,
+    ) -> Vec<Mutation> {
         let now = self.now_ms();
         let mut batch: Vec<Mutation> = self.fence(exec_key).into_iter().collect();
         batch.extend(wake_timers(exec_key, now, wake_at));
@@ -393,8 +437,7 @@ impl Runtime {
             final_state,
             records,
         });
-        let outcomes = self.submit(batch)?;
-        Ok(matches!(outcomes.last(), Some(Outcome::Ended { rerun: true, .. })))
+        batch
     }
 
     /// Completes a callback from anywhere; wakes its execution.
@@ -725,6 +768,82 @@ impl Poller {
                     leases.scheduler.schedule(exec_key);
                 }
             }
+        }
+    }
+}
+
+/// Whether an ended invocation must run again (a wake-up came meanwhile).
+fn reran(outcomes: &[Outcome]) -> bool {
+    matches!(outcomes.last(), Some(Outcome::Ended { rerun: true, .. }))
+}
+
+/// What a committed batch asks of this engine: timers to arm in memory, and
+/// whether executions ended (so `wait_finished` looks again).
+struct AfterCommit {
+    new_timers: Vec<Timer>,
+    finishes: bool,
+}
+
+/// The parts of an engine that act on commits; cloned into `submit_later`.
+struct Settler {
+    owner: Option<(u64, Arc<Timers>, Arc<Scheduler>)>,
+    finished: Arc<Finished>,
+}
+
+impl AfterCommit {
+    fn of(batch: &[Mutation]) -> AfterCommit {
+        let mut new_timers = Vec::new();
+        let mut finishes = false;
+        for mutation in batch {
+            match mutation {
+                Mutation::AddTimer(timer) => new_timers.push(timer.clone()),
+                Mutation::CreateCallback { callback_id, entry } => {
+                    if let Some((due_ms, kind)) = entry.next_deadline() {
+                        new_timers.push(Timer {
+                            due_ms,
+                            exec_key: entry.exec_key,
+                            kind,
+                            subject: callback_id.clone(),
+                        });
+                    }
+                }
+                Mutation::EndInvocation {
+                    final_state: Some(_), ..
+                }
+                | Mutation::Cancel { .. } => finishes = true,
+                _ => {}
+            }
+        }
+        AfterCommit { new_timers, finishes }
+    }
+
+    fn settle(self, settler: &Settler, outcomes: &[Outcome]) {
+        if let Some((owner, timers, scheduler)) = &settler.owner {
+            for timer in self.new_timers {
+                timers.add(timer);
+            }
+            for outcome in outcomes {
+                match outcome {
+                    Outcome::Woke(Some(woken))
+                    | Outcome::Ended {
+                        parent: Some(woken), ..
+                    } if woken.owner == Some(*owner) => scheduler.schedule(woken.exec_key),
+                    Outcome::Created {
+                        exec_key,
+                        created: true,
+                        timer,
+                    } => {
+                        if let Some(timer) = timer {
+                            timers.add(timer.clone());
+                        }
+                        scheduler.schedule(*exec_key);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if self.finishes {
+            settler.finished.bump();
         }
     }
 }

@@ -172,15 +172,39 @@ struct Queue {
     closed: bool,
 }
 
+/// Called with a batch's answer once it committed, by `submit_later`.
+pub type Done = Box<dyn FnOnce(Result<Vec<Outcome>>) + Send>;
+/// Runs the delivery of a group's answers (the bindings take the GIL once
+/// for the whole group here, rather than once per answer).
+pub type Delivery = Arc<dyn Fn(&mut dyn FnMut()) + Send + Sync>;
+
+/// Batches of callers that cannot wait (an event loop), committed by one
+/// thread of their own.
+#[derive(Default)]
+struct Later {
+    state: Mutex<LaterState>,
+    ready: Condvar,
+}
+
+#[derive(Default)]
+struct LaterState {
+    batches: Vec<(Vec<Mutation>, Done)>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    closed: bool,
+}
+
 /// Group commit without a dedicated thread: the first caller to find no
 /// leader commits every batch queued so far, its own included, then answers
 /// each waiter and makes the oldest remaining waiter the next leader. An
 /// uncontended caller commits in its own thread, with no hand-off at all.
+/// Callers that cannot block use `submit_later`.
 pub struct Writer {
     store: Arc<Store>,
     queue: Mutex<Queue>,
     /// Signalled when the writer goes idle; `close` waits on it.
     idle: Condvar,
+    later: Arc<Later>,
+    delivery: Mutex<Option<Delivery>>,
 }
 
 impl Writer {
@@ -189,7 +213,76 @@ impl Writer {
             store,
             queue: Mutex::new(Queue::default()),
             idle: Condvar::new(),
+            later: Arc::default(),
+            delivery: Mutex::new(None),
         }
+    }
+
+    /// How `submit_later` answers are delivered (default: called as they are).
+    pub fn set_delivery(&self, delivery: Delivery) {
+        *self.delivery.lock() = Some(delivery);
+    }
+
+    /// Queues `batch` for the commit thread and returns at once; `done` gets
+    /// the answer once the batch is durable. Batches queued while a commit
+    /// is syncing share the next one, with each other and with blocking
+    /// callers.
+    pub fn submit_later(self: &Arc<Self>, batch: Vec<Mutation>, done: Done) {
+        let mut state = self.later.state.lock();
+        if state.closed {
+            drop(state);
+            done(Err(Error::Closed));
+            return;
+        }
+        state.batches.push((batch, done));
+        if state.thread.is_none() {
+            let writer = Arc::downgrade(self);
+            let later = self.later.clone();
+            let spawned = std::thread::Builder::new()
+                .name("perdure-commits".into())
+                .spawn(move || commit_later(&later, &writer));
+            match spawned {
+                Ok(thread) => state.thread = Some(thread),
+                Err(err) => {
+                    let message = err.to_string();
+                    let waiting = std::mem::take(&mut state.batches);
+                    drop(state);
+                    for (_, done) in waiting {
+                        done(Err(Error::Io(std::io::Error::other(message.clone()))));
+                    }
+                    return;
+                }
+            }
+        }
+        self.later.ready.notify_one();
+    }
+
+    /// Commits several batches as one caller: each gets its own answer.
+    fn submit_group(&self, batches: Vec<Vec<Mutation>>) -> Vec<Result<Vec<Outcome>>> {
+        let slots: Vec<Arc<Slot>> = batches.iter().map(|_| Arc::new(Slot::default())).collect();
+        let lead = {
+            let mut queue = self.queue.lock();
+            if queue.closed {
+                return slots.iter().map(|_| Err(Error::Closed)).collect();
+            }
+            queue.waiting.extend(batches.into_iter().zip(slots.iter().cloned()));
+            !std::mem::replace(&mut queue.leading, true)
+        };
+        if lead {
+            self.lead();
+        }
+        // Answers come in queue order, and the lead passes to the oldest
+        // waiter: when one of these slots is told to lead, those before it
+        // are answered already, so waiting on them in order never stalls.
+        slots
+            .iter()
+            .map(|slot| loop {
+                match slot.wait() {
+                    Some(answer) => break answer,
+                    None => self.lead(),
+                }
+            })
+            .collect()
     }
 
     /// Commits `batch` and blocks until it is durable at the store's durability.
@@ -244,12 +337,57 @@ impl Writer {
         }
     }
 
-    /// Refuses new batches and waits for the commit in progress.
+    /// Refuses new batches and waits for the commit in progress (and for
+    /// the batches queued for later, which are committed first).
     pub fn close(&self) {
+        let thread = {
+            let mut state = self.later.state.lock();
+            state.closed = true;
+            self.later.ready.notify_all();
+            state.thread.take()
+        };
+        if let Some(thread) = thread {
+            if thread.thread().id() != std::thread::current().id() {
+                let _ = thread.join();
+            }
+        }
         let mut queue = self.queue.lock();
         queue.closed = true;
         while queue.leading || !queue.waiting.is_empty() {
             self.idle.wait(&mut queue);
+        }
+    }
+}
+
+/// The commit thread of `submit_later`: takes every queued batch, commits
+/// them as one group and delivers the answers, until the writer closes.
+fn commit_later(later: &Later, writer: &std::sync::Weak<Writer>) {
+    loop {
+        let taken = {
+            let mut state = later.state.lock();
+            while state.batches.is_empty() && !state.closed {
+                later.ready.wait(&mut state);
+            }
+            if state.batches.is_empty() {
+                return;
+            }
+            let take = state.batches.len().min(MAX_GROUP);
+            state.batches.drain(..take).collect::<Vec<_>>()
+        };
+        let (batches, dones): (Vec<_>, Vec<_>) = taken.into_iter().unzip();
+        let (answers, delivery) = match writer.upgrade() {
+            Some(writer) => (writer.submit_group(batches), writer.delivery.lock().clone()),
+            None => (batches.iter().map(|_| Err(Error::Closed)).collect(), None),
+        };
+        let mut pairs: Vec<(Done, Result<Vec<Outcome>>)> = dones.into_iter().zip(answers).collect();
+        let mut deliver = || {
+            for (done, answer) in pairs.drain(..) {
+                done(answer);
+            }
+        };
+        match delivery {
+            Some(delivery) => delivery(&mut deliver),
+            None => deliver(),
         }
     }
 }

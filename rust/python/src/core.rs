@@ -17,8 +17,9 @@ use perdure_core::{
 };
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyTuple};
+use pyo3::IntoPyObjectExt;
 
-use crate::errors::{perdure_error, IntoPyResult};
+use crate::errors::{perdure_error, to_py, IntoPyResult};
 use crate::invocation::Invocation;
 
 /// A record as Python passes it: (kind, op_type, sub_type, op_id, name,
@@ -154,6 +155,23 @@ fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value.max(0.0)).map_err(|_| invalid(py, format!("bad timeout {value}")))
 }
 
+/// Hands a deferred commit's answer to Python: `on_done(True, value)` or
+/// `on_done(False, exception)`. Errors inside `on_done` are shown, not lost.
+fn answer_to<T>(on_done: Py<PyAny>, answer: perdure_core::Result<T>)
+where
+    T: for<'py> IntoPyObject<'py>,
+{
+    Python::attach(|py| {
+        let called = match answer {
+            Ok(value) => value.into_py_any(py).and_then(|value| on_done.call1(py, (true, value))),
+            Err(err) => on_done.call1(py, (false, to_py(err).into_value(py))),
+        };
+        if let Err(err) = called {
+            err.write_unraisable(py, None);
+        }
+    });
+}
+
 /// Wraps each executor worker's life in one Python thread state; the
 /// worker holds the GIL only while it runs Python.
 fn python_worker() -> WorkerWrapper {
@@ -190,6 +208,9 @@ impl Core {
             options.clock = clock.clock.clone();
         }
         let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
+        // Answers to an event loop's commits are delivered under one GIL hold
+        // per group commit, not one per answer.
+        runtime.set_delivery(Arc::new(|deliver: &mut dyn FnMut()| Python::attach(|_py| deliver())));
         Ok(Core {
             runtime: Arc::new(runtime),
         })
@@ -277,6 +298,64 @@ impl Core {
         });
         py.detach(|| self.runtime.append(exec_key, records, wake_at, callback, child))
             .py_err()
+    }
+
+    /// `append` for an event loop: returns at once; `on_done(ok, value)` is
+    /// called from the commit thread with the new callback id, or the error.
+    #[pyo3(signature = (exec_key, records, wake_at, callback, child, on_done))]
+    #[allow(clippy::too_many_arguments)]
+    fn append_async(
+        &self,
+        py: Python<'_>,
+        exec_key: u64,
+        records: Vec<RecordIn>,
+        wake_at: Vec<(u64, String)>,
+        callback: Option<(String, u64, u64)>,
+        child: Option<ChildIn>,
+        on_done: Py<PyAny>,
+    ) -> PyResult<()> {
+        let records = records_from(py, records)?;
+        let callback = callback.map(|(op_id, timeout_ms, heartbeat_timeout_ms)| NewCallback {
+            op_id,
+            timeout_ms,
+            heartbeat_timeout_ms,
+        });
+        let child = child.map(|(execution_id, function, input, op_id, timeout_ms)| NewChild {
+            execution_id,
+            function,
+            input,
+            op_id,
+            timeout_ms,
+        });
+        let done = Box::new(move |answer: perdure_core::Result<Option<String>>| answer_to(on_done, answer));
+        py.detach(|| {
+            self.runtime
+                .append_later(exec_key, records, wake_at, callback, child, done)
+        });
+        Ok(())
+    }
+
+    /// `end_invocation` for an event loop: `on_done(ok, rerun_or_error)`.
+    #[pyo3(signature = (exec_key, seen_wake, final_state, records, wake_at, on_done))]
+    #[allow(clippy::too_many_arguments)]
+    fn end_invocation_async(
+        &self,
+        py: Python<'_>,
+        exec_key: u64,
+        seen_wake: u64,
+        final_state: Option<&str>,
+        records: Vec<RecordIn>,
+        wake_at: Vec<(u64, String)>,
+        on_done: Py<PyAny>,
+    ) -> PyResult<()> {
+        let state = self::final_state(py, final_state)?;
+        let records = records_from(py, records)?;
+        let done = Box::new(move |answer: perdure_core::Result<bool>| answer_to(on_done, answer));
+        py.detach(|| {
+            self.runtime
+                .end_invocation_later(exec_key, seen_wake, state, records, wake_at, done)
+        });
+        Ok(())
     }
 
     #[pyo3(signature = (exec_key, seen_wake, final_state, records, wake_at = Vec::new()))]
