@@ -453,3 +453,173 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(later));
     assert_eq!(eager.store.lease(later).unwrap(), eager.owner_id());
 }
+
+fn child_of(runtime: &Runtime, parent: u64, op_id: &str, timeout_ms: Option<u64>) -> u64 {
+    let mut started = Record::new(
+        RecordKind::Started,
+        OpType::ChainedInvoke,
+        SubType::ChainedInvoke,
+        op_id,
+    );
+    started.extra = Some(format!("p/{op_id}"));
+    let child = perdure_core::runtime::NewChild {
+        execution_id: format!("p/{op_id}"),
+        function: "kid".into(),
+        input: b"7".to_vec(),
+        op_id: op_id.into(),
+        timeout_ms,
+    };
+    runtime
+        .append(parent, vec![started], vec![], None, Some(child))
+        .unwrap();
+    runtime.store.exec_key_of(&format!("p/{op_id}")).unwrap().unwrap()
+}
+
+fn kinds(runtime: &Runtime, exec: u64) -> Vec<(RecordKind, OpType)> {
+    let journal = runtime.store.journal(exec).unwrap();
+    journal.iter().map(|r| (r.kind, r.op_type)).collect()
+}
+
+#[test]
+fn a_child_reports_its_result_to_the_parent_and_wakes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (parent, _) = runtime.start("p", "wf", vec![], None).unwrap();
+    let child = child_of(&runtime, parent, "1", None);
+    // The parent suspends, having seen its own start.
+    let seen = runtime.store.load_invocation(parent).unwrap().wake;
+    assert!(!runtime.end_invocation(parent, seen, None, vec![], vec![]).unwrap());
+    let mut done = Record::new(RecordKind::Succeeded, OpType::Execution, SubType::None, "");
+    done.payload = Some(b"14".to_vec());
+    runtime
+        .end_invocation(child, 1, Some(ExecState::Succeeded), vec![done], vec![])
+        .unwrap();
+    let journal = runtime.store.journal(parent).unwrap();
+    let reported = journal.last().unwrap();
+    assert_eq!(
+        (reported.kind, reported.op_type, reported.op_id.as_str()),
+        (RecordKind::Succeeded, OpType::ChainedInvoke, "1")
+    );
+    assert_eq!(reported.payload.as_deref(), Some(&b"14"[..]));
+    assert_eq!(reported.extra.as_deref(), Some("p/1"));
+    assert!(
+        runtime.store.execution(parent).unwrap().unwrap().pending,
+        "the parent was woken"
+    );
+    // A second child under the same id is refused.
+    let mut again = Record::new(RecordKind::Started, OpType::ChainedInvoke, SubType::ChainedInvoke, "1");
+    again.extra = Some("p/1".into());
+    let duplicate = perdure_core::runtime::NewChild {
+        execution_id: "p/1".into(),
+        function: "kid".into(),
+        input: vec![],
+        op_id: "2".into(),
+        timeout_ms: None,
+    };
+    assert!(matches!(
+        runtime.append(parent, vec![again], vec![], None, Some(duplicate)),
+        Err(Error::InvalidInput(_))
+    ));
+}
+
+#[test]
+fn stopping_a_parent_cancels_its_waits_and_stops_its_children() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (parent, _) = runtime.start("p", "wf", vec![], None).unwrap();
+    let child = child_of(&runtime, parent, "1", None);
+    let mut wait = Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "1");
+    wait.aux = 60_000;
+    runtime
+        .append(child, vec![wait], vec![(60_000, "1".into())], None, None)
+        .unwrap();
+    runtime.cancel("p", br#"{"ErrorMessage":"stop"}"#.to_vec()).unwrap();
+    assert_eq!(
+        kinds(&runtime, parent).last(),
+        Some(&(RecordKind::Cancelled, OpType::Execution))
+    );
+    assert_eq!(
+        kinds(&runtime, child)[2..],
+        [
+            (RecordKind::Cancelled, OpType::Wait),
+            (RecordKind::Cancelled, OpType::Execution)
+        ]
+    );
+    let child_meta = runtime.store.execution(child).unwrap().unwrap().meta;
+    assert_eq!(child_meta.state, ExecState::Cancelled);
+    // The stopped child did not report back to the stopped parent.
+    assert_eq!(kinds(&runtime, parent).len(), 3);
+}
+
+#[test]
+fn an_execution_times_out_and_its_parent_hears_of_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, clock) = open(dir.path());
+    let (parent, _) = runtime.start("p", "wf", vec![], Some(10_000)).unwrap();
+    let child = child_of(&runtime, parent, "1", Some(500));
+    clock.set(1_000_000 + 600);
+    runtime.poke_timers();
+    let summary = runtime
+        .wait_finished(child, Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.meta.state, ExecState::TimedOut);
+    let reported = runtime.store.last_record(parent).unwrap().unwrap();
+    assert_eq!(
+        (reported.kind, reported.op_type),
+        (RecordKind::TimedOut, OpType::ChainedInvoke)
+    );
+    assert!(String::from_utf8_lossy(reported.payload.as_deref().unwrap()).contains("timed out after 0.5 seconds"));
+    assert_eq!(
+        runtime.store.execution(parent).unwrap().unwrap().meta.state,
+        ExecState::Active
+    );
+    clock.set(1_000_000 + 10_000);
+    runtime.poke_timers();
+    let summary = runtime
+        .wait_finished(parent, Some(Duration::from_secs(5)))
+        .unwrap()
+        .unwrap();
+    assert_eq!(summary.meta.state, ExecState::TimedOut);
+}
+
+#[test]
+fn deferred_commits_answer_through_their_callback() {
+    let dir = tempfile::tempdir().unwrap();
+    let (runtime, _clock) = open(dir.path());
+    let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    for op in 1..=50 {
+        let sender = sender.clone();
+        runtime.append_later(
+            exec,
+            vec![step_record(&op.to_string(), b"1")],
+            vec![],
+            None,
+            None,
+            Box::new(move |answer| sender.send(answer.is_ok()).unwrap()),
+        );
+    }
+    let answers: Vec<bool> = (0..50)
+        .map(|_| receiver.recv_timeout(Duration::from_secs(5)).unwrap())
+        .collect();
+    assert!(answers.iter().all(|ok| *ok));
+    assert_eq!(runtime.store.journal(exec).unwrap().len(), 51);
+    runtime.cancel("e-1", b"{}".to_vec()).unwrap();
+    runtime.append_later(
+        exec,
+        vec![step_record("51", b"1")],
+        vec![],
+        None,
+        None,
+        Box::new(move |answer| {
+            sender
+                .send(matches!(answer, Err(Error::ExecutionFinished { .. })))
+                .unwrap()
+        }),
+    );
+    assert!(
+        receiver.recv_timeout(Duration::from_secs(5)).unwrap(),
+        "a finished execution refuses later appends"
+    );
+}
