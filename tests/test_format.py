@@ -65,7 +65,7 @@ DB_NAMES = {
 }
 
 STARTED, SUCCEEDED, FAILED, RETRY, CANCELLED, TIMED_OUT, INVOCATION_COMPLETED = range(1, 8)
-EXECUTION, STEP, WAIT, CALLBACK, CONTEXT = range(5)
+EXECUTION, STEP, WAIT, CALLBACK, CONTEXT, CHAINED_INVOKE = range(6)
 SUB_NONE, SUB_STEP, SUB_WAIT, SUB_CALLBACK, SUB_CHILD = range(5)
 SUB_WAIT_FOR_CALLBACK = 9
 
@@ -73,7 +73,7 @@ F_NAME, F_ATTEMPT, F_AUX, F_AUX2, F_EXTRA, F_PAYLOAD, F_ZSTD = (1 << i for i in 
 
 EXEC_STATES = {1: "ACTIVE", 2: "SUCCEEDED", 3: "FAILED", 4: "CANCELLED", 5: "TIMED_OUT"}
 CALLBACK_STATES = {0: "pending", 1: "succeeded", 2: "failed", 3: "timed out", 4: "cancelled"}
-TIMER_KINDS = {1: "wake", 2: "callback timeout", 3: "callback heartbeat"}
+TIMER_KINDS = {1: "wake", 2: "callback timeout", 3: "callback heartbeat", 4: "execution timeout"}
 CALLBACK_ID = re.compile(r"[0-9a-f]{32}")
 
 
@@ -209,17 +209,23 @@ class ExecMeta:
     updated_ms: int
     execution_id: str
     function: str
+    parent: tuple[int, str] | None = None  # (exec key, op id) of an invoked child
 
 
 def decode_exec_meta(raw: bytes) -> ExecMeta:
-    assert raw[0] == 1
+    assert raw[0] in (1, 2)  # 2: a child execution, with its parent link
     state = EXEC_STATES[raw[1]]
     created, pos = varint(raw, 2)
     updated, pos = varint(raw, pos)
     execution_id, pos = text(raw, pos)
     function, pos = text(raw, pos)
+    parent = None
+    if raw[0] == 2:
+        parent_key, pos = varint(raw, pos)
+        op_id, pos = text(raw, pos)
+        parent = (parent_key, op_id)
     assert pos == len(raw)
-    return ExecMeta(state, created, updated, execution_id, function)
+    return ExecMeta(state, created, updated, execution_id, function, parent)
 
 
 @dataclass
@@ -544,8 +550,8 @@ def test_named_databases_and_meta(written: tuple[Path, dict[str, Any], Store]) -
     _, _, store = written
     assert store.names == DB_NAMES
     assert set(store.meta) == {"format_version", "next_exec_key", "wake_seq"}
-    assert store.meta["format_version"] == (2).to_bytes(4, "big")
-    assert perdure.FORMAT_VERSION == 2
+    assert store.meta["format_version"] == (3).to_bytes(4, "big")
+    assert perdure.FORMAT_VERSION == 3
     assert u64(store.meta["next_exec_key"]) == len(KEYS)
     # The never-run execution was the last one woken: its pending value is
     # the counter's current value, and the wake index maps it back.
@@ -578,6 +584,59 @@ def test_owners_and_leases_while_engines_run(tmp_path: Path) -> None:
         assert entry.pid == os.getpid() and entry.renewed_ms >= entry.started_ms > 0
     assert store.leases == {1: first.owner_id}
     assert store.orphans == set()
+
+
+@perdure.durable(name="test_format.naps")
+def naps(ctx: DurableContext, _event: Any) -> str:
+    ctx.wait(Duration.from_hours(2), name="nap")
+    return "rested"
+
+
+@perdure.durable(name="test_format.invokes")
+def invokes(ctx: DurableContext, event: Any) -> Any:
+    return ctx.invoke("test_format.naps", event, name="call")
+
+
+def test_child_executions_timeouts_and_stops(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with perdure.Engine(path, workers=1) as engine:
+        parent = engine.start(invokes, {"n": 1}, execution_id="p", timeout=Duration.from_hours(1))
+        wait_for(
+            lambda: any(i.execution_id == "p/1" for i in engine.list(status="SUSPENDED")),
+            "the child to suspend",
+        )
+        running = read_store(path)
+        engine.cancel("p", "format test stop")
+        with pytest.raises(perdure.ExecutionCancelledError):
+            parent.result(timeout=10)
+    stopped = read_store(path)
+    parent_key, child_key = stopped.exec_ids["p"], stopped.exec_ids["p/1"]
+    # The child's metadata links it to the parent's operation "1".
+    assert running.executions[child_key].parent == (parent_key, "1")
+    assert running.executions[parent_key].parent is None
+    start = running.journals[parent_key][0]
+    assert (start.kind, start.aux) == (STARTED, 3_600_000)  # the execution timeout
+    assert Timer(start.ts + 3_600_000, parent_key, "execution timeout", "") in running.timers
+    invoke = running.journals[parent_key][1]
+    assert (invoke.kind, invoke.op_type, invoke.op_id, invoke.name) == (
+        STARTED,
+        CHAINED_INVOKE,
+        "1",
+        "call",
+    )
+    assert (invoke.extra, invoke.value()) == ("p/1", {"n": 1})
+    child_start = running.journals[child_key][0]
+    assert (child_start.name, child_start.value()) == ("test_format.naps", {"n": 1})
+    # Stopping the parent cancels the child's wait, then stops the child.
+    assert [(r.kind, r.op_type, r.op_id) for r in stopped.journals[child_key][-2:]] == [
+        (CANCELLED, WAIT, "1"),
+        (CANCELLED, EXECUTION, ""),
+    ]
+    assert stopped.journals[child_key][-1].value()["ErrorType"] == "ParentStopped"
+    assert stopped.executions[child_key].state == "CANCELLED"
+    assert [(r.kind, r.op_type) for r in stopped.journals[parent_key][-1:]] == [
+        (CANCELLED, EXECUTION)
+    ]
 
 
 def test_executions_and_ids(written: tuple[Path, dict[str, Any], Store]) -> None:

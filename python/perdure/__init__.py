@@ -21,6 +21,7 @@ from perdure.batch import (
 from perdure.config import (
     CallbackConfig,
     ChildConfig,
+    InvokeConfig,
     StepConfig,
     StepSemantics,
     WaitForCallbackConfig,
@@ -49,6 +50,7 @@ from perdure.errors import (
     ExecutionFinishedError,
     ExecutionNotFoundError,
     ExecutionTimedOutError,
+    InvokeError,
     LeaseLostError,
     NonDeterministicExecutionError,
     PayloadTooLargeError,
@@ -62,8 +64,9 @@ from perdure.errors import (
     UnknownCallbackError,
     UnknownFunctionError,
     ValidationError,
+    WaitForConditionError,
 )
-from perdure.registry import durable
+from perdure.registry import durable, register
 from perdure.retries import (
     JitterStrategy,
     RetryDecision,
@@ -71,7 +74,15 @@ from perdure.retries import (
     RetryStrategyConfig,
     create_retry_strategy,
 )
+from perdure.retry_block import WithRetryConfig, with_retry
 from perdure.serdes import JsonSerDes, PickleSerDes, SerDes, SerDesContext
+from perdure.waits import (
+    WaitForConditionCheckContext,
+    WaitForConditionConfig,
+    WaitForConditionDecision,
+    WaitStrategyConfig,
+    create_wait_strategy,
+)
 
 __all__ = [
     "FORMAT_VERSION",
@@ -102,6 +113,8 @@ __all__ = [
     "ExecutionInfo",
     "ExecutionNotFoundError",
     "ExecutionTimedOutError",
+    "InvokeConfig",
+    "InvokeError",
     "JitterStrategy",
     "JsonSerDes",
     "LeaseLostError",
@@ -131,7 +144,16 @@ __all__ = [
     "ValidationError",
     "WaitForCallbackConfig",
     "WaitForCallbackContext",
+    "WaitForConditionCheckContext",
+    "WaitForConditionConfig",
+    "WaitForConditionDecision",
+    "WaitForConditionError",
+    "WaitStrategyConfig",
+    "WithRetryConfig",
     "create_retry_strategy",
+    "create_wait_strategy",
     "durable",
     "durable_step",
+    "register",
+    "with_retry",
 ]

@@ -79,6 +79,105 @@ def _cmd_callback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _import_user_code(targets: Sequence[str]) -> None:
+    """Imports the modules (or ``.py`` files) named by ``--import``: the user's
+    own code that registers durable functions. Names read from a store are
+    never imported; these come from the command line."""
+    import importlib
+    import importlib.util
+    import os
+    from pathlib import Path
+
+    # As ``python -m`` does: modules of the current directory are importable.
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for target in targets:
+        path = Path(target)
+        if target.endswith(".py") or path.is_file():
+            spec = importlib.util.spec_from_file_location(path.stem, path)
+            if spec is None or spec.loader is None or not path.is_file():
+                raise ImportError(f"no Python file at {target}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[path.stem] = module
+            spec.loader.exec_module(module)
+        else:
+            importlib.import_module(target)
+
+
+class _ReplayProgress:
+    """Prints a progress line to stderr at most about once a second."""
+
+    def __init__(self) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self._started = self._last = self._clock()
+        self._printed = False
+
+    def __call__(self, done: int, total: int, operations: int) -> None:
+        now = self._clock()
+        if now - self._last < 1.0 and not (done == total and self._printed):
+            return
+        self._last = now
+        self._printed = True
+        rate = operations / max(now - self._started, 1e-9)
+        print(
+            f"replayed {done:,} / {total:,} executions, {operations:,} operations, "
+            f"{rate:,.0f} ops/s",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Exit 0: every execution replays deterministically; 1: some do not (or
+    could not be replayed); 2: a usage error."""
+    from pathlib import Path
+
+    def usage(message: str) -> int:
+        print(f"perdure replay: {message}", file=sys.stderr)
+        return 2
+
+    store = Path(args.store)
+    if not (store / "data.mdb").is_file():
+        return usage(f"no perdure store at {store}")
+    try:
+        _import_user_code(args.imports or [])
+    except Exception as exc:
+        return usage(f"cannot import user code: {type(exc).__name__}: {exc}")
+    from perdure.engine import Engine
+    from perdure.registry import registered
+    from perdure.verify import replay_executions
+
+    if args.function is not None and args.function not in registered():
+        return usage(
+            f"no durable function {args.function!r} is registered; import the module that "
+            "registers it with --import MODULE"
+        )
+    try:
+        with Engine(store, owner=False, durability=args.durability) as engine:
+            report = replay_executions(
+                engine,
+                args.function,
+                verify=args.verify,
+                workers=args.workers,
+                progress=_ReplayProgress(),
+            )
+    except PerdureError as exc:
+        return usage(f"{type(exc).__name__}: {exc}")
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        print(report.summary())
+    if report.skipped and not args.json:
+        print(
+            "perdure replay: executions of functions not registered in this process were "
+            "skipped; import the modules that register them with --import MODULE",
+            file=sys.stderr,
+        )
+    return 0 if report.ok else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from perdure.demo import run_demo
 
@@ -109,6 +208,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             args.quick, store_dir=args.store_dir, repeats=args.repeats, progress=progress
         )
         reports.append(bench_concurrency.format_concurrency_report(results["concurrency"]))
+    if args.suite in ("replay", "all"):
+        from perdure import bench_replay
+
+        results["replay"] = bench_replay.run_replay(
+            args.quick, store_dir=args.store_dir, repeats=args.repeats, progress=progress
+        )
+        reports.append(bench_replay.format_replay_report(results["replay"]))
     report = "\n\n".join(reports)
     # One suite prints its figures as they were; "all" nests them by suite.
     figures = results if args.suite == "all" else results[args.suite]
@@ -187,16 +293,44 @@ def _parser() -> argparse.ArgumentParser:
     callback.add_argument("--error-type", default="CallbackFailure", help="error type (fail)")
     callback.set_defaults(run=_cmd_callback)
 
+    replay_help = (
+        "re-run stored executions against the current code without running any step, and "
+        "report every execution that is no longer deterministic (exit 1), with its first "
+        "differing operation"
+    )
+    replay = command("replay", replay_help)
+    replay.add_argument("--function", help="only the executions of this registered function")
+    replay.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check that finished executions replay to their end and end as recorded",
+    )
+    replay.add_argument(
+        "--import",
+        dest="imports",
+        action="extend",
+        nargs="+",
+        metavar="MODULE",
+        help="import these modules (or .py files) first: the code that registers the durable "
+        "functions",
+    )
+    replay.add_argument(
+        "--workers", type=_positive_int, help="executions replayed at once (default: CPU count)"
+    )
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.set_defaults(run=_cmd_replay)
+
     bench_help = (
         "measure this machine: raw LMDB commits/s, sequential durable steps/s at full and "
         "process durability, replay ops/s, bytes on disk per step (suite core); steps/s with "
         "many executions in flight, steps blocking on I/O, map, many executions, suspended "
-        "executions' memory and threads, timers due together (suite concurrency)"
+        "executions' memory and threads, timers due together (suite concurrency); "
+        "perdure replay --verify over 10,000 stored executions of 100 steps (suite replay)"
     )
     bench = commands.add_parser("bench", help=bench_help, description=bench_help)
     bench.add_argument(
         "--suite",
-        choices=("core", "concurrency", "all"),
+        choices=("core", "concurrency", "replay", "all"),
         default="core",
         help="which figures to measure (default core)",
     )

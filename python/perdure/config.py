@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CallbackConfig",
     "ChildConfig",
+    "InvokeConfig",
     "StepConfig",
     "StepSemantics",
     "WaitForCallbackConfig",
@@ -56,12 +57,12 @@ def _check_retry_strategy(owner: str, value: object) -> None:
         raise ValidationError(msg)
 
 
-def _check_serdes(owner: str, value: object) -> None:
+def _check_serdes(owner: str, value: object, field: str = "serdes") -> None:
     if value is None or isinstance(value, SerDes):
         return
     if isinstance(value, type):
         # A class has the methods too, unbound: a common slip.
-        msg = f"{owner}.serdes must be a SerDes instance, got the class {value.__name__}"
+        msg = f"{owner}.{field} must be a SerDes instance, got the class {value.__name__}"
         raise ValidationError(msg)
     # Duck typing is enough: the engine only calls these two methods.
     if callable(getattr(value, "serialize", None)) and callable(
@@ -69,7 +70,7 @@ def _check_serdes(owner: str, value: object) -> None:
     ):
         return
     msg = (
-        f"{owner}.serdes must be a SerDes (with serialize and deserialize) or "
+        f"{owner}.{field} must be a SerDes (with serialize and deserialize) or "
         f"None, got {type(value).__name__}"
     )
     raise ValidationError(msg)
@@ -196,3 +197,27 @@ class ChildConfig:
         owner = type(self).__name__
         _check_serdes(owner, self.serdes)
         _check_sub_type(owner, self.sub_type)
+
+
+@dataclass(frozen=True)
+class InvokeConfig:
+    """Configuration of ``ctx.invoke``.
+
+    ``serdes_payload`` serializes the payload handed to the invoked function
+    and ``serdes_result`` decodes its result (None: JSON with extended
+    types). The invoked function receives its payload decoded by the default
+    serdes, as an AWS function receives its event, so a custom
+    ``serdes_payload`` should write JSON. ``timeout`` (perdure's own) bounds
+    the child execution: past it the child ends TIMED_OUT and ``invoke``
+    raises InvokeError.
+    """
+
+    serdes_payload: SerDes[Any] | None = None
+    serdes_result: SerDes[Any] | None = None
+    timeout: Duration | None = None
+
+    def __post_init__(self) -> None:
+        owner = type(self).__name__
+        _check_serdes(owner, self.serdes_payload, "serdes_payload")
+        _check_serdes(owner, self.serdes_result, "serdes_result")
+        _check_timeout(owner, "timeout", self.timeout)

@@ -21,6 +21,7 @@ from perdure.batch import BatchResult, MapConfig, ParallelConfig, run_batch
 from perdure.config import (
     CallbackConfig,
     ChildConfig,
+    InvokeConfig,
     StepConfig,
     StepSemantics,
     WaitForCallbackConfig,
@@ -34,16 +35,19 @@ from perdure.errors import (
     ChildContextError,
     EngineClosedError,
     ExecutionFinishedError,
+    InvokeError,
     LeaseLostError,
     NonDeterministicExecutionError,
     PayloadTooLargeError,
     SerDesError,
     StepError,
     StepInterruptedError,
+    UnknownFunctionError,
     ValidationError,
     error_object,
     rebuild_error,
 )
+from perdure.registry import function_name as registered_name
 from perdure.retries import RetryDecision, RetryPresets
 from perdure.serdes import (
     SerDes,
@@ -57,6 +61,8 @@ from perdure.serdes import (
 
 if TYPE_CHECKING:
     from perdure._core import Core, Invocation
+    from perdure.verify import VerifyState
+    from perdure.waits import WaitForConditionCheckContext, WaitForConditionConfig
 
 __all__ = [
     "Callback",
@@ -90,6 +96,10 @@ class _Abort(BaseException):
 
 class _InvocationState:
     """What one invocation shares across its contexts."""
+
+    #: True only in a verifying replay (perdure.verify.VerifyState), which
+    #: must never run user code for new work nor write anything.
+    verify_only = False
 
     def __init__(self, core: Core, invocation: Invocation, max_payload: int) -> None:
         self.core = core
@@ -129,6 +139,7 @@ class _InvocationState:
         records: list[R.RecordIn],
         wake_at: list[tuple[int, str]] | None = None,
         callback: tuple[str, int, int] | None = None,
+        child: tuple[str, str, bytes, str, int | None] | None = None,
     ) -> str | None:
         """Makes records durable (with anything deferred) before returning."""
         timers = wake_at or []
@@ -137,7 +148,7 @@ class _InvocationState:
             records = [*earlier, *records]
             timers = [*earlier_timers, *timers]
         try:
-            return self.core.append(self.exec_key, records, timers, callback)
+            return self.core.append(self.exec_key, records, timers, callback, child)
         except (ExecutionFinishedError, EngineClosedError, LeaseLostError):
             # Cancelled, the engine is closing, or another engine took the
             # execution over: stop this invocation in a way workflow code
@@ -324,6 +335,8 @@ class DurableContext:
         """The recorded state of this operation, checked against what the code asks for."""
         op = self._state.lookup(op_id)
         if op is None:
+            if self._state.verify_only:  # a verifying replay reached new work: stop here
+                cast("VerifyState", self._state).frontier(op_id, _describe(op_type, sub_type, name))
             self._replaying = False
             return None
         if (
@@ -333,7 +346,7 @@ class DurableContext:
         ):
             recorded = _describe(op[R.OP_TYPE], op[R.OP_SUB_TYPE], op[R.OP_NAME])
             requested = _describe(op_type, sub_type, name)
-            raise NonDeterministicExecutionError(
+            error = NonDeterministicExecutionError(
                 f"execution {self._state.execution_id!r}: operation {op_id} was recorded as "
                 f"{recorded} but the code now asks for {requested}; the workflow code changed "
                 "in a way that is not compatible with this execution's history",
@@ -342,6 +355,9 @@ class DurableContext:
                 recorded=recorded,
                 requested=requested,
             )
+            if self._state.verify_only:  # reported even where workflow code catches errors
+                cast("VerifyState", self._state).diverged(error)
+            raise error
         return op
 
     def _serdes_context(self, op_id: str) -> SerDesContext:
@@ -430,6 +446,8 @@ class DurableContext:
             elif status == R.STARTED:
                 attempt = op[R.OP_ATTEMPT]
                 interrupted = config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY
+        if state.verify_only:  # a verifying replay never runs a step body
+            cast("VerifyState", state).frontier(op_id, _describe(R.STEP, sub_type, name))
         self._replaying = False
         started_ms = state.now_ms()
         if interrupted:
@@ -597,6 +615,21 @@ class DurableContext:
                 ) from cause
             raise
 
+    # -- wait_for_condition -----------------------------------------------------
+
+    def wait_for_condition(
+        self,
+        check: Callable[[T, WaitForConditionCheckContext], T],
+        config: WaitForConditionConfig[T] | None = None,
+        name: str | None = None,
+    ) -> T:
+        """Polls ``check(state, check_context)`` until ``config.wait_strategy``
+        stops; each poll's state is checkpointed and the waits between polls
+        are durable. Returns the final state (see :mod:`perdure.waits`)."""
+        from perdure.waits import run_wait_for_condition
+
+        return run_wait_for_condition(self, check, config, name)
+
     # -- fan-out ----------------------------------------------------------------
 
     def map(
@@ -636,6 +669,68 @@ class DurableContext:
         branches = [(f"parallel-branch-{index}", f) for index, f in enumerate(functions)]
         return run_batch(self, branches, name, config, R.SUB_PARALLEL, R.SUB_PARALLEL_BRANCH)
 
+    # -- invoke -------------------------------------------------------------------
+
+    def invoke(
+        self,
+        function_name: str | Callable[..., Any],
+        payload: Any = None,
+        name: str | None = None,
+        config: InvokeConfig | None = None,
+    ) -> Any:
+        """Runs a registered function (durable or plain) as a child execution
+        with ``payload`` and returns its result; suspends until it is done.
+        The child has its own id and history; cancelling this execution
+        cancels it. A child that fails, times out or is stopped raises
+        InvokeError."""
+        config = _checked_config(config, InvokeConfig, "invoke")
+        if not isinstance(function_name, str) and not callable(function_name):
+            got = type(function_name).__name__
+            raise ValidationError(f"invoke needs a function name, got {got}")
+        state = self._state
+        op_id = self._next_id()
+        op = self._recorded(op_id, R.CHAINED_INVOKE, R.SUB_CHAINED_INVOKE, name)
+        if op is None:
+            try:
+                target = registered_name(function_name)
+            except UnknownFunctionError as exc:
+                raise UnknownFunctionError(
+                    f"invoke {name or op_id}: {exc}", function_name=exc.function_name
+                ) from None
+            child_id = f"{state.execution_id}/{op_id}"
+            data = serialize(config.serdes_payload, payload, self._serdes_context(op_id))
+            state.check_size(data, f"invoke {name or op_id} payload")
+            timeout_ms = config.timeout.to_millis() if config.timeout else None
+            started = R.record(
+                R.STARTED,
+                R.CHAINED_INVOKE,
+                R.SUB_CHAINED_INVOKE,
+                op_id,
+                name,
+                extra=child_id,
+                payload=data,
+            )
+            state.commit([started], child=(child_id, target, data, op_id, timeout_ms))
+            self._replaying = False
+            raise _Suspend()
+        status = op[R.OP_STATUS]
+        if status == R.SUCCEEDED:
+            return self._decode(config.serdes_result, op[R.OP_PAYLOAD], op_id)
+        if status in (R.FAILED, R.TIMED_OUT, R.CANCELLED):
+            obj = error_object_from_payload(op[R.OP_PAYLOAD])
+            ended = {R.FAILED: "failed", R.TIMED_OUT: "timed out", R.CANCELLED: "was stopped"}
+            message = obj.get("ErrorMessage") or ended[status]
+            stopped = "Execution.Stopped" if status == R.CANCELLED else None
+            raise InvokeError(
+                f"invoked execution {op[R.OP_EXTRA]!r} {ended[status]}: {message}",
+                error_type=obj.get("ErrorType") or stopped,
+                error_data=obj.get("ErrorData"),
+                stack_trace=obj.get("StackTrace"),
+            )
+        # The child is still running: its end wakes this execution.
+        self._replaying = False
+        raise _Suspend()
+
     # -- child contexts -----------------------------------------------------------
 
     def run_in_child_context(
@@ -672,6 +767,8 @@ class DurableContext:
             child = DurableContext(state, op_id, replaying=self._replaying)
             try:
                 return func(child)
+            except NonDeterministicExecutionError:
+                raise  # not the child's failure: the code no longer fits the history
             except Exception as exc:
                 obj = error_object(exc)
                 raise _child_error(obj) from rebuild_error(obj)
@@ -688,6 +785,8 @@ class DurableContext:
         child = DurableContext(state, op_id, replaying=self._replaying and op is not None)
         try:
             result = func(child)
+        except NonDeterministicExecutionError:
+            raise  # never recorded as the child's failure
         except Exception as exc:
             obj = error_object(exc)
             state.commit(

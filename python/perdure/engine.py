@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import builtins
 import logging
+import math
 import os
 import uuid
 import weakref
@@ -14,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from perdure import _records as R
 from perdure._core import Core
@@ -25,6 +26,7 @@ from perdure.context import (
     _Suspend,
     check_payload_size,
 )
+from perdure.duration import Duration
 from perdure.errors import (
     CorruptRecordError,
     EngineClosedError,
@@ -46,6 +48,10 @@ from perdure.serdes import (
     error_object_from_payload,
     serialize,
 )
+from perdure.testing import TimeSkippingClock
+
+if TYPE_CHECKING:
+    from perdure.verify import ReplayReport
 
 __all__ = ["Engine", "ExecutionHandle", "ExecutionInfo"]
 
@@ -110,6 +116,7 @@ class Engine:
         poll_interval: float = 0.005,
         lease_timeout: float = 10.0,
         map_size: int | None = None,
+        clock: TimeSkippingClock | None = None,
     ) -> None:
         if durability not in _DURABILITIES:
             raise ValidationError(
@@ -143,10 +150,18 @@ class Engine:
         }
         if map_size is not None:
             options["map_size"] = map_size
+        if clock is not None:
+            if not isinstance(clock, TimeSkippingClock):
+                raise ValidationError(
+                    f"clock must be a perdure.testing.TimeSkippingClock, got {type(clock).__name__}"
+                )
+            options["clock"] = clock._clock
         self.path = Path(path)
         self.durability = durability
         self.max_payload_size = max_payload_size
         self._core = Core(str(path), **options)
+        if clock is not None:
+            clock._attach(self._core)
         self._closed = False
         # Executions this engine will not run, and why ("unregistered", "corrupt").
         self._left_alone: dict[int, str] = {}
@@ -194,11 +209,17 @@ class Engine:
         input: Any = None,
         *,
         execution_id: str | None = None,
+        timeout: Duration | float | None = None,
     ) -> ExecutionHandle:
         """Starts ``function(ctx, input)`` durably. Idempotent by ``execution_id``:
-        starting an id that exists returns the existing execution."""
+        starting an id that exists returns the existing execution.
+
+        ``timeout`` (a Duration, or seconds) bounds the whole execution,
+        waits included: still running then, it ends TIMED_OUT, its waits are
+        cancelled and its child executions stopped."""
         self._check_open()
         name = function_name(function)
+        timeout_ms = _timeout_ms(timeout)
         if execution_id is None:
             execution_id = str(uuid.uuid4())
         elif (
@@ -211,7 +232,7 @@ class Engine:
             )
         payload = serialize(None, input, SerDesContext("input", execution_id))
         check_payload_size(payload, self.max_payload_size, "execution input")
-        exec_key, _created = self._core.start(execution_id, name, payload)
+        exec_key, _created = self._core.start(execution_id, name, payload, timeout_ms)
         return ExecutionHandle(self, exec_key, execution_id, name)
 
     def run(
@@ -221,9 +242,12 @@ class Engine:
         *,
         execution_id: str | None = None,
         timeout: float | None = None,
+        execution_timeout: Duration | float | None = None,
     ) -> Any:
-        """Starts the execution and waits for its result."""
-        return self.start(function, input, execution_id=execution_id).result(timeout)
+        """Starts the execution and waits up to ``timeout`` seconds for its
+        result; ``execution_timeout`` is ``start``'s ``timeout``."""
+        handle = self.start(function, input, execution_id=execution_id, timeout=execution_timeout)
+        return handle.result(timeout)
 
     def get(self, execution_id: str) -> ExecutionHandle:
         row = self._core.execution(execution_id)
@@ -251,8 +275,43 @@ class Engine:
 
     def history(self, execution_id: str) -> builtins.list[dict[str, Any]]:
         """The execution's events in the AWS Durable Execution history shape."""
-        handle = self.get(execution_id)
-        return build_history(handle.execution_id, self._core.journal(handle._exec_key))
+        return self.get(execution_id).history()
+
+    def replay(
+        self,
+        function: Callable[..., Any] | str | None = None,
+        *,
+        execution_ids: builtins.list[str] | None = None,
+        verify: bool = False,
+        workers: int | None = None,
+        progress: Callable[[int, int], object] | None = None,
+    ) -> ReplayReport:
+        """Re-runs stored executions, active and finished, against the code
+        registered in this process, to prove it still replays them: no step
+        body runs and nothing is written (an engine opened with
+        ``owner=False`` will do, beside live engines).
+
+        Optionally only the executions of one registered ``function``, or the
+        given ``execution_ids``. Every execution whose code asks for a
+        different operation than its history recorded is reported with the
+        first differing operation. With ``verify=True`` a finished execution
+        must also replay to the end of its history and end as recorded (same
+        result, or same error type). Executions of functions not registered
+        here are counted as skipped. Runs on ``workers`` executor threads
+        (default: the CPU count); ``progress(done, total)`` is called as
+        executions are done. See :mod:`perdure.verify`.
+        """
+        from perdure.verify import replay_executions
+
+        hook = None if progress is None else (lambda done, total, _ops: progress(done, total))
+        return replay_executions(
+            self,
+            function,
+            execution_ids=execution_ids,
+            verify=verify,
+            workers=workers,
+            progress=hook,
+        )
 
     def cancel(self, execution_id: str, reason: str = "Execution stopped by user request") -> None:
         """Ends an active execution as CANCELLED; late callbacks are refused."""
@@ -435,7 +494,8 @@ class ExecutionHandle:
         return self.info().status
 
     def history(self) -> list[dict[str, Any]]:
-        return build_history(self.execution_id, self._engine._core.journal(self._exec_key))
+        core = self._engine._core
+        return build_history(self.execution_id, core.journal(self._exec_key), _function_of(core))
 
     def result(self, timeout: float | None = None) -> Any:
         """Waits for the execution to finish and returns its result; raises
@@ -474,6 +534,32 @@ class ExecutionHandle:
             error_data=obj.get("ErrorData"),
             stack_trace=obj.get("StackTrace"),
         )
+
+
+def _function_of(core: Core) -> Callable[[str], str | None]:
+    """Finds the function of an execution by id (for invoked children)."""
+
+    def function(execution_id: str) -> str | None:
+        row = core.execution(execution_id)
+        return None if row is None else str(row[2])
+
+    return function
+
+
+def _timeout_ms(timeout: Duration | float | None) -> int | None:
+    if timeout is None:
+        return None
+    if isinstance(timeout, Duration):
+        millis = timeout.to_millis()
+    elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
+        millis = math.ceil(timeout * 1000) if math.isfinite(timeout) else -1
+    else:
+        raise ValidationError(
+            f"execution timeout must be a Duration or seconds, got {type(timeout).__name__}"
+        )
+    if millis <= 0:
+        raise ValidationError(f"execution timeout must be positive, got {timeout!r}")
+    return millis
 
 
 def _check_callback_id(callback_id: object) -> None:

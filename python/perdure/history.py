@@ -8,6 +8,7 @@ duration), and its ``StepStarted`` is derived from that record here.
 from __future__ import annotations
 
 import base64
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -63,8 +64,13 @@ def _parent(op_id: str) -> str | None:
     return op_id[:cut] if cut > 0 else None
 
 
-def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-    """Events for ``records`` (tuples as ``Core.journal`` returns them)."""
+def build_history(
+    execution_id: str,
+    records: list[tuple[Any, ...]],
+    function_of: Callable[[str], str | None] | None = None,
+) -> list[dict[str, Any]]:
+    """Events for ``records`` (tuples as ``Core.journal`` returns them);
+    ``function_of`` names the function of an invoked child execution."""
     events: list[dict[str, Any]] = []
     names: dict[str, str | None] = {}  # op id -> the name its first record gave
     started_attempts: dict[str, int] = {}
@@ -150,7 +156,19 @@ def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dic
                 emit("StepStarted", max(ts - aux, previous), {}, op_id, sub_type, name)
             started_attempts[op_id] = attempt
             retry = {"CurrentAttempt": attempt}
-            if kind == R.SUCCEEDED:
+            if kind == R.RETRY and sub_type == R.SUB_WAIT_FOR_CONDITION:
+                # A wait_for_condition poll that continues: as the AWS SDK
+                # records it, a success carrying the state and the delay.
+                retry["NextAttemptDelaySeconds"] = _seconds(aux2)
+                emit(
+                    "StepSucceeded",
+                    ts,
+                    {"Result": {"Payload": _text(payload)}, "RetryDetails": retry},
+                    op_id,
+                    sub_type,
+                    name,
+                )
+            elif kind == R.SUCCEEDED:
                 emit(
                     "StepSucceeded",
                     ts,
@@ -172,6 +190,8 @@ def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dic
             continue
 
         event_type = prefix + _KIND_SUFFIX.get(kind, "Unknown")
+        if op_type == R.CHAINED_INVOKE and kind == R.CANCELLED:
+            event_type = "ChainedInvokeStopped"
         if op_type == R.WAIT:
             if kind == R.STARTED:
                 details = {"Duration": _seconds(aux), "ScheduledEndTimestamp": _iso(ts + aux)}
@@ -185,6 +205,12 @@ def build_history(execution_id: str, records: list[tuple[Any, ...]]) -> list[dic
                 details["Timeout"] = _seconds(aux)
             if aux2:
                 details["HeartbeatTimeout"] = _seconds(aux2)
+        elif op_type == R.CHAINED_INVOKE and kind == R.STARTED:
+            details = {
+                "FunctionName": function_of(extra) if function_of and extra else None,
+                "Input": {"Payload": _text(payload)},
+                "DurableExecutionArn": extra,
+            }
         elif op_type == R.CALLBACK and kind == R.TIMED_OUT:
             details = {"Error": {"Payload": dict(_CALLBACK_TIMEOUTS[1 if aux == 1 else 0])}}
         elif kind == R.SUCCEEDED:
