@@ -833,18 +833,8 @@ def _describe(op_type: int, sub_type: int, name: str | None) -> str:
 
 
 def _step_error(obj: dict[str, Any]) -> StepError:
-    return StepError(
-        obj.get("ErrorMessage"),
-        error_type=obj.get("ErrorType"),
-        error_data=obj.get("ErrorData"),
-        stack_trace=obj.get("StackTrace"),
-    )
+    return StepError.from_error_object(obj)
 
 
 def _child_error(obj: dict[str, Any]) -> ChildContextError:
-    return ChildContextError(
-        obj.get("ErrorMessage"),
-        error_type=obj.get("ErrorType"),
-        error_data=obj.get("ErrorData"),
-        stack_trace=obj.get("StackTrace"),
-    )
+    return ChildContextError.from_error_object(obj)

@@ -156,19 +156,12 @@ def build_history(
                 emit("StepStarted", max(ts - aux, previous), {}, op_id, sub_type, name)
             started_attempts[op_id] = attempt
             retry = {"CurrentAttempt": attempt}
-            if kind == R.RETRY and sub_type == R.SUB_WAIT_FOR_CONDITION:
-                # A wait_for_condition poll that continues: as the AWS SDK
+            continued_poll = kind == R.RETRY and sub_type == R.SUB_WAIT_FOR_CONDITION
+            if kind == R.SUCCEEDED or continued_poll:
+                # A wait_for_condition poll that continues is, as the AWS SDK
                 # records it, a success carrying the state and the delay.
-                retry["NextAttemptDelaySeconds"] = _seconds(aux2)
-                emit(
-                    "StepSucceeded",
-                    ts,
-                    {"Result": {"Payload": _text(payload)}, "RetryDetails": retry},
-                    op_id,
-                    sub_type,
-                    name,
-                )
-            elif kind == R.SUCCEEDED:
+                if continued_poll:
+                    retry["NextAttemptDelaySeconds"] = _seconds(aux2)
                 emit(
                     "StepSucceeded",
                     ts,

@@ -274,12 +274,7 @@ class WaitForConditionCheckContext:
 
 
 def _condition_error(obj: dict[str, Any]) -> WaitForConditionError:
-    return WaitForConditionError(
-        obj.get("ErrorMessage"),
-        error_type=obj.get("ErrorType"),
-        error_data=obj.get("ErrorData"),
-        stack_trace=obj.get("StackTrace"),
-    )
+    return WaitForConditionError.from_error_object(obj)
 
 
 def run_wait_for_condition(

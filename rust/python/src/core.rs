@@ -155,6 +155,24 @@ fn seconds(py: Python<'_>, value: f64) -> PyResult<Duration> {
     Duration::try_from_secs_f64(value.max(0.0)).map_err(|_| invalid(py, format!("bad timeout {value}")))
 }
 
+fn new_callback((op_id, timeout_ms, heartbeat_timeout_ms): (String, u64, u64)) -> NewCallback {
+    NewCallback {
+        op_id,
+        timeout_ms,
+        heartbeat_timeout_ms,
+    }
+}
+
+fn new_child((execution_id, function, input, op_id, timeout_ms): ChildIn) -> NewChild {
+    NewChild {
+        execution_id,
+        function,
+        input,
+        op_id,
+        timeout_ms,
+    }
+}
+
 /// Hands a deferred commit's answer to Python: `on_done(True, value)` or
 /// `on_done(False, exception)`. Errors inside `on_done` are shown, not lost.
 fn answer_to<T>(on_done: Py<PyAny>, answer: perdure_core::Result<T>)
@@ -284,18 +302,7 @@ impl Core {
         child: Option<ChildIn>,
     ) -> PyResult<Option<String>> {
         let records = records_from(py, records)?;
-        let callback = callback.map(|(op_id, timeout_ms, heartbeat_timeout_ms)| NewCallback {
-            op_id,
-            timeout_ms,
-            heartbeat_timeout_ms,
-        });
-        let child = child.map(|(execution_id, function, input, op_id, timeout_ms)| NewChild {
-            execution_id,
-            function,
-            input,
-            op_id,
-            timeout_ms,
-        });
+        let (callback, child) = (callback.map(new_callback), child.map(new_child));
         py.detach(|| self.runtime.append(exec_key, records, wake_at, callback, child))
             .py_err()
     }
@@ -315,18 +322,7 @@ impl Core {
         on_done: Py<PyAny>,
     ) -> PyResult<()> {
         let records = records_from(py, records)?;
-        let callback = callback.map(|(op_id, timeout_ms, heartbeat_timeout_ms)| NewCallback {
-            op_id,
-            timeout_ms,
-            heartbeat_timeout_ms,
-        });
-        let child = child.map(|(execution_id, function, input, op_id, timeout_ms)| NewChild {
-            execution_id,
-            function,
-            input,
-            op_id,
-            timeout_ms,
-        });
+        let (callback, child) = (callback.map(new_callback), child.map(new_child));
         let done = Box::new(move |answer: perdure_core::Result<Option<String>>| answer_to(on_done, answer));
         py.detach(|| {
             self.runtime
