@@ -8,6 +8,7 @@ from the top and everything already done is replayed from the journal.
 
 from perdure._core import FORMAT_VERSION
 from perdure._core import __version__ as __version__
+from perdure.aio import AsyncCallback, AsyncDurableContext
 from perdure.batch import (
     BatchItem,
     BatchItemStatus,
@@ -86,6 +87,8 @@ from perdure.waits import (
 
 __all__ = [
     "FORMAT_VERSION",
+    "AsyncCallback",
+    "AsyncDurableContext",
     "BatchItem",
     "BatchItemStatus",
     "BatchResult",

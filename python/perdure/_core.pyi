@@ -86,6 +86,29 @@ class Core:
         records: list[_RecordIn],
         wake_at: list[tuple[int, str]] = ...,
     ) -> bool: ...
+    def append_async(
+        self,
+        exec_key: int,
+        records: list[_RecordIn],
+        wake_at: list[tuple[int, str]],
+        callback: tuple[str, int, int] | None,
+        child: tuple[str, str, bytes, str, int | None] | None,
+        on_done: Callable[[bool, object], object],
+    ) -> None:
+        """``append`` that returns at once; the commit thread calls
+        ``on_done(True, callback_id_or_None)`` or ``on_done(False, exception)``
+        holding the GIL."""
+    def end_invocation_async(
+        self,
+        exec_key: int,
+        seen_wake: int,
+        final_state: str | None,
+        records: list[_RecordIn],
+        wake_at: list[tuple[int, str]],
+        on_done: Callable[[bool, object], object],
+    ) -> None:
+        """``end_invocation`` that returns at once; ``on_done(True, rerun)`` or
+        ``on_done(False, exception)`` from the commit thread."""
     def complete_callback(
         self, callback_id: str, success: bool, payload: bytes | None = None
     ) -> None: ...

@@ -271,6 +271,88 @@ class _Tally:
 _NOT_STARTED = object()
 
 
+class _Batch:
+    """One map or parallel, the parts shared by the sync and the asyncio
+    contexts: numbering and replaying it, its branches' ids, and judging
+    their outcomes."""
+
+    def __init__(
+        self,
+        ctx: DurableContext,
+        count: int,
+        name: str | None,
+        config: MapConfig | ParallelConfig,
+        sub_type: int,
+        context_class: type[DurableContext],
+    ) -> None:
+        from perdure.config import ChildConfig
+
+        policy = config.completion_config
+        if policy.min_successful is not None and policy.min_successful > count:
+            raise ValidationError(
+                f"CompletionConfig.min_successful is {policy.min_successful}, "
+                f"more than the {count} branches"
+            )
+        self.ctx = ctx
+        self.name = name
+        self.config = config
+        self.sub_type = sub_type
+        state = ctx._state
+        self.op_id = op_id = ctx._next_id()
+        self.serdes_context = SerDesContext(op_id, state.execution_id)
+        op = ctx._recorded(op_id, R.CONTEXT, sub_type, name)
+        #: The result, when the journal has the batch finished.
+        self.replayed: BatchResult[Any] | None = None
+        if op is not None and op[R.OP_STATUS] == R.SUCCEEDED:
+            record = deserialize(config.serdes, op[R.OP_PAYLOAD], self.serdes_context)
+            self.replayed = BatchResult.from_record(record)
+        elif op is None:
+            state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
+        self.outer = context_class(state, op_id, replaying=ctx._replaying and op is not None)
+        self.flat = config.nesting_type is NestingType.FLAT
+        self.child_config = ChildConfig(serdes=config.item_serdes)
+        self.tally = _Tally(count, policy)
+
+    def branch_id(self, index: int) -> str:
+        return f"{self.op_id}-{index + 1}"
+
+    def close(self, outcomes: list[tuple[bool, Any]]) -> tuple[R.RecordIn, BatchResult[Any]]:
+        """Judges the branches' outcomes (in index order): suspends while the
+        policy is not met and some branch waits; else the batch's SUCCEEDED
+        record to commit, and its result."""
+        from perdure.context import _Abort, _Suspend
+
+        items: list[BatchItem[Any]] = []
+        suspended = False
+        for index, (ok, value) in enumerate(outcomes):
+            if isinstance(value, _Abort):
+                raise value
+            if isinstance(value, _Suspend) or value is _NOT_STARTED:
+                suspended = suspended or isinstance(value, _Suspend)
+                items.append(BatchItem(index, BatchItemStatus.STARTED))
+            elif isinstance(value, ChildContextError):
+                error = rebuild_error(error_object(value.__cause__ or value))
+                items.append(BatchItem(index, BatchItemStatus.FAILED, error=error))
+            elif isinstance(value, BaseException):
+                raise value  # a bug in perdure or an error that is not a branch failure
+            else:
+                assert ok and isinstance(value, BatchItem)
+                items.append(value)
+        tally = self.tally
+        if tally.reason is None:
+            if suspended:
+                # Some branches wait (a timer, a callback, a retry): the batch
+                # finishes in a later invocation; finished branches will replay.
+                self.outer._replaying = False
+                raise _Suspend()
+            tally.reason = CompletionReason.ALL_COMPLETED
+        result: BatchResult[Any] = BatchResult(items, tally.reason)
+        serdes, op_id, name = self.config.serdes, self.op_id, self.name
+        payload, _ = self.ctx._checkpoint(serdes, result.to_record(), op_id, "batch", name)
+        record = R.record(R.SUCCEEDED, R.CONTEXT, self.sub_type, op_id, name, payload=payload)
+        return record, BatchResult.from_record(deserialize(serdes, payload, self.serdes_context))
+
+
 def run_batch(
     ctx: DurableContext,
     branches: list[tuple[str, Callable[[DurableContext], Any]]],
@@ -280,36 +362,25 @@ def run_batch(
     branch_sub_type: int,
 ) -> BatchResult[Any]:
     """Runs a map's or parallel's branches; see the module docstring."""
-    from perdure.config import ChildConfig
-    from perdure.context import DurableContext, _Abort, _Suspend
+    from perdure.context import DurableContext
 
-    policy = config.completion_config
-    if policy.min_successful is not None and policy.min_successful > len(branches):
-        raise ValidationError(
-            f"CompletionConfig.min_successful is {policy.min_successful}, "
-            f"more than the {len(branches)} branches"
-        )
-    state = ctx._state
-    op_id = ctx._next_id()
-    op = ctx._recorded(op_id, R.CONTEXT, sub_type, name)
-    context = SerDesContext(op_id, state.execution_id)
-    if op is not None and op[R.OP_STATUS] == R.SUCCEEDED:
-        return BatchResult.from_record(deserialize(config.serdes, op[R.OP_PAYLOAD], context))
-    if op is None:
-        state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
-    outer = DurableContext(state, op_id, replaying=ctx._replaying and op is not None)
-    flat = config.nesting_type is NestingType.FLAT
-    child_config = ChildConfig(serdes=config.item_serdes)
-    tally = _Tally(len(branches), policy)
+    batch = _Batch(ctx, len(branches), name, config, sub_type, DurableContext)
+    if batch.replayed is not None:
+        return batch.replayed
+    outer, tally = batch.outer, batch.tally
 
     def runner(index: int, branch_name: str, body: Callable[[DurableContext], Any]) -> Any:
         def run() -> Any:
             if tally.stopped:
                 return _NOT_STARTED
-            branch_id = f"{op_id}-{index + 1}"
             try:
                 value = outer._child(
-                    body, branch_name, child_config, branch_sub_type, branch_id, flat
+                    body,
+                    branch_name,
+                    batch.child_config,
+                    branch_sub_type,
+                    batch.branch_id(index),
+                    batch.flat,
                 )
             except ChildContextError as exc:
                 tally.record(False)
@@ -320,31 +391,8 @@ def run_batch(
         return run
 
     runners = [runner(i, n, body) for i, (n, body) in enumerate(branches)]
+    state = ctx._state
     outcomes = state.core.run_batch(runners, config.max_concurrency or max(1, len(runners)))
-    items: list[BatchItem[Any]] = []
-    suspended = False
-    for index, (ok, value) in enumerate(outcomes):
-        if isinstance(value, _Abort):
-            raise value
-        if isinstance(value, _Suspend) or value is _NOT_STARTED:
-            suspended = suspended or isinstance(value, _Suspend)
-            items.append(BatchItem(index, BatchItemStatus.STARTED))
-        elif isinstance(value, ChildContextError):
-            error = rebuild_error(error_object(value.__cause__ or value))
-            items.append(BatchItem(index, BatchItemStatus.FAILED, error=error))
-        elif isinstance(value, BaseException):
-            raise value  # a bug in perdure or an error that is not a branch failure
-        else:
-            assert ok and isinstance(value, BatchItem)
-            items.append(value)
-    if tally.reason is None:
-        if suspended:
-            # Some branches wait (a timer, a callback, a retry): the batch
-            # finishes in a later invocation; finished branches will replay.
-            outer._replaying = False
-            raise _Suspend()
-        tally.reason = CompletionReason.ALL_COMPLETED
-    result: BatchResult[Any] = BatchResult(items, tally.reason)
-    payload, _ = ctx._checkpoint(config.serdes, result.to_record(), op_id, "batch", name)
-    state.commit([R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)])
-    return BatchResult.from_record(deserialize(config.serdes, payload, context))
+    record, result = batch.close(outcomes)
+    state.commit([record])
+    return result

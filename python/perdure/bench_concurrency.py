@@ -9,6 +9,8 @@ helpers run one sample. :func:`run_concurrency` runs them all.
    sequential steps, at durability ``full`` (and ``process``), beside the raw
    LMDB synced (unsynced) commit rate measured in the same rounds on the same
    filesystem. Timed from the first ``engine.start`` to the last result.
+   Then the same with 64, 512 and 4,096 *async* executions on one event loop
+   (``async def`` workflows, started with ``engine.start_async``).
 2. Steps that block for 1 ms (``time.sleep``, which releases the GIL), 512
    executions: steps/s as the number of workers grows.
 3. ``ctx.map`` over 10,000 trivial items in one execution: items/s.
@@ -25,6 +27,7 @@ reported as None elsewhere.
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import resource
@@ -77,6 +80,7 @@ __all__ = [
 ]
 
 CONCURRENCIES = (1, 8, 64, 512)
+ASYNC_CONCURRENCIES = (64, 512, 4096)
 IO_WORKERS = (1, 2, 8, 32, 128, 512)
 RESULT_TIMEOUT = 900.0
 # What Engine(workers=None) picks; figures 3 to 6 pass it explicitly so that
@@ -93,6 +97,16 @@ def steps_workflow(ctx: DurableContext, steps: int) -> int:
     total = 0
     for _ in range(steps):
         total += ctx.step(lambda _: 1)
+    return total
+
+
+@durable(name="perdure.bench.concurrency.async_steps")
+async def async_steps_workflow(ctx: Any, steps: int) -> int:
+    """``steps_workflow`` as an async workflow: every execution in flight runs
+    on the engine's one event loop, and its commits share group commits."""
+    total = 0
+    for _ in range(steps):
+        total += await ctx.step(lambda _: 1)
     return total
 
 
@@ -251,9 +265,14 @@ def concurrent_steps_sample(
     steps_per_execution: int,
     durability: str,
     workers: int,
+    use_asyncio: bool = False,
 ) -> dict[str, float]:
     """One sample: ``concurrency`` executions of ``steps_per_execution`` steps
     in a fresh store. Timed from before the first start to the last result."""
+    if use_asyncio:
+        return _timed_async_executions(
+            store_dir, durability, workers, concurrency, steps_per_execution
+        )
     return _timed_executions(
         store_dir,
         f"conc-{durability}-{concurrency}-",
@@ -264,6 +283,44 @@ def concurrent_steps_sample(
         concurrency,
         steps_per_execution,
     )
+
+
+def _timed_async_executions(
+    store_dir: str | os.PathLike[str],
+    durability: str,
+    workers: int,
+    executions: int,
+    steps_per_execution: int,
+) -> dict[str, float]:
+    """``_timed_executions`` for the async workflow, started and awaited from
+    an event loop of the caller's (the starts share group commits too)."""
+
+    async def run(engine: Engine) -> dict[str, float]:
+        started = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                engine.start_async(async_steps_workflow, steps_per_execution, execution_id=f"a{i}")
+                for i in range(executions)
+            )
+        )
+        all_started = time.perf_counter()
+        results = await asyncio.gather(*(h.result_async(RESULT_TIMEOUT) for h in handles))
+        elapsed = time.perf_counter() - started
+        if any(result != steps_per_execution for result in results):
+            raise AssertionError("an async execution returned a wrong result")
+        steps = executions * steps_per_execution
+        return {
+            "steps_per_s": steps / elapsed,
+            "start_s": all_started - started,
+            "elapsed_s": elapsed,
+        }
+
+    with (
+        _scratch(store_dir, f"async-{durability}-{executions}-") as path,
+        Engine(path, durability=durability, workers=workers) as engine,
+    ):
+        gc.collect()
+        return asyncio.run(run(engine))
 
 
 def _timed_executions(
@@ -305,10 +362,12 @@ def measure_concurrent_steps(
     workers: int | None = None,
     repeats: int = 5,
     progress: Progress | None = None,
+    use_asyncio: bool = False,
 ) -> dict[str, Any]:
     """Figure 1 at one durability: for each number of executions in flight,
     about ``total_steps`` steps per sample split evenly between them, on
-    ``workers`` workers (default: one per execution, at most 512).
+    ``workers`` workers (default: one per execution, at most 512). With
+    ``use_asyncio`` the executions are async workflows on one event loop.
 
     Each round first measures the raw LMDB commit rate (``raw_commits`` commits,
     synced at "full", unsynced otherwise) on the same filesystem, then one
@@ -333,7 +392,9 @@ def measure_concurrent_steps(
                 f"steps at {durability}, round {r + 1}/{repeats}: {c} executions x {per} steps "
                 f"on {w} workers"
             )
-            samples[c].append(concurrent_steps_sample(store_dir, c, per, durability, w))
+            samples[c].append(
+                concurrent_steps_sample(store_dir, c, per, durability, w, use_asyncio)
+            )
     raw_median = statistics.median(raw) if raw else None
     rows = []
     for c in concurrencies:
@@ -352,7 +413,12 @@ def measure_concurrent_steps(
             ),
         }
         rows.append(row)
-    out: dict[str, Any] = {"durability": durability, "repeats": repeats, "rows": rows}
+    out: dict[str, Any] = {
+        "durability": durability,
+        "repeats": repeats,
+        "rows": rows,
+        "asyncio": use_asyncio,
+    }
     if lmdb_ok:
         out["raw_lmdb"] = {
             "available": True,
@@ -896,6 +962,18 @@ def run_concurrency(
             repeats=repeats,
             progress=say,
         )
+        for durability, total in (("full", 10_000), ("process", 20_000)):
+            results[f"async_steps_{durability}"] = measure_concurrent_steps(
+                root,
+                durability,
+                concurrencies=ASYNC_CONCURRENCIES,
+                total_steps=total // 10 if quick else total,
+                raw_commits=200 if quick else 1_000 if durability == "full" else 10_000,
+                workers=2,
+                repeats=repeats,
+                progress=say,
+                use_asyncio=True,
+            )
         results["io_steps"] = measure_io_steps(
             root,
             executions=128 if quick else 512,
@@ -952,7 +1030,15 @@ def format_concurrency_report(results: dict[str, Any]) -> str:
     )
     sections: list[tuple[str, list[tuple[str, str, str]]]] = []
 
-    for key, versus in (("steps_full", "synced"), ("steps_process", "unsynced")):
+    figure_one = (
+        ("steps_full", "synced"),
+        ("steps_process", "unsynced"),
+        ("async_steps_full", "synced"),
+        ("async_steps_process", "unsynced"),
+    )
+    for key, versus in figure_one:
+        if key not in results:
+            continue
         fig = results[key]
         rows: list[tuple[str, str, str]] = []
         raw = fig["raw_lmdb"]
@@ -967,13 +1053,15 @@ def format_concurrency_report(results: dict[str, Any]) -> str:
                 f"{row['steps']:,} steps ({row['steps_per_execution']:,} each), "
                 f"starts took {_fmt(row['start_s']['median'], 2)} s"
             )
-            label = (
-                f"{row['concurrency']} execution{'s' if row['concurrency'] > 1 else ''} "
-                f"on {row['workers']} worker{'s' if row['workers'] > 1 else ''}"
+            label = f"{row['concurrency']} execution{'s' if row['concurrency'] > 1 else ''} " + (
+                "on one event loop"
+                if fig.get("asyncio")
+                else f"on {row['workers']} worker{'s' if row['workers'] > 1 else ''}"
             )
             rows.append((label, _spread(row["steps_per_s"]), note))
+        kind = "async executions" if fig.get("asyncio") else "executions"
         sections.append(
-            (f"1. durable steps/s, executions in flight, durability {fig['durability']}", rows)
+            (f"1. durable steps/s, {kind} in flight, durability {fig['durability']}", rows)
         )
 
     io = results["io_steps"]

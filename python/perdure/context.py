@@ -9,11 +9,12 @@ operation runs and its outcome is committed before user code sees it.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar, cast
 
 from perdure import _records as R
 from perdure._core import MISSING, NEW
@@ -80,6 +81,8 @@ _NEW = NEW
 _SCALARS = frozenset({int, str, bool, float, type(None)})
 _DEFAULT_RETRY = RetryPresets.default()
 _workflow_logger = logging.getLogger("perdure.workflow")
+# A commit refused with these ends the invocation (see _InvocationState.commit).
+_ABORTING = (ExecutionFinishedError, EngineClosedError, LeaseLostError)
 
 
 class _Suspend(BaseException):
@@ -142,18 +145,30 @@ class _InvocationState:
         child: tuple[str, str, bytes, str, int | None] | None = None,
     ) -> str | None:
         """Makes records durable (with anything deferred) before returning."""
-        timers = wake_at or []
-        if self.deferred or self.deferred_timers:
-            earlier, earlier_timers = self.take_deferred()
-            records = [*earlier, *records]
-            timers = [*earlier_timers, *timers]
+        records, timers = self.with_deferred(records, wake_at)
         try:
             return self.core.append(self.exec_key, records, timers, callback, child)
-        except (ExecutionFinishedError, EngineClosedError, LeaseLostError):
+        except _ABORTING:
             # Cancelled, the engine is closing, or another engine took the
             # execution over: stop this invocation in a way workflow code
             # cannot swallow; what is committed stays committed.
             raise _Abort() from None
+
+    def with_deferred(
+        self, records: list[R.RecordIn], wake_at: list[tuple[int, str]] | None
+    ) -> tuple[list[R.RecordIn], list[tuple[int, str]]]:
+        """A commit's records and timers, after anything deferred so far."""
+        timers = wake_at or []
+        if self.deferred or self.deferred_timers:
+            earlier, earlier_timers = self.take_deferred()
+            return [*earlier, *records], [*earlier_timers, *timers]
+        return records, timers
+
+    async def commit_async(self, *args: Any, **kwargs: Any) -> str | None:
+        """``commit`` (same arguments) for an :class:`perdure.aio.AsyncDurableContext`.
+        This state commits at once (a verifying replay refuses); the state of
+        an invocation on an event loop (perdure.aio) awaits its commit instead."""
+        return self.commit(*args, **kwargs)
 
     def check_size(self, payload: bytes, what: str) -> bytes:
         return check_payload_size(payload, self.max_payload, what)
@@ -272,6 +287,29 @@ class Callback(Generic[T]):
         raise _Suspend()
 
 
+def run_now(coroutine: Coroutine[Any, Any, T]) -> T:
+    """Runs a coroutine that never suspends: an operation written once for
+    both kinds of context (see perdure.waits.poll_condition), driven by a
+    sync context, whose commits are synchronous."""
+    try:
+        coroutine.send(None)
+    except StopIteration as stop:
+        return cast(T, stop.value)
+    coroutine.close()
+    raise RuntimeError("a durable operation of a sync context awaited something")
+
+
+class _Attempt(NamedTuple):
+    """One attempt of a step's body: where and when it runs."""
+
+    op_id: str
+    name: str | None
+    config: StepConfig
+    sub_type: int
+    attempt: int
+    started_ms: int
+
+
 def _error_payload(exc: BaseException) -> bytes:
     return serialize(None, error_object(exc), SerDesContext("", ""))
 
@@ -299,6 +337,13 @@ def durable_step(func: Callable[..., T]) -> Callable[..., Callable[[StepContext]
 
 class DurableContext:
     """The handle a durable function receives as its first argument."""
+
+    #: What create_callback returns (perdure.aio's context returns callbacks
+    #: whose result is awaited).
+    _callback_class: type[Callback[Any]] = Callback
+    #: Whether what user code returns is awaited when it is awaitable (only
+    #: in perdure.aio's context).
+    _awaits = False
 
     def __init__(
         self, state: _InvocationState, parent_id: str | None = None, replaying: bool | None = None
@@ -430,6 +475,33 @@ class DurableContext:
     ) -> T:
         """The full step: ``recorded=False`` when the caller already knows the
         journal has no such operation."""
+        value, at, error = self._step_attempt(op_id, name, config, sub_type, recorded)
+        if at is None:
+            return value  # type: ignore[no-any-return]
+        state = self._state
+        if error is None:
+            if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
+                started = R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=at.attempt)
+                state.commit([started])
+            try:
+                result = func(StepContext(at.attempt, op_id, self))
+            except Exception as exc:
+                error = exc
+        if error is not None:
+            state.commit([self._step_failure(at, error)])
+            raise _step_error(error_object(error)) from error
+        record, value = self._step_succeeded(at, result)
+        state.commit([record])
+        return value  # type: ignore[no-any-return]
+
+    def _step_attempt(
+        self, op_id: str, name: str | None, config: StepConfig, sub_type: int, recorded: bool
+    ) -> tuple[Any, _Attempt | None, BaseException | None]:
+        """Where a step stands (shared by the sync and the asyncio step):
+        ``(result, None, None)`` when the journal has it succeeded (a recorded
+        failure raises); else ``(None, attempt, interrupted)``: run that
+        attempt, unless ``interrupted`` is the error of an
+        AT_MOST_ONCE_PER_RETRY attempt that was cut off."""
         state = self._state
         op = self._recorded(op_id, R.STEP, sub_type, name) if recorded else None
         attempt = 1
@@ -437,7 +509,7 @@ class DurableContext:
         if op is not None:
             status = op[R.OP_STATUS]
             if status == R.SUCCEEDED:
-                return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
+                return self._decode(config.serdes, op[R.OP_PAYLOAD], op_id), None, None
             if status == R.FAILED:
                 raise _step_error(error_object_from_payload(op[R.OP_PAYLOAD]))
             if status == R.RETRY:
@@ -449,38 +521,32 @@ class DurableContext:
         if state.verify_only:  # a verifying replay never runs a step body
             cast("VerifyState", state).frontier(op_id, _describe(R.STEP, sub_type, name))
         self._replaying = False
-        started_ms = state.now_ms()
-        if interrupted:
-            error: BaseException = StepInterruptedError(
-                f"step {op_id} ({name or 'unnamed'}) attempt {attempt} was interrupted before "
-                "it completed; AT_MOST_ONCE_PER_RETRY does not run it again blindly",
-                execution_id=state.execution_id,
-                operation_id=op_id,
-                attempt=attempt,
-            )
-            self._step_failed(op_id, name, config, sub_type, attempt, started_ms, error)
-        if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
-            state.commit([R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=attempt)])
-        try:
-            result = func(StepContext(attempt, op_id, self))
-        except Exception as exc:
-            self._step_failed(op_id, name, config, sub_type, attempt, started_ms, exc)
-        payload, value = self._checkpoint(config.serdes, result, op_id, "step", name)
-        duration = state.now_ms() - started_ms
-        record = (R.SUCCEEDED, R.STEP, sub_type, op_id, name, attempt, duration, 0, None, payload)
-        state.commit([record])
-        return value  # type: ignore[no-any-return]
+        at = _Attempt(op_id, name, config, sub_type, attempt, state.now_ms())
+        if not interrupted:
+            return None, at, None
+        error = StepInterruptedError(
+            f"step {op_id} ({name or 'unnamed'}) attempt {attempt} was interrupted before "
+            "it completed; AT_MOST_ONCE_PER_RETRY does not run it again blindly",
+            execution_id=state.execution_id,
+            operation_id=op_id,
+            attempt=attempt,
+        )
+        return None, at, error
 
-    def _step_failed(
-        self,
-        op_id: str,
-        name: str | None,
-        config: StepConfig,
-        sub_type: int,
-        attempt: int,
-        started_ms: int,
-        error: BaseException,
-    ) -> NoReturn:
+    def _step_succeeded(self, at: _Attempt, result: Any) -> tuple[R.RecordIn, Any]:
+        """The SUCCEEDED record of a step body's result, and the value to
+        return (what a replay will return)."""
+        op_id, name, config, sub_type, attempt, started_ms = at
+        payload, value = self._checkpoint(config.serdes, result, op_id, "step", name)
+        duration = self._state.now_ms() - started_ms
+        record = (R.SUCCEEDED, R.STEP, sub_type, op_id, name, attempt, duration, 0, None, payload)
+        return record, value
+
+    def _step_failure(self, at: _Attempt, error: BaseException) -> R.RecordIn:
+        """Decides a failed attempt by the retry strategy: a retry is
+        deferred (its RETRY record and timer) and suspends; otherwise the
+        FAILED record to commit before the step error is raised."""
+        op_id, name, config, sub_type, attempt, started_ms = at
         state = self._state
         strategy = config.retry_strategy or _DEFAULT_RETRY
         decision = strategy(error, attempt)
@@ -501,21 +567,9 @@ class DurableContext:
             )  # fmt: skip
             state.defer(retry, (delay_ms, op_id))
             raise _Suspend()
-        state.commit(
-            [
-                R.record(
-                    R.FAILED,
-                    R.STEP,
-                    sub_type,
-                    op_id,
-                    name,
-                    attempt=attempt,
-                    aux=duration,
-                    payload=payload,
-                )
-            ]
+        return R.record(
+            R.FAILED, R.STEP, sub_type, op_id, name, attempt=attempt, aux=duration, payload=payload
         )
-        raise _step_error(error_object(error)) from error
 
     # -- wait -------------------------------------------------------------------
 
@@ -554,15 +608,27 @@ class DurableContext:
         op_id = self._next_id()
         op = self._recorded(op_id, R.CALLBACK, sub_type, name)
         if op is not None:
-            return Callback(self, op_id, op[R.OP_EXTRA], config.serdes)
+            return self._callback_class(self, op_id, op[R.OP_EXTRA], config.serdes)
         timeout_ms = config.timeout.to_millis() if config.timeout else 0
         heartbeat_ms = config.heartbeat_timeout.to_millis() if config.heartbeat_timeout else 0
         started = R.record(
             R.STARTED, R.CALLBACK, sub_type, op_id, name, aux=timeout_ms, aux2=heartbeat_ms
         )
-        callback_id = self._state.commit([started], callback=(op_id, timeout_ms, heartbeat_ms))
+        return self._register_callback(started, (op_id, timeout_ms, heartbeat_ms), config.serdes)
+
+    def _register_callback(
+        self, started: R.RecordIn, spec: tuple[str, int, int], serdes: SerDes[Any] | None
+    ) -> Callback[Any]:
+        """Commits a new callback's start, which registers its id (the
+        asyncio context awaits this commit instead)."""
+        return run_now(self._register_callback_async(started, spec, serdes))
+
+    async def _register_callback_async(
+        self, started: R.RecordIn, spec: tuple[str, int, int], serdes: SerDes[Any] | None
+    ) -> Callback[Any]:
+        callback_id = await self._state.commit_async([started], callback=spec)
         assert callback_id is not None
-        return Callback(self, op_id, callback_id, config.serdes)
+        return self._callback_class(self, spec[0], callback_id, serdes)
 
     def wait_for_callback(
         self,
@@ -572,13 +638,9 @@ class DurableContext:
     ) -> Any:
         """Creates a callback, hands its id to ``submitter`` (run as a step) and
         waits for the answer."""
-        _check_callable(submitter, "wait_for_callback submitter")
-        config = _checked_config(config, WaitForCallbackConfig, "wait_for_callback")
-        prefix = f"{name} " if name else ""
-        callback_config = CallbackConfig(
-            timeout=config.timeout, heartbeat_timeout=config.heartbeat_timeout, serdes=config.serdes
+        config, prefix, callback_config, step_config = _wait_for_callback_plan(
+            submitter, name, config
         )
-        step_config = StepConfig(retry_strategy=config.retry_strategy)
 
         def body(child: DurableContext) -> Any:
             callback = child._create_callback(
@@ -596,24 +658,31 @@ class DurableContext:
                 body, name, ChildConfig(serdes=config.serdes), R.SUB_WAIT_FOR_CALLBACK
             )
         except ChildContextError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, CallbackError):
-                # Raise what the callback itself recorded (the answerer's error
-                # type, the kind of timeout), exactly as create_callback's
-                # result() would, on the first run and on replay alike.
-                callback_op = f"{self._prefix}{self._counter}-1"
-                op = self._state.lookup(callback_op)
-                if op is not None and op[R.OP_TYPE] == R.CALLBACK:
-                    Callback(self, callback_op, op[R.OP_EXTRA] or "", config.serdes).result()
-                raise cause from None
-            if isinstance(cause, StepError):
-                raise CallbackSubmitterError(
-                    cause.error_message or "callback submitter failed",
-                    error_type=cause.error_type,
-                    error_data=cause.error_data,
-                    stack_trace=cause.stack_trace,
-                ) from cause
-            raise
+            self._wait_for_callback_failed(exc, f"{self._prefix}{self._counter}", config)
+
+    def _wait_for_callback_failed(
+        self, exc: ChildContextError, op_id: str, config: WaitForCallbackConfig
+    ) -> NoReturn:
+        """Raises the error a failed wait_for_callback (child context
+        ``op_id``) reports: the callback's own error, or the submitter's."""
+        cause = exc.__cause__
+        if isinstance(cause, CallbackError):
+            # Raise what the callback itself recorded (the answerer's error
+            # type, the kind of timeout), exactly as create_callback's
+            # result() would, on the first run and on replay alike.
+            callback_op = f"{op_id}-1"
+            op = self._state.lookup(callback_op)
+            if op is not None and op[R.OP_TYPE] == R.CALLBACK:
+                Callback(self, callback_op, op[R.OP_EXTRA] or "", config.serdes).result()
+            raise cause from None
+        if isinstance(cause, StepError):
+            raise CallbackSubmitterError(
+                cause.error_message or "callback submitter failed",
+                error_type=cause.error_type,
+                error_data=cause.error_data,
+                stack_trace=cause.stack_trace,
+            ) from cause
+        raise exc
 
     # -- wait_for_condition -----------------------------------------------------
 
@@ -650,7 +719,7 @@ class DurableContext:
             (namer(item, index), _map_branch(func, item, index, items))
             for index, item in enumerate(items)
         ]
-        return run_batch(self, branches, name, config, R.SUB_MAP, R.SUB_MAP_ITERATION)
+        return self._run_batch(branches, name, config, R.SUB_MAP, R.SUB_MAP_ITERATION)
 
     def parallel(
         self,
@@ -667,7 +736,13 @@ class DurableContext:
         for index, function in enumerate(functions):
             _check_callable(function, f"parallel branch {index}")
         branches = [(f"parallel-branch-{index}", f) for index, f in enumerate(functions)]
-        return run_batch(self, branches, name, config, R.SUB_PARALLEL, R.SUB_PARALLEL_BRANCH)
+        return self._run_batch(branches, name, config, R.SUB_PARALLEL, R.SUB_PARALLEL_BRANCH)
+
+    def _run_batch(self, *args: Any) -> BatchResult[Any]:
+        """``run_batch(self, branches, name, config, sub_type, branch_sub_type)``:
+        a map's or parallel's branches on the executor (the asyncio context
+        runs them as tasks on its event loop instead)."""
+        return run_batch(self, *args)
 
     # -- invoke -------------------------------------------------------------------
 
@@ -710,9 +785,7 @@ class DurableContext:
                 extra=child_id,
                 payload=data,
             )
-            state.commit([started], child=(child_id, target, data, op_id, timeout_ms))
-            self._replaying = False
-            raise _Suspend()
+            return self._invoke_child(started, (child_id, target, data, op_id, timeout_ms))
         status = op[R.OP_STATUS]
         if status == R.SUCCEEDED:
             return self._decode(config.serdes_result, op[R.OP_PAYLOAD], op_id)
@@ -728,6 +801,20 @@ class DurableContext:
                 stack_trace=obj.get("StackTrace"),
             )
         # The child is still running: its end wakes this execution.
+        self._replaying = False
+        raise _Suspend()
+
+    def _invoke_child(
+        self, started: R.RecordIn, child: tuple[str, str, bytes, str, int | None]
+    ) -> NoReturn:
+        """Commits an invoke's start, which starts the child execution, and
+        suspends until the child ends (the asyncio context awaits the commit)."""
+        run_now(self._invoke_child_async(started, child))
+
+    async def _invoke_child_async(
+        self, started: R.RecordIn, child: tuple[str, str, bytes, str, int | None]
+    ) -> NoReturn:
+        await self._state.commit_async([started], child=child)
         self._replaying = False
         raise _Suspend()
 
@@ -760,43 +847,74 @@ class DurableContext:
         """Runs a child context at the next id (or at ``op_id``: a batch numbers
         its branches by index). A ``flat`` child writes no records of its own;
         its operations alone make it replayable."""
-        state = self._state
+        done, value = self._child_open(name, config, sub_type, op_id, flat)
+        if done:
+            return value  # type: ignore[no-any-return]
+        return run_now(self._child_run(func, *value))  # type: ignore[no-any-return]
+
+    def _child_open(
+        self,
+        name: str | None,
+        config: ChildConfig,
+        sub_type: int,
+        op_id: str | None = None,
+        flat: bool = False,
+    ) -> tuple[bool, Any]:
+        """Where a child context stands (shared by the sync and the asyncio
+        context): ``(True, result)`` when the journal has it succeeded (a
+        recorded failure raises); else ``(False, run)``: run its body with
+        ``_child_run(func, *run)``, replaying if it started before (a new
+        one's start is deferred; a flat one records nothing of its own)."""
         if op_id is None:
             op_id = self._next_id()
         if flat:
-            child = DurableContext(state, op_id, replaying=self._replaying)
-            try:
-                return func(child)
-            except NonDeterministicExecutionError:
-                raise  # not the child's failure: the code no longer fits the history
-            except Exception as exc:
-                obj = error_object(exc)
-                raise _child_error(obj) from rebuild_error(obj)
+            return False, (name, config, sub_type, op_id, flat, self._replaying)
         op = self._recorded(op_id, R.CONTEXT, sub_type, name)
         if op is not None:
             status = op[R.OP_STATUS]
             if status == R.SUCCEEDED:
-                return cast(T, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id))
+                return True, self._decode(config.serdes, op[R.OP_PAYLOAD], op_id)
             if status == R.FAILED:
                 obj = error_object_from_payload(op[R.OP_PAYLOAD])
                 raise _child_error(obj) from rebuild_error(obj)
         else:
-            state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
-        child = DurableContext(state, op_id, replaying=self._replaying and op is not None)
+            self._state.defer(R.record(R.STARTED, R.CONTEXT, sub_type, op_id, name))
+        return False, (name, config, sub_type, op_id, flat, self._replaying and op is not None)
+
+    async def _child_run(
+        self,
+        func: Callable[[Any], Any],
+        name: str | None,
+        config: ChildConfig,
+        sub_type: int,
+        op_id: str,
+        flat: bool,
+        replaying: bool,
+    ) -> Any:
+        """Runs a child context's body and checkpoints its outcome, for both
+        kinds of context: a sync context's commits never suspend (``_child``
+        drives this with run_now); an asyncio context awaits this, and what
+        its body returns when that is awaitable."""
+        state = self._state
+        child = type(self)(state, op_id, replaying=replaying)
         try:
             result = func(child)
+            if self._awaits and inspect.isawaitable(result):
+                result = await result
         except NonDeterministicExecutionError:
-            raise  # never recorded as the child's failure
+            raise  # not the child's failure: the code no longer fits the history
         except Exception as exc:
-            obj = error_object(exc)
-            state.commit(
-                [R.record(R.FAILED, R.CONTEXT, sub_type, op_id, name, payload=_error_payload(exc))]
-            )
+            failed, obj = _context_failed(op_id, name, sub_type, exc)
+            if not flat:
+                await state.commit_async([failed])
             raise _child_error(obj) from rebuild_error(obj)
+        if flat:
+            return result
         payload, value = self._checkpoint(config.serdes, result, op_id, "child context", name)
-        state.commit([R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)])
+        done = R.record(R.SUCCEEDED, R.CONTEXT, sub_type, op_id, name, payload=payload)
+        await state.commit_async([done])
         self._replaying = child._replaying and self._replaying
-        return value  # type: ignore[no-any-return]
+        return value
 
 
 C = TypeVar("C")
@@ -810,6 +928,20 @@ def _map_branch(
     items: Sequence[Item],
 ) -> Callable[[DurableContext], T]:
     return lambda ctx: func(ctx, item, index, items)
+
+
+def _wait_for_callback_plan(
+    submitter: object, name: str | None, config: WaitForCallbackConfig | None
+) -> tuple[WaitForCallbackConfig, str, CallbackConfig, StepConfig]:
+    """wait_for_callback's checked config, the prefix of its operations'
+    names, and the configs of its callback and of its submitter step."""
+    _check_callable(submitter, "wait_for_callback submitter")
+    config = _checked_config(config, WaitForCallbackConfig, "wait_for_callback")
+    callback_config = CallbackConfig(
+        timeout=config.timeout, heartbeat_timeout=config.heartbeat_timeout, serdes=config.serdes
+    )
+    step_config = StepConfig(retry_strategy=config.retry_strategy)
+    return config, f"{name} " if name else "", callback_config, step_config
 
 
 def _check_callable(func: object, what: str) -> None:
@@ -834,6 +966,16 @@ def _describe(op_type: int, sub_type: int, name: str | None) -> str:
 
 def _step_error(obj: dict[str, Any]) -> StepError:
     return StepError.from_error_object(obj)
+
+
+def _context_failed(
+    op_id: str, name: str | None, sub_type: int, exc: BaseException
+) -> tuple[R.RecordIn, dict[str, Any]]:
+    """The FAILED record of a child context whose body raised ``exc``, and
+    the error object it records."""
+    obj = error_object(exc)
+    payload = serialize(None, obj, SerDesContext("", ""))
+    return R.record(R.FAILED, R.CONTEXT, sub_type, op_id, name, payload=payload), obj
 
 
 def _child_error(obj: dict[str, Any]) -> ChildContextError:

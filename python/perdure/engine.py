@@ -4,6 +4,7 @@ invocations, and the calls to start, inspect, cancel and answer executions.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import builtins
 import logging
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from perdure import _records as R
 from perdure._core import Core
+from perdure.aio import EngineLoop, is_async
 from perdure.context import (
     DurableContext,
     _Abort,
@@ -51,6 +53,7 @@ from perdure.serdes import (
 from perdure.testing import TimeSkippingClock
 
 if TYPE_CHECKING:
+    from perdure._core import Invocation
     from perdure.verify import ReplayReport
 
 __all__ = ["Engine", "ExecutionHandle", "ExecutionInfo"]
@@ -103,6 +106,12 @@ class Engine:
     its executions over; an engine that stops renewing its lease for
     ``lease_timeout`` seconds (a hung process) loses them too, and whatever it
     writes to them afterwards is refused.
+
+    Functions written with ``async def`` (see :mod:`perdure.aio`) run on one
+    event loop: ``event_loop``, the application's own (which must be
+    running), or by default a loop the engine runs on a thread of its own.
+    ``run_async``, ``start_async`` and ``ExecutionHandle.result_async`` serve
+    callers on any event loop without blocking it.
     """
 
     def __init__(
@@ -117,6 +126,7 @@ class Engine:
         lease_timeout: float = 10.0,
         map_size: int | None = None,
         clock: TimeSkippingClock | None = None,
+        event_loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         if durability not in _DURABILITIES:
             raise ValidationError(
@@ -156,6 +166,8 @@ class Engine:
                     f"clock must be a perdure.testing.TimeSkippingClock, got {type(clock).__name__}"
                 )
             options["clock"] = clock._clock
+        # Where invocations of async functions run (perdure.aio).
+        self._aio = EngineLoop(event_loop)
         self.path = Path(path)
         self.durability = durability
         self.max_payload_size = max_payload_size
@@ -179,11 +191,17 @@ class Engine:
     def close(self, timeout: float = 10.0) -> None:
         """Lets running invocations finish (up to ``timeout`` seconds), stops the
         workers and flushes the store. Executions not finished stay durable and
-        resume when the store is opened again."""
+        resume when the store is opened again. Async invocations still running
+        then are cancelled (at once when close() is called on their own event
+        loop, which it blocks); they too resume where their journal ends."""
         if self._closed:
             return
         self._closed = True
-        self._core.close(timeout)
+        self._aio.before_close()
+        try:
+            self._core.close(timeout)
+        finally:
+            self._aio.after_close()
 
     def __enter__(self) -> Engine:
         return self
@@ -248,6 +266,39 @@ class Engine:
         result; ``execution_timeout`` is ``start``'s ``timeout``."""
         handle = self.start(function, input, execution_id=execution_id, timeout=execution_timeout)
         return handle.result(timeout)
+
+    async def start_async(
+        self,
+        function: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        timeout: Duration | float | None = None,
+    ) -> ExecutionHandle:
+        """:meth:`start` for a caller on an event loop (any loop): the durable
+        commit runs off that loop."""
+        self._check_open()
+        start = self.start
+        return await self._aio.blocking(
+            start, function, input, execution_id=execution_id, timeout=timeout
+        )
+
+    async def run_async(
+        self,
+        function: Callable[..., Any] | str,
+        input: Any = None,
+        *,
+        execution_id: str | None = None,
+        timeout: float | None = None,
+        execution_timeout: Duration | float | None = None,
+    ) -> Any:
+        """:meth:`run` for a caller on an event loop: starts the execution and
+        awaits its result (up to ``timeout`` seconds) without blocking the
+        loop. The function may be sync or async."""
+        handle = await self.start_async(
+            function, input, execution_id=execution_id, timeout=execution_timeout
+        )
+        return await handle.result_async(timeout)
 
     def get(self, execution_id: str) -> ExecutionHandle:
         row = self._core.execution(execution_id)
@@ -412,33 +463,61 @@ class Engine:
             self._left_alone[exec_key] = "unregistered"
             core.park(exec_key)
             return
+        if is_async(function):
+            # An async function runs on the event loop; this worker is free
+            # at once (the loop's invocation calls core.finish at its end).
+            self._aio.submit(self, invocation, function)
+            return
         state = _InvocationState(core, invocation, self.max_payload_size)
         started_ms = core.now_ms()
-        final: str | None
+        ended: tuple[bool, Any] | None
         try:
-            raw = invocation.input
-            input = (
-                None
-                if raw is None
-                else deserialize(None, raw, SerDesContext("input", invocation.execution_id))
-            )
-            result = function(DurableContext(state), input)
-            payload = serialize(None, result, SerDesContext("result", invocation.execution_id))
-            check_payload_size(payload, self.max_payload_size, "execution result")
-            outcome = R.record(R.SUCCEEDED, R.EXECUTION, R.SUB_NONE, "", payload=payload)
-            final = "SUCCEEDED"
+            ended = (True, function(DurableContext(state), self._input_of(invocation)))
         except _Suspend:
-            outcome, final = None, None
+            ended = None
         except _Abort:
             core.finish(exec_key, False)
             return
         except Exception as exc:
-            obj = error_object(exc)
-            outcome = R.record(
-                R.FAILED, R.EXECUTION, R.SUB_NONE, "", payload=serialize(None, obj, _NO_CONTEXT)
-            )
-            final = "FAILED"
-        elapsed = core.now_ms() - started_ms
+            ended = (False, exc)
+        final, records, timers = self._ending(state, started_ms, ended)
+        try:
+            rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
+        except (ExecutionFinishedError, LeaseLostError):
+            rerun = False  # cancelled while it ran, or taken over by another engine
+        if final is not None:
+            self._aio.poke(exec_key)  # wakes result_async callers
+        core.finish(exec_key, rerun)
+
+    @staticmethod
+    def _input_of(invocation: Invocation) -> Any:
+        raw = invocation.input
+        if raw is None:
+            return None
+        return deserialize(None, raw, SerDesContext("input", invocation.execution_id))
+
+    def _ending(
+        self, state: _InvocationState, started_ms: int, ended: tuple[bool, Any] | None
+    ) -> tuple[str | None, builtins.list[R.RecordIn], builtins.list[tuple[int, str]]]:
+        """What an invocation writes at its end (sync or on an event loop):
+        ``(final state, records, timers)``. ``ended`` is ``(True, result)``,
+        ``(False, exception)``, or None when it suspended."""
+        outcome = final = None
+        if ended is not None:
+            ok, value = ended
+            if ok:
+                try:
+                    payload = serialize(None, value, SerDesContext("result", state.execution_id))
+                    check_payload_size(payload, self.max_payload_size, "execution result")
+                    outcome = R.record(R.SUCCEEDED, R.EXECUTION, R.SUB_NONE, "", payload=payload)
+                    final = "SUCCEEDED"
+                except Exception as exc:
+                    value = exc
+            if final is None:
+                payload = serialize(None, error_object(value), _NO_CONTEXT)
+                outcome = R.record(R.FAILED, R.EXECUTION, R.SUB_NONE, "", payload=payload)
+                final = "FAILED"
+        elapsed = state.now_ms() - started_ms
         deferred, timers = state.take_deferred()
         records = [
             *deferred,
@@ -446,11 +525,7 @@ class Engine:
         ]
         if outcome is not None:
             records.append(outcome)
-        try:
-            rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
-        except (ExecutionFinishedError, LeaseLostError):
-            rerun = False  # cancelled while it ran, or taken over by another engine
-        core.finish(exec_key, rerun)
+        return final, records, timers
 
 
 def _weak_invoker(engine: Engine) -> Callable[[int], None]:
@@ -501,10 +576,22 @@ class ExecutionHandle:
         """Waits for the execution to finish and returns its result; raises
         ExecutionFailedError (or Cancelled/TimedOut) if it did not succeed, and
         TimeoutError if ``timeout`` seconds pass first."""
-        core = self._engine._core
-        row = core.wait_finished(self._exec_key, timeout)
+        row = self._engine._core.wait_finished(self._exec_key, timeout)
+        return self._outcome(row, timeout)
+
+    async def result_async(self, timeout: float | None = None) -> Any:
+        """:meth:`result` for a caller on an event loop (any loop): awaits the
+        end of the execution without blocking the loop or holding a thread."""
+        engine = self._engine
+        row = await engine._aio.finished(engine._core, self._exec_key, timeout)
+        return self._outcome(row, timeout)
+
+    def _outcome(self, row: tuple[Any, ...] | None, timeout: float | None) -> Any:
+        """The result of a finished execution (``row``: its summary), or the
+        error it ended with; None: it did not finish within ``timeout``."""
         if row is None:
             raise TimeoutError(f"execution {self.execution_id!r} did not finish within {timeout} s")
+        core = self._engine._core
         state = row[3]
         last = core.last_record(self._exec_key)
         payload = last[9] if last is not None else None

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from perdure import _records as R
+from perdure.aio import is_async, replay_call
 from perdure.context import DurableContext, _describe, _InvocationState, _Suspend
 from perdure.errors import (
     ExecutionNotFoundError,
@@ -338,7 +339,10 @@ class _Replay:
         raised: Exception | None = None
         suspended = False
         try:
-            returned = function(DurableContext(state), value)
+            if is_async(function):  # an async def workflow (perdure.aio)
+                returned = replay_call(function, state, value)
+            else:
+                returned = function(DurableContext(state), value)
         except _Suspend:
             suspended = True
         except Exception as exc:

@@ -32,6 +32,7 @@ below 1 ms), and every config is validated when it is built.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
 from perdure.config import _check_serdes
-from perdure.context import DurableContext, _error_payload, _Suspend
+from perdure.context import DurableContext, _error_payload, _Suspend, run_now
 from perdure.duration import Duration
 from perdure.errors import (
     ValidationError,
@@ -61,6 +62,7 @@ __all__ = [
     "WaitForConditionDecision",
     "WaitStrategyConfig",
     "create_wait_strategy",
+    "poll_condition",
     "run_wait_for_condition",
 ]
 
@@ -284,6 +286,20 @@ def run_wait_for_condition(
     name: str | None = None,
 ) -> T:
     """``ctx.wait_for_condition``: polls ``check`` until the wait strategy stops."""
+    return run_now(poll_condition(ctx, check, config, name))
+
+
+async def poll_condition(
+    ctx: DurableContext,
+    check: Callable[[T, WaitForConditionCheckContext], Any],
+    config: WaitForConditionConfig[T] | None,
+    name: str | None = None,
+    awaits: bool = False,
+) -> T:
+    """wait_for_condition for both kinds of context. For a sync context
+    (``awaits=False``) nothing in here suspends (its commits are synchronous)
+    and :func:`run_now` runs it; the asyncio context (perdure.aio) awaits it,
+    and with ``awaits`` an awaitable a check returns is awaited."""
     if not callable(check):
         got = type(check).__name__
         raise ValidationError(f"wait_for_condition check needs a callable, got {got}")
@@ -340,8 +356,10 @@ def run_wait_for_condition(
     started_ms = state.now_ms()
     try:
         new_state = check(current, WaitForConditionCheckContext(ctx.logger, attempt))
+        if awaits and inspect.isawaitable(new_state):
+            new_state = await new_state
     except Exception as exc:
-        _fail(ctx, op_id, name, attempt, started_ms, exc)
+        await _fail(ctx, op_id, name, attempt, started_ms, exc)
     try:
         decision = config.wait_strategy(new_state, attempt)
     except ValidationError:
@@ -349,7 +367,7 @@ def run_wait_for_condition(
         # reported as such, like a strategy that returns the wrong type.
         raise
     except Exception as exc:
-        _fail(ctx, op_id, name, attempt, started_ms, exc)
+        await _fail(ctx, op_id, name, attempt, started_ms, exc)
     if not isinstance(decision, WaitForConditionDecision):
         raise ValidationError(
             f"wait strategy of wait_for_condition {name or op_id} returned "
@@ -372,11 +390,11 @@ def run_wait_for_condition(
         R.SUCCEEDED, R.STEP, sub_type, op_id, name,
         attempt=attempt, aux=duration, payload=payload,
     )  # fmt: skip
-    state.commit([done])
+    await state.commit_async([done])
     return cast(T, value)
 
 
-def _fail(
+async def _fail(
     ctx: DurableContext,
     op_id: str,
     name: str | None,
@@ -390,7 +408,7 @@ def _fail(
         R.FAILED, R.STEP, R.SUB_WAIT_FOR_CONDITION, op_id, name,
         attempt=attempt, aux=duration, payload=_error_payload(error),
     )  # fmt: skip
-    state.commit([failed])
+    await state.commit_async([failed])
     obj = error_object(error)
     raise _condition_error(obj) from rebuild_error(obj)
 
