@@ -525,7 +525,13 @@ impl Runtime {
     }
 
     pub fn finish(&self, exec_key: u64, rerun: bool) -> Result<()> {
-        self.owner()?.scheduler.finish(exec_key, rerun);
+        let owner = self.owner()?;
+        owner.scheduler.finish(exec_key, rerun);
+        // A skipping clock jumps once the engine is idle: tell the timer
+        // thread now rather than at its next look.
+        if self.clock.skips() && owner.scheduler.is_idle() {
+            owner.timers.poke();
+        }
         Ok(())
     }
 
