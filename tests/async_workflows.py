@@ -504,3 +504,26 @@ if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
 
 # endregion
+
+
+RETRY_FAST = perdure.create_retry_strategy(
+    perdure.RetryStrategyConfig(
+        max_attempts=4,
+        initial_delay=perdure.Duration.from_milliseconds(5),
+        jitter_strategy=perdure.JitterStrategy.NONE,
+    )
+)
+block_runs: list[int] = []
+
+
+@perdure.durable(name="aio.retried_block")
+async def retried_block(ctx: AsyncDurableContext, fail_times: int) -> Any:
+    async def block(child: AsyncDurableContext, attempt: int) -> str:
+        block_runs.append(attempt)
+        value = await child.step(lambda _: attempt * 10, name="inner")
+        if attempt <= fail_times:
+            raise ConnectionError(f"attempt {attempt} fails")
+        return f"done at {value}"
+
+    config = perdure.WithRetryConfig(retry_strategy=RETRY_FAST)
+    return await perdure.with_retry(ctx, block, config, name="blk")

@@ -440,3 +440,16 @@ def test_sigkill_in_an_async_step_resumes_with_each_step_acknowledged_once(
 
 
 # endregion
+
+
+def test_with_retry_retries_an_async_block(engine: Engine) -> None:
+    aw.block_runs.clear()
+    handle = engine.start(aw.retried_block, 2)
+    assert handle.result(30) == "done at 30"
+    # Attempts 1 and 2 failed and were checkpointed; replays never ran them again.
+    assert aw.block_runs.count(1) == aw.block_runs.count(2) == 1
+    assert sorted(set(aw.block_runs)) == [1, 2, 3]
+    names = [e.get("Name") for e in handle.history() if e["EventType"] == "WaitStarted"]
+    assert names == ["blk-backoff-1", "blk-backoff-2"]
+    with pytest.raises(perdure.ExecutionFailedError, match="attempt 4 fails"):
+        engine.start(aw.retried_block, 9).result(30)

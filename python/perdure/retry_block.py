@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
+from perdure.aio import AsyncDurableContext
 from perdure.config import ChildConfig
-from perdure.context import DurableContext
+from perdure.context import DurableContext, run_now
 from perdure.errors import NonDeterministicExecutionError, ValidationError, error_type_name
 from perdure.retries import RetryDecision, RetryPresets
 
@@ -97,17 +98,35 @@ def with_retry(
     if name is not None and not isinstance(name, str):
         raise ValidationError(f"with_retry name must be a str or None, got {type(name).__name__}")
     strategy = config.retry_strategy or RetryPresets.default()
-    label = name or "with_retry"
+    loop = _retry_loop(ctx, func, config, name or "with_retry", strategy)
+    if isinstance(ctx, AsyncDurableContext):
+        return loop  # type: ignore[return-value]  # awaited by the async workflow
+    return run_now(loop)  # type: ignore[no-any-return]
+
+
+async def _retry_loop(
+    ctx: DurableContext,
+    func: Callable[[DurableContext, int], Any],
+    config: WithRetryConfig,
+    label: str,
+    strategy: Callable[[BaseException, int], RetryDecision],
+) -> Any:
+    """The retry loop, written once: a sync context drives it with run_now
+    (its operations return values), an async one awaits it (they return
+    awaitables)."""
+    awaits = isinstance(ctx, AsyncDurableContext)
     attempt = 1
     while True:
         try:
             if config.wrap_with_run_in_child_context:
-                return ctx.run_in_child_context(
+                outcome = ctx.run_in_child_context(
                     _attempt(func, attempt),
                     name=f"{label} attempt {attempt}",
                     config=config.child_context_config,
                 )
-            return func(ctx, attempt)
+            else:
+                outcome = func(ctx, attempt)
+            return await outcome if awaits else outcome
         except NonDeterministicExecutionError:
             raise  # the code changed: retrying cannot help
         except Exception as exc:
@@ -122,7 +141,9 @@ def with_retry(
             if not decision.should_retry:
                 raise
             if decision.delay.to_millis() > 0:
-                ctx.wait(decision.delay, name=f"{label}-backoff-{attempt}")
+                waited: Any = ctx.wait(decision.delay, name=f"{label}-backoff-{attempt}")  # type: ignore[func-returns-value]
+                if awaits:
+                    await waited
         attempt += 1
 
 
