@@ -183,6 +183,28 @@ class _InvocationState:
             raise _Suspend()
 
 
+def defer_retry(
+    state: _InvocationState,
+    sub_type: int,
+    op_id: str,
+    name: str | None,
+    attempt: int,
+    duration_ms: int,
+    delay: Duration,
+    payload: bytes,
+) -> NoReturn:
+    """Ends the invocation with a RETRY of a step (or a continuing poll): the
+    record and its timer commit with the end of this invocation, and the next
+    attempt runs in a new one when due."""
+    delay_ms = max(0, delay.to_millis())
+    retry = R.record(
+        R.RETRY, R.STEP, sub_type, op_id, name,
+        attempt=attempt, aux=duration_ms, aux2=delay_ms, payload=payload,
+    )  # fmt: skip
+    state.defer(retry, (delay_ms, op_id))
+    raise _Suspend()
+
+
 def check_payload_size(payload: bytes, limit: int, what: str) -> bytes:
     """Refuses a payload over ``Engine(max_payload_size=...)`` before it is written."""
     if len(payload) > limit:
@@ -558,15 +580,7 @@ class DurableContext:
         payload = _error_payload(error)
         duration = state.now_ms() - started_ms
         if decision.should_retry:
-            delay_ms = max(0, decision.delay.to_millis())
-            # The RETRY record and its timer commit with the end of this
-            # invocation; the next attempt runs in a new one when due.
-            retry = R.record(
-                R.RETRY, R.STEP, sub_type, op_id, name,
-                attempt=attempt, aux=duration, aux2=delay_ms, payload=payload,
-            )  # fmt: skip
-            state.defer(retry, (delay_ms, op_id))
-            raise _Suspend()
+            defer_retry(state, sub_type, op_id, name, attempt, duration, decision.delay, payload)
         return R.record(
             R.FAILED, R.STEP, sub_type, op_id, name, attempt=attempt, aux=duration, payload=payload
         )

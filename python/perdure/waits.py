@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
 from perdure.config import _check_serdes
-from perdure.context import DurableContext, _error_payload, _Suspend, run_now
+from perdure.context import DurableContext, _error_payload, defer_retry, run_now
 from perdure.duration import Duration
 from perdure.errors import (
     ValidationError,
@@ -376,16 +376,8 @@ async def poll_condition(
     payload, value = ctx._checkpoint(serdes, new_state, op_id, "wait_for_condition", name)
     duration = state.now_ms() - started_ms
     if decision.should_continue:
-        delay_ms = decision.delay.to_millis()
-        # As a step retry: the RETRY record (with the state) and its timer
-        # commit with the end of this invocation; the next poll runs in a new
-        # invocation once the delay has passed.
-        retry = R.record(
-            R.RETRY, R.STEP, sub_type, op_id, name,
-            attempt=attempt, aux=duration, aux2=delay_ms, payload=payload,
-        )  # fmt: skip
-        state.defer(retry, (delay_ms, op_id))
-        raise _Suspend()
+        # As a step retry, the RETRY record carrying the state.
+        defer_retry(state, sub_type, op_id, name, attempt, duration, decision.delay, payload)
     done = R.record(
         R.SUCCEEDED, R.STEP, sub_type, op_id, name,
         attempt=attempt, aux=duration, payload=payload,
