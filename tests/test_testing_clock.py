@@ -87,6 +87,7 @@ def test_a_week_of_workflow_in_a_test(tmp_path: Path, clock: TimeSkippingClock) 
         clock.advance(Duration.from_days(3))  # the approver takes three days
         engine.send_callback_success(approval, {"approved": True})
         receipt = next_callback("receipt")  # after the 2-day cool-off, skipped
+        assert engine.list(status="SUSPENDED")[0].execution_id == "o-1"
         assert clock.now() - start == (
             Duration.from_minutes(6).to_timedelta() + Duration.from_days(5).to_timedelta()
         )
@@ -96,7 +97,8 @@ def test_a_week_of_workflow_in_a_test(tmp_path: Path, clock: TimeSkippingClock) 
             "approved": True,
             "receipt": "no receipt within a day",
         }
-        assert receipt
+        with pytest.raises(perdure.CallbackAlreadyCompletedError, match="timed out"):
+            engine.send_callback_success(receipt, "signed too late")
         events = run.history()
     # The history carries the skipped time: the wait ended two days after it began.
     started = next(e for e in events if e["EventType"] == "WaitStarted")

@@ -946,34 +946,21 @@ def run_concurrency(
             "machine": machine_info(root),
             "config": {"quick": quick, "repeats": repeats, "repeats_large": few},
         }
-        results["steps_full"] = measure_concurrent_steps(
-            root,
-            "full",
-            total_steps=1_000 if quick else 10_000,
-            raw_commits=200 if quick else 1_000,
-            repeats=repeats,
-            progress=say,
-        )
-        results["steps_process"] = measure_concurrent_steps(
-            root,
-            "process",
-            total_steps=2_000 if quick else 20_000,
-            raw_commits=2_000 if quick else 10_000,
-            repeats=repeats,
-            progress=say,
-        )
-        for durability, total in (("full", 10_000), ("process", 20_000)):
-            results[f"async_steps_{durability}"] = measure_concurrent_steps(
-                root,
-                durability,
-                concurrencies=ASYNC_CONCURRENCIES,
-                total_steps=total // 10 if quick else total,
-                raw_commits=200 if quick else 1_000 if durability == "full" else 10_000,
-                workers=2,
-                repeats=repeats,
-                progress=say,
-                use_asyncio=True,
-            )
+        # Figure 1: sync executions on threads, then async ones on one event loop.
+        for use_asyncio in (False, True):
+            for durability, total, raw in (("full", 10_000, 1_000), ("process", 20_000, 10_000)):
+                key = f"{'async_' if use_asyncio else ''}steps_{durability}"
+                results[key] = measure_concurrent_steps(
+                    root,
+                    durability,
+                    concurrencies=ASYNC_CONCURRENCIES if use_asyncio else CONCURRENCIES,
+                    total_steps=total // 10 if quick else total,
+                    raw_commits=raw // 5 if quick else raw,
+                    workers=2 if use_asyncio else None,
+                    repeats=repeats,
+                    progress=say,
+                    use_asyncio=use_asyncio,
+                )
         results["io_steps"] = measure_io_steps(
             root,
             executions=128 if quick else 512,

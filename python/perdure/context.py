@@ -145,7 +145,10 @@ class _InvocationState:
         child: tuple[str, str, bytes, str, int | None] | None = None,
     ) -> str | None:
         """Makes records durable (with anything deferred) before returning."""
-        records, timers = self.with_deferred(records, wake_at)
+        if self.deferred or self.deferred_timers:
+            records, timers = self.with_deferred(records, wake_at)
+        else:
+            timers = wake_at or []
         try:
             return self.core.append(self.exec_key, records, timers, callback, child)
         except _ABORTING:
@@ -497,10 +500,15 @@ class DurableContext:
     ) -> T:
         """The full step: ``recorded=False`` when the caller already knows the
         journal has no such operation."""
-        value, at, error = self._step_attempt(op_id, name, config, sub_type, recorded)
-        if at is None:
-            return value  # type: ignore[no-any-return]
         state = self._state
+        if recorded:
+            value, at, error = self._step_attempt(op_id, name, config, sub_type, recorded)
+            if at is None:
+                return value  # type: ignore[no-any-return]
+        else:
+            # A new step's first attempt, the common case: nothing to look up
+            # (a verifying replay stopped at replay_step already).
+            at, error = _Attempt(op_id, name, config, sub_type, 1, state.now_ms()), None
         if error is None:
             if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
                 started = R.record(R.STARTED, R.STEP, sub_type, op_id, name, attempt=at.attempt)

@@ -32,14 +32,12 @@ from typing import Any, TypeVar
 from perdure.aio import AsyncDurableContext
 from perdure.config import ChildConfig
 from perdure.context import DurableContext, run_now
-from perdure.errors import NonDeterministicExecutionError, ValidationError, error_type_name
+from perdure.errors import NonDeterministicExecutionError, ValidationError
 from perdure.retries import RetryDecision, RetryPresets
 
 __all__ = ["WithRetryConfig", "with_retry"]
 
 T = TypeVar("T")
-
-_NON_DETERMINISTIC = error_type_name(NonDeterministicExecutionError)
 
 
 @dataclass(frozen=True)
@@ -130,8 +128,6 @@ async def _retry_loop(
         except NonDeterministicExecutionError:
             raise  # the code changed: retrying cannot help
         except Exception as exc:
-            if getattr(exc, "error_type", None) == _NON_DETERMINISTIC:
-                raise  # the same, detected inside the attempt's child context
             decision = strategy(exc, attempt)
             if not isinstance(decision, RetryDecision):
                 raise ValidationError(
