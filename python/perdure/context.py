@@ -501,13 +501,12 @@ class DurableContext:
         """The full step: ``recorded=False`` when the caller already knows the
         journal has no such operation."""
         state = self._state
-        if recorded:
+        if recorded or state.verify_only:
             value, at, error = self._step_attempt(op_id, name, config, sub_type, recorded)
             if at is None:
                 return value  # type: ignore[no-any-return]
         else:
-            # A new step's first attempt, the common case: nothing to look up
-            # (a verifying replay stopped at replay_step already).
+            # A new step's first attempt, the common case: nothing to look up.
             at, error = _Attempt(op_id, name, config, sub_type, 1, state.now_ms()), None
         if error is None:
             if config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY:
