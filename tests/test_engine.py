@@ -25,6 +25,7 @@ from perdure import (
     WaitForCallbackConfig,
     create_retry_strategy,
 )
+from perdure.testing import TimeSkippingClock
 from support import wait_for
 
 TIMEOUT = 20
@@ -415,15 +416,20 @@ def test_callback_timeout_is_enforced_by_a_durable_timer(engine: perdure.Engine)
     )
 
 
-def test_heartbeats_keep_a_callback_alive(engine: perdure.Engine) -> None:
-    handle = engine.start(approval, "heartbeat-kept")
-    callback_id = wait_for_id("heartbeat-kept")
-    for _ in range(6):  # 6 x 60 ms = 360 ms, more than the 150 ms heartbeat timeout
-        threading.Event().wait(0.06)
-        engine.send_callback_heartbeat(callback_id)
-    assert handle.status() == "SUSPENDED"
-    engine.send_callback_success(callback_id, "done")
-    assert handle.result(TIMEOUT) == ["ok", "done"]
+def test_heartbeats_keep_a_callback_alive(tmp_path: Path) -> None:
+    # Time moves only when the test says so, so a slow machine cannot let a
+    # 150 ms heartbeat lapse between two sends.
+    clock = TimeSkippingClock(auto_skip=False)
+    with perdure.Engine(tmp_path / "store", durability="none", clock=clock) as engine:
+        handle = engine.start(approval, "heartbeat-kept")
+        callback_id = wait_for_id("heartbeat-kept")
+        wait_for(lambda: handle.status() == "SUSPENDED", "suspended on the callback")
+        for _ in range(6):  # 6 x 100 ms = 600 ms, four times the 150 ms heartbeat timeout
+            clock.advance(Duration.from_milliseconds(100))
+            engine.send_callback_heartbeat(callback_id)
+        assert handle.status() == "SUSPENDED"
+        clock.advance(Duration.from_milliseconds(200))  # one lapse is enough
+        assert handle.result(TIMEOUT) == ["timeout", "Callback timed out on heartbeat"]
 
 
 def test_missing_heartbeat_times_the_callback_out(engine: perdure.Engine) -> None:
