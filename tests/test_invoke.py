@@ -113,11 +113,11 @@ def test_a_failed_child_raises_invoke_error(
 
 
 def test_a_child_that_times_out_raises_invoke_error(engine: perdure.Engine) -> None:
-    event = {"target": "life.naps", "payload": {"nap_ms": 60_000}, "child_timeout_ms": 100}
+    event = {"target": "life.naps", "payload": {"nap_ms": 60_000}, "child_timeout_ms": 500}
     handle = engine.start(lw.catches, event, execution_id="t")
     got = handle.result(TIMEOUT)
     assert got[:2] == ["InvokeError", "Execution.Timeout"]
-    assert "timed out after 0.1 seconds" in got[2]
+    assert "timed out after 0.5 seconds" in got[2]
     assert engine.get("t/1").status() == "TIMED_OUT"
     assert [e["EventType"] for e in engine.history("t/1")][-2:] == [
         "WaitCancelled",

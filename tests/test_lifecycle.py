@@ -31,8 +31,8 @@ def suspended(engine: perdure.Engine, *ids: str) -> bool:
 
 
 def test_an_execution_that_runs_past_its_timeout_ends_timed_out(engine: perdure.Engine) -> None:
-    handle = engine.start(lw.naps, {}, execution_id="late", timeout=0.2)
-    with pytest.raises(perdure.ExecutionTimedOutError, match=r"timed out after 0\.2 seconds"):
+    handle = engine.start(lw.naps, {}, execution_id="late", timeout=0.5)
+    with pytest.raises(perdure.ExecutionTimedOutError, match=r"timed out after 0\.5 seconds"):
         handle.result(TIMEOUT)
     assert handle.status() == "TIMED_OUT"
     events = handle.history()
@@ -47,7 +47,7 @@ def test_an_execution_that_runs_past_its_timeout_ends_timed_out(engine: perdure.
         "Error": {
             "Payload": {
                 "ErrorType": "Execution.Timeout",
-                "ErrorMessage": "Execution timed out after 0.2 seconds.",
+                "ErrorMessage": "Execution timed out after 0.5 seconds.",
             }
         }
     }
