@@ -636,13 +636,18 @@ def _format_version(store: Path) -> bytes:
         env.close()
 
 
-def _newer_store(store: Path) -> int:
+def _store_at_format(store: Path, version: int) -> int:
+    """A store with one finished execution, marked as of format ``version``
+    (the engine is gone when this returns, so the next open reads it)."""
     engine = Engine(store, workers=2)
     assert engine.run(double, 7, execution_id="before", timeout=30) == 14
     close(engine)
-    newer = perdure.FORMAT_VERSION + 1
-    _set_format_version(store, newer)
-    return newer
+    _set_format_version(store, version)
+    return version
+
+
+def _newer_store(store: Path) -> int:
+    return _store_at_format(store, perdure.FORMAT_VERSION + 1)
 
 
 def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> None:
@@ -660,6 +665,24 @@ def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> 
 
     # Put back by hand, the store is intact.
     _set_format_version(store, perdure.FORMAT_VERSION)
+    engine = Engine(store, workers=2)
+    try:
+        assert_intact(engine, {"before": 14})
+    finally:
+        close(engine)
+
+
+@pytest.mark.parametrize("older", [2, 3])
+def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) -> None:
+    # Formats 3 and 4 only added records an older store cannot hold, so the
+    # upgrade rewrites the version and every execution reads as before.
+    _store_at_format(store, older)
+    engine = Engine(store, owner=False)
+    try:
+        assert engine.get("before").result(timeout=30) == 14
+    finally:
+        close(engine)
+    assert _format_version(store) == perdure.FORMAT_VERSION.to_bytes(4, "big")
     engine = Engine(store, workers=2)
     try:
         assert_intact(engine, {"before": 14})

@@ -34,6 +34,7 @@ from perdure import (
     CallbackConfig,
     CallbackExternalError,
     CallbackTimeoutError,
+    ChildConfig,
     ChildContextError,
     DurableContext,
     Duration,
@@ -67,9 +68,9 @@ DB_NAMES = {
 STARTED, SUCCEEDED, FAILED, RETRY, CANCELLED, TIMED_OUT, INVOCATION_COMPLETED = range(1, 8)
 EXECUTION, STEP, WAIT, CALLBACK, CONTEXT, CHAINED_INVOKE = range(6)
 SUB_NONE, SUB_STEP, SUB_WAIT, SUB_CALLBACK, SUB_CHILD = range(5)
-SUB_WAIT_FOR_CALLBACK = 9
+SUB_MAP, SUB_WAIT_FOR_CALLBACK, SUB_CUSTOM = 5, 9, 12
 
-F_NAME, F_ATTEMPT, F_AUX, F_AUX2, F_EXTRA, F_PAYLOAD, F_ZSTD = (1 << i for i in range(7))
+F_NAME, F_ATTEMPT, F_AUX, F_AUX2, F_EXTRA, F_PAYLOAD, F_ZSTD, F_LABEL = (1 << i for i in range(8))
 
 EXEC_STATES = {1: "ACTIVE", 2: "SUCCEEDED", 3: "FAILED", 4: "CANCELLED", 5: "TIMED_OUT"}
 CALLBACK_STATES = {0: "pending", 1: "succeeded", 2: "failed", 3: "timed out", 4: "cancelled"}
@@ -115,6 +116,7 @@ class Record:
     aux: int
     aux2: int
     extra: str | None
+    label: str | None
     payload: bytes | None
     stored_payload_len: int
 
@@ -133,11 +135,10 @@ def decode_record(key: bytes, raw: bytes) -> Record:
     assert raw[0] == 1, f"record version {raw[0]}"
     assert zlib.crc32(raw[5:]) == int.from_bytes(raw[1:5], "little"), f"bad CRC at {seq}"
     kind, op_type, sub_type, flags = raw[5], raw[6], raw[7], raw[8]
-    assert kind in range(1, 8) and op_type in range(6) and sub_type in range(12)
-    assert not flags & 0x80, "reserved flag bit set"
+    assert kind in range(1, 8) and op_type in range(6) and sub_type in range(13)
     ts, pos = varint(raw, 9)
     op_id, pos = text(raw, pos)
-    name = extra = None
+    name = extra = label = None
     attempt = aux = aux2 = 0
     if flags & F_NAME:
         name, pos = text(raw, pos)
@@ -152,6 +153,10 @@ def decode_record(key: bytes, raw: bytes) -> Record:
         assert aux2 != 0
     if flags & F_EXTRA:
         extra, pos = text(raw, pos)
+    if flags & F_LABEL:
+        label, pos = text(raw, pos)
+        assert re.fullmatch(r"[A-Za-z0-9_-]{1,32}", label), label
+    assert (label is not None) == (sub_type == SUB_CUSTOM), "a label goes with sub type 12"
     payload = None
     rest = raw[pos:]
     if flags & F_PAYLOAD:
@@ -169,7 +174,7 @@ def decode_record(key: bytes, raw: bytes) -> Record:
         assert not rest, "trailing bytes after a record without payload"
     return Record(
         exec_key, seq, kind, op_type, sub_type, flags, ts, op_id, name, attempt, aux, aux2, extra,
-        payload, len(rest),
+        label, payload, len(rest),
     )  # fmt: skip
 
 
@@ -550,8 +555,8 @@ def test_named_databases_and_meta(written: tuple[Path, dict[str, Any], Store]) -
     _, _, store = written
     assert store.names == DB_NAMES
     assert set(store.meta) == {"format_version", "next_exec_key", "wake_seq"}
-    assert store.meta["format_version"] == (3).to_bytes(4, "big")
-    assert perdure.FORMAT_VERSION == 3
+    assert store.meta["format_version"] == (4).to_bytes(4, "big")
+    assert perdure.FORMAT_VERSION == 4
     assert u64(store.meta["next_exec_key"]) == len(KEYS)
     # The never-run execution was the last one woken: its pending value is
     # the counter's current value, and the wake index maps it back.
@@ -637,6 +642,44 @@ def test_child_executions_timeouts_and_stops(tmp_path: Path) -> None:
     assert [(r.kind, r.op_type) for r in stopped.journals[parent_key][-1:]] == [
         (CANCELLED, EXECUTION)
     ]
+
+
+@perdure.durable(name="test_format.labelled")
+def labelled(ctx: DurableContext, _event: Any) -> Any:
+    moved = ctx.step(lambda _: 5, name="move", config=StepConfig(sub_type="Transfer"))
+    kept = ctx.run_in_child_context(
+        lambda child: moved + 1, name="mapped", config=ChildConfig(sub_type="Map")
+    )
+    callback = ctx.create_callback("ask", config=CallbackConfig(sub_type="Approval-2"))
+    EVENTS.put(("labelled", callback.callback_id))
+    return [kept, callback.result()]
+
+
+def test_custom_sub_type_labels(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with perdure.Engine(path, workers=1) as engine:
+        handle = engine.start(labelled, None, execution_id="labels")
+        engine.send_callback_success(_next_event("labelled"), "yes")
+        assert handle.result(timeout=10) == [6, "yes"]
+    store = read_store(path)
+    ops = by_op(store.journals[store.exec_ids["labels"]])
+    # A label of the user's own is sub type 12 with the LABEL field; a
+    # built-in name ("Map") is stored as the built-in code, without it.
+    step, child, callback = ops["1"], ops["2"], ops["3"]
+    assert [(r.kind, r.sub_type, r.label, bool(r.flags & F_LABEL)) for r in step] == [
+        (SUCCEEDED, SUB_CUSTOM, "Transfer", True)
+    ]
+    assert [(r.kind, r.sub_type, r.label) for r in child] == [
+        (STARTED, SUB_MAP, None),
+        (SUCCEEDED, SUB_MAP, None),
+    ]
+    # The callback's label sits after its id (extra); the core writes the
+    # answer with the plain Callback sub type: the first record's label rules.
+    assert [(r.kind, r.sub_type, r.label) for r in callback] == [
+        (STARTED, SUB_CUSTOM, "Approval-2"),
+        (SUCCEEDED, SUB_CALLBACK, None),
+    ]
+    assert callback[0].extra is not None and len(callback[0].extra) > 20
 
 
 def test_executions_and_ids(written: tuple[Path, dict[str, Any], Store]) -> None:

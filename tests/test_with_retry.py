@@ -340,25 +340,6 @@ def test_child_context_config_applies_to_each_attempt(engine: perdure.Engine) ->
     ]
 
 
-@perdure.durable(name="test_with_retry.custom_sub_type")
-def custom_sub_type(ctx: DurableContext, _: Any) -> int:
-    return ctx.run_in_child_context(
-        lambda child: 1, name="labelled", config=ChildConfig(sub_type="Transfer")
-    )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ChildConfig(sub_type=...) accepts any valid label but history shows "
-    "RunInChildContext unless it names a built-in sub-type",
-)
-def test_child_config_sub_type_labels_the_context_in_history(engine: perdure.Engine) -> None:
-    handle = engine.start(custom_sub_type)
-    assert handle.result(TIMEOUT) == 1
-    started = [e for e in handle.history() if e["EventType"] == "ContextStarted"]
-    assert [e.get("SubType") for e in started] == ["Transfer"]
-
-
 # endregion
 # region bad input
 

@@ -10,14 +10,19 @@ NEW: object
 __version__: str
 
 # (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload)
-_RecordIn = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None]
+# The sub type (third) is a built-in code or a custom label.
+_RecordIn = tuple[int, int, int | str, str, str | None, int, int, int, str | None, bytes | None]
 # _RecordIn plus the commit timestamp in ms
-_RecordOut = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None, int]
+_RecordOut = tuple[
+    int, int, int | str, str, str | None, int, int, int, str | None, bytes | None, int
+]
 # (exec_key, execution_id, function, state, pending, created_ms, updated_ms)
 _Summary = tuple[int, str, str, str, bool, int, int]
 # (op_type, sub_type, name, status, attempt, aux, aux2, timestamp_ms, extra, payload,
 #  start_aux, started_ms)
-_OpState = tuple[int, int, str | None, int, int, int, int, int, str | None, bytes | None, int, int]
+_OpState = tuple[
+    int, int | str, str | None, int, int, int, int, int, str | None, bytes | None, int, int
+]
 
 class Invocation:
     exec_key: int

@@ -48,6 +48,9 @@ SUB_PARALLEL_BRANCH = 8
 SUB_WAIT_FOR_CALLBACK = 9
 SUB_WAIT_FOR_CONDITION = 10
 SUB_CHAINED_INVOKE = 11
+# Code 12 is a label of the user's own; Python passes and gets it as the
+# label itself, so an operation's sub type is an int or a str.
+SubType: TypeAlias = int | str
 
 SUB_TYPE_NAMES = {
     SUB_NONE: None,
@@ -65,7 +68,23 @@ SUB_TYPE_NAMES = {
 }
 SUB_TYPE_CODES = {name: code for code, name in SUB_TYPE_NAMES.items() if name}
 
-RecordIn: TypeAlias = tuple[int, int, int, str, str | None, int, int, int, str | None, bytes | None]
+
+def sub_type_of(label: str | None, default: int) -> SubType:
+    """The sub type a config's ``sub_type`` asks for: the default for None or
+    "", a built-in one by its AWS name, otherwise the label itself."""
+    if not label:
+        return default
+    return SUB_TYPE_CODES.get(label, label)
+
+
+def sub_type_name(sub_type: SubType) -> str | None:
+    """The history ``SubType`` of a sub type; None for execution records."""
+    return sub_type if isinstance(sub_type, str) else SUB_TYPE_NAMES.get(sub_type)
+
+
+RecordIn: TypeAlias = tuple[
+    int, int, SubType, str, str | None, int, int, int, str | None, bytes | None
+]
 
 # Indexes into the tuple `Invocation.lookup` returns.
 OP_TYPE: Final = 0
@@ -85,7 +104,7 @@ OP_STARTED_MS: Final = 11
 def record(
     kind: int,
     op_type: int,
-    sub_type: int,
+    sub_type: SubType,
     op_id: str,
     name: str | None = None,
     *,

@@ -198,7 +198,7 @@ class AsyncDurableContext(DurableContext):
         func: Callable[[StepContext], Any],
         name: str | None,
         config: StepConfig,
-        sub_type: int,
+        sub_type: R.SubType,
         recorded: bool = True,
     ) -> Any:
         value, at, error = self._step_attempt(op_id, name, config, sub_type, recorded)
@@ -255,9 +255,13 @@ class AsyncDurableContext(DurableContext):
             submitter, name, config
         )
 
+        callback_sub_type = R.sub_type_of(config.sub_type, R.SUB_CALLBACK)
+
         async def body(child: AsyncDurableContext) -> Any:
             label = f"{prefix}create callback id"
-            callback = await _settle(child._create_callback(label, callback_config, R.SUB_CALLBACK))
+            callback = await _settle(
+                child._create_callback(label, callback_config, callback_sub_type)
+            )
             submit = functools.partial(_submit, submitter, callback.callback_id)
             await child._step(
                 child._next_id(), submit, f"{prefix}submitter", step_config, R.SUB_STEP

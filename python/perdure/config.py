@@ -136,7 +136,8 @@ class CallbackConfig:
     ``timeout`` bounds the wait for the result and ``heartbeat_timeout`` the
     time between heartbeats; None (the default) means no limit. ``serdes``
     decodes the result the callback is completed with (None: JSON with
-    extended types).
+    extended types). ``sub_type`` labels the callback in history and is
+    checked on replay.
     """
 
     timeout: Duration | None = None

@@ -188,7 +188,7 @@ class _InvocationState:
 
 def defer_retry(
     state: _InvocationState,
-    sub_type: int,
+    sub_type: R.SubType,
     op_id: str,
     name: str | None,
     attempt: int,
@@ -330,7 +330,7 @@ class _Attempt(NamedTuple):
     op_id: str
     name: str | None
     config: StepConfig
-    sub_type: int
+    sub_type: R.SubType
     attempt: int
     started_ms: int
 
@@ -401,7 +401,7 @@ class DurableContext:
         self._counter += 1
         return f"{self._prefix}{self._counter}"
 
-    def _recorded(self, op_id: str, op_type: int, sub_type: int, name: str | None) -> Any:
+    def _recorded(self, op_id: str, op_type: int, sub_type: R.SubType, name: str | None) -> Any:
         """The recorded state of this operation, checked against what the code asks for."""
         op = self._state.lookup(op_id)
         if op is None:
@@ -484,10 +484,11 @@ class DurableContext:
             value = self._replay_step(op_id, name)
             if value is _NEW:
                 self._replaying = False
-                return self._step(op_id, func, name, config, R.SUB_STEP, recorded=False)
+                sub_type = R.sub_type_of(config.sub_type, R.SUB_STEP)
+                return self._step(op_id, func, name, config, sub_type, recorded=False)
             if value is not _MISSING:
                 return value  # type: ignore[return-value]
-        return self._step(op_id, func, name, config, R.SUB_STEP)
+        return self._step(op_id, func, name, config, R.sub_type_of(config.sub_type, R.SUB_STEP))
 
     def _step(
         self,
@@ -495,7 +496,7 @@ class DurableContext:
         func: Callable[[StepContext], T],
         name: str | None,
         config: StepConfig,
-        sub_type: int,
+        sub_type: R.SubType,
         recorded: bool = True,
     ) -> T:
         """The full step: ``recorded=False`` when the caller already knows the
@@ -524,7 +525,7 @@ class DurableContext:
         return value  # type: ignore[no-any-return]
 
     def _step_attempt(
-        self, op_id: str, name: str | None, config: StepConfig, sub_type: int, recorded: bool
+        self, op_id: str, name: str | None, config: StepConfig, sub_type: R.SubType, recorded: bool
     ) -> tuple[Any, _Attempt | None, BaseException | None]:
         """Where a step stands (shared by the sync and the asyncio step):
         ``(result, None, None)`` when the journal has it succeeded (a recorded
@@ -621,10 +622,10 @@ class DurableContext:
     ) -> Callback[Any]:
         """Creates a callback whose id an external party answers with."""
         config = _checked_config(config, CallbackConfig, "create_callback")
-        return self._create_callback(name, config, R.SUB_CALLBACK)
+        return self._create_callback(name, config, R.sub_type_of(config.sub_type, R.SUB_CALLBACK))
 
     def _create_callback(
-        self, name: str | None, config: CallbackConfig, sub_type: int
+        self, name: str | None, config: CallbackConfig, sub_type: R.SubType
     ) -> Callback[Any]:
         op_id = self._next_id()
         op = self._recorded(op_id, R.CALLBACK, sub_type, name)
@@ -662,10 +663,11 @@ class DurableContext:
         config, prefix, callback_config, step_config = _wait_for_callback_plan(
             submitter, name, config
         )
+        callback_sub_type = R.sub_type_of(config.sub_type, R.SUB_CALLBACK)
 
         def body(child: DurableContext) -> Any:
             callback = child._create_callback(
-                f"{prefix}create callback id", callback_config, R.SUB_CALLBACK
+                f"{prefix}create callback id", callback_config, callback_sub_type
             )
 
             def submit(step_context: StepContext) -> Any:
@@ -853,15 +855,14 @@ class DurableContext:
         config = _checked_config(config, ChildConfig, "run_in_child_context")
         if name is None:
             name = getattr(func, "_perdure_name", None)
-        sub_type = R.SUB_TYPE_CODES.get(config.sub_type or "", R.SUB_CHILD_CONTEXT)
-        return self._child(func, name, config, sub_type)
+        return self._child(func, name, config, R.sub_type_of(config.sub_type, R.SUB_CHILD_CONTEXT))
 
     def _child(
         self,
         func: Callable[[DurableContext], T],
         name: str | None,
         config: ChildConfig,
-        sub_type: int,
+        sub_type: R.SubType,
         op_id: str | None = None,
         flat: bool = False,
     ) -> T:
@@ -877,7 +878,7 @@ class DurableContext:
         self,
         name: str | None,
         config: ChildConfig,
-        sub_type: int,
+        sub_type: R.SubType,
         op_id: str | None = None,
         flat: bool = False,
     ) -> tuple[bool, Any]:
@@ -907,7 +908,7 @@ class DurableContext:
         func: Callable[[Any], Any],
         name: str | None,
         config: ChildConfig,
-        sub_type: int,
+        sub_type: R.SubType,
         op_id: str,
         flat: bool,
         replaying: bool,
@@ -980,8 +981,8 @@ def _checked_config(config: C | None, cls: type[C], what: str) -> C:
     return config
 
 
-def _describe(op_type: int, sub_type: int, name: str | None) -> str:
-    label = R.SUB_TYPE_NAMES.get(sub_type) or R.OP_TYPE_NAMES.get(op_type, str(op_type))
+def _describe(op_type: int, sub_type: R.SubType, name: str | None) -> str:
+    label = R.sub_type_name(sub_type) or R.OP_TYPE_NAMES.get(op_type, str(op_type))
     return f"{label} {name!r}" if name else f"unnamed {label}"
 
 
@@ -990,7 +991,7 @@ def _step_error(obj: dict[str, Any]) -> StepError:
 
 
 def _context_failed(
-    op_id: str, name: str | None, sub_type: int, exc: BaseException
+    op_id: str, name: str | None, sub_type: R.SubType, exc: BaseException
 ) -> tuple[R.RecordIn, dict[str, Any]]:
     """The FAILED record of a child context whose body raised ``exc``, and
     the error object it records."""

@@ -73,6 +73,7 @@ def build_history(
     ``function_of`` names the function of an invoked child execution."""
     events: list[dict[str, Any]] = []
     names: dict[str, str | None] = {}  # op id -> the name its first record gave
+    sub_types: dict[str, R.SubType] = {}  # op id -> its first record's sub type
     started_attempts: dict[str, int] = {}
     function = None
     invocation = 0
@@ -82,11 +83,11 @@ def build_history(
         timestamp: int,
         details: dict[str, Any],
         op_id: str | None = None,
-        sub_type: int = R.SUB_NONE,
+        sub_type: R.SubType = R.SUB_NONE,
         name: str | None = None,
     ) -> None:
         event: dict[str, Any] = {"EventId": len(events) + 1, "EventType": event_type}
-        sub_name = R.SUB_TYPE_NAMES.get(sub_type)
+        sub_name = R.sub_type_name(sub_type)
         if sub_name:
             event["SubType"] = sub_name
         if op_id is not None:
@@ -141,6 +142,9 @@ def build_history(
         if name is None:
             name = names.get(op_id)  # records written by the core (a timeout) carry no name
         names.setdefault(op_id, name)
+        # As the name, the sub type is the first record's (the core writes
+        # callback answers and timeouts without the operation's label).
+        sub_type = sub_types.setdefault(op_id, sub_type)
         prefix = _OP_PREFIX.get(op_type, "Operation")
 
         if op_type == R.STEP:

@@ -9,6 +9,7 @@
 //! varint   len, op id (UTF-8)
 //! flags:   NAME -> varint len + UTF-8; ATTEMPT -> varint; AUX -> varint;
 //!          AUX2 -> varint; EXTRA -> varint len + UTF-8;
+//!          LABEL -> varint len + UTF-8 (sub type Custom only);
 //!          PAYLOAD -> the rest of the record (zstd frame if PAYLOAD_ZSTD)
 //! ```
 
@@ -25,6 +26,10 @@ const FLAG_AUX2: u8 = 1 << 3;
 const FLAG_EXTRA: u8 = 1 << 4;
 const FLAG_PAYLOAD: u8 = 1 << 5;
 const FLAG_PAYLOAD_ZSTD: u8 = 1 << 6;
+const FLAG_LABEL: u8 = 1 << 7;
+
+/// The longest custom sub type label, as the AWS SDK allows.
+pub const LABEL_MAX_LEN: usize = 32;
 
 macro_rules! byte_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $value:expr),+ $(,)? }) => {
@@ -85,8 +90,64 @@ byte_enum!(
         WaitForCallback = 9,
         WaitForCondition = 10,
         ChainedInvoke = 11,
+        /// A label of the user's own (`sub_type=` in a step, callback or
+        /// child context config), kept in the record's `label`.
+        Custom = 12,
     }
 );
+
+impl SubType {
+    /// The AWS history name of a built-in sub type.
+    pub fn name(self) -> Option<&'static str> {
+        Some(match self {
+            SubType::None | SubType::Custom => return None,
+            SubType::Step => "Step",
+            SubType::Wait => "Wait",
+            SubType::Callback => "Callback",
+            SubType::RunInChildContext => "RunInChildContext",
+            SubType::Map => "Map",
+            SubType::MapIteration => "MapIteration",
+            SubType::Parallel => "Parallel",
+            SubType::ParallelBranch => "ParallelBranch",
+            SubType::WaitForCallback => "WaitForCallback",
+            SubType::WaitForCondition => "WaitForCondition",
+            SubType::ChainedInvoke => "ChainedInvoke",
+        })
+    }
+
+    /// The sub type a label names: a built-in one by its AWS name, otherwise
+    /// Custom with the label, which must be 1 to 32 of `A-Z a-z 0-9 _ -`.
+    pub fn from_label(label: &str) -> Result<(SubType, Option<String>), String> {
+        const BUILT_IN: [SubType; 11] = [
+            SubType::Step,
+            SubType::Wait,
+            SubType::Callback,
+            SubType::RunInChildContext,
+            SubType::Map,
+            SubType::MapIteration,
+            SubType::Parallel,
+            SubType::ParallelBranch,
+            SubType::WaitForCallback,
+            SubType::WaitForCondition,
+            SubType::ChainedInvoke,
+        ];
+        if let Some(&built_in) = BUILT_IN.iter().find(|sub| sub.name() == Some(label)) {
+            return Ok((built_in, None));
+        }
+        check_label(label)?;
+        Ok((SubType::Custom, Some(label.to_owned())))
+    }
+}
+
+fn check_label(label: &str) -> Result<(), String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if label.is_empty() || label.len() > LABEL_MAX_LEN || !label.chars().all(allowed) {
+        return Err(format!(
+            "sub type label {label:?} must be 1 to {LABEL_MAX_LEN} characters from A-Z, a-z, 0-9, '_' and '-'"
+        ));
+    }
+    Ok(())
+}
 
 /// One journal event. What `aux`, `aux2` and `extra` mean depends on the kind
 /// and op type; `docs/format.md` lists every combination.
@@ -102,6 +163,8 @@ pub struct Record {
     pub aux: u64,
     pub aux2: u64,
     pub extra: Option<String>,
+    /// The label of a Custom sub type; set exactly when `sub_type` is Custom.
+    pub label: Option<String>,
     pub payload: Option<Vec<u8>>,
 }
 
@@ -118,6 +181,7 @@ impl Record {
             aux: 0,
             aux2: 0,
             extra: None,
+            label: None,
             payload: None,
         }
     }
@@ -144,6 +208,9 @@ impl Record {
         if self.extra.is_some() {
             flags |= FLAG_EXTRA;
         }
+        if self.label.is_some() {
+            flags |= FLAG_LABEL;
+        }
         if self.payload.is_some() {
             flags |= FLAG_PAYLOAD;
         }
@@ -167,6 +234,9 @@ impl Record {
         }
         if let Some(extra) = &self.extra {
             put_bytes(&mut out, extra.as_bytes());
+        }
+        if let Some(label) = &self.label {
+            put_bytes(&mut out, label.as_bytes());
         }
         match (&compressed, &self.payload) {
             (Some(frame), _) => out.extend_from_slice(frame),
@@ -218,6 +288,16 @@ impl Record {
         } else {
             None
         };
+        let label = if flags & FLAG_LABEL != 0 {
+            let label = reader.string()?;
+            check_label(&label)?;
+            Some(label)
+        } else {
+            None
+        };
+        if label.is_some() != (sub_type == SubType::Custom) {
+            return Err(format!("sub type {} with label {label:?}", sub_type as u8));
+        }
         let rest = &bytes[reader.pos..];
         let payload = if flags & FLAG_PAYLOAD == 0 {
             if !rest.is_empty() {
@@ -240,6 +320,7 @@ impl Record {
             aux,
             aux2,
             extra,
+            label,
             payload,
         })
     }
@@ -362,5 +443,40 @@ mod tests {
         for len in 0..encoded.len() {
             assert!(Record::decode(&encoded[..len]).is_err());
         }
+    }
+
+    #[test]
+    fn custom_sub_type_keeps_its_label() {
+        let (sub_type, label) = SubType::from_label("Transfer").unwrap();
+        assert_eq!(sub_type, SubType::Custom);
+        let mut record = Record::new(RecordKind::Started, OpType::Context, sub_type, "2");
+        record.label = label;
+        record.extra = Some("kept apart from the label".into());
+        let decoded = Record::decode(&record.encode()).unwrap();
+        assert_eq!(decoded.label.as_deref(), Some("Transfer"));
+        assert_eq!(decoded, record);
+    }
+
+    #[test]
+    fn built_in_names_are_not_custom() {
+        assert_eq!(SubType::from_label("Map").unwrap(), (SubType::Map, None));
+        assert_eq!(
+            SubType::from_label("RunInChildContext").unwrap(),
+            (SubType::RunInChildContext, None)
+        );
+        for bad in ["", "has space", "dot.ted", "x".repeat(33).as_str(), "émigré"] {
+            let err = SubType::from_label(bad).unwrap_err();
+            assert!(err.contains("1 to 32 characters"), "{err}");
+        }
+    }
+
+    #[test]
+    fn label_and_custom_sub_type_go_together() {
+        let mut unlabelled = Record::new(RecordKind::Started, OpType::Step, SubType::Custom, "1");
+        let err = Record::decode(&unlabelled.encode()).unwrap_err();
+        assert!(err.contains("sub type 12"), "{err}");
+        unlabelled.sub_type = SubType::Step;
+        unlabelled.label = Some("Stray".into());
+        assert!(Record::decode(&unlabelled.encode()).is_err());
     }
 }

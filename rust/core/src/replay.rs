@@ -21,6 +21,8 @@ pub struct OpState {
     pub op_id: String,
     pub op_type: OpType,
     pub sub_type: SubType,
+    /// A Custom sub type's label.
+    pub label: Option<String>,
     pub name: Option<String>,
     /// The kind of the operation's latest record.
     pub status: RecordKind,
@@ -148,6 +150,7 @@ impl ReplayIndex {
             op_id: record.op_id,
             op_type: record.op_type,
             sub_type: record.sub_type,
+            label: record.label,
             name: record.name,
             status: record.kind,
             attempt: record.attempt,

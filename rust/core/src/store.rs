@@ -19,12 +19,15 @@ use crate::record::Record;
 use crate::replay::ReplayIndex;
 
 /// The on-disk format this build reads and writes (see `docs/format.md`).
-pub const FORMAT_VERSION: u32 = 3;
+pub const FORMAT_VERSION: u32 = 4;
 /// Format 2 added leases and the index of wake-ups by value; format 3 the
-/// parent link of child executions and execution timeout timers, which need
-/// no conversion. Older stores are upgraded in place when opened.
+/// parent link of child executions and execution timeout timers; format 4
+/// custom sub type labels on records. Formats 3 and 4 only add to what may be
+/// written, so older stores need no conversion. They are upgraded in place
+/// when opened.
 const FORMAT_WITHOUT_LEASES: u32 = 1;
 const FORMAT_WITHOUT_CHILDREN: u32 = 2;
+const FORMAT_WITHOUT_LABELS: u32 = 3;
 pub const DEFAULT_MAP_SIZE: usize = 256 << 20;
 
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
@@ -199,7 +202,7 @@ impl Store {
                     .map_err(|_| Error::corrupt_store("format_version is not 4 bytes"))?;
                 if found == FORMAT_WITHOUT_LEASES {
                     upgrade_from_v1(&mut txn, &dbs)?;
-                } else if found == FORMAT_WITHOUT_CHILDREN {
+                } else if found == FORMAT_WITHOUT_CHILDREN || found == FORMAT_WITHOUT_LABELS {
                     dbs.meta.put(&mut txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                 } else if found != FORMAT_VERSION {
                     return Err(Error::FormatVersion {

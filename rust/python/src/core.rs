@@ -12,33 +12,17 @@ use perdure_core::executor::{Executor, WorkerWrapper};
 use perdure_core::keys::ExecState;
 use perdure_core::runtime::{Invoker, NewChild};
 use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
-use perdure_core::{
-    Durability, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
-};
+use perdure_core::{Durability, NewCallback, Runtime, RuntimeOptions, StoreOptions};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyTuple};
+use pyo3::types::PyTuple;
 use pyo3::IntoPyObjectExt;
 
-use crate::errors::{perdure_error, to_py, IntoPyResult};
+use crate::errors::{to_py, IntoPyResult};
 use crate::invocation::Invocation;
+use crate::records::{invalid, record_to_py, records_from, RecordIn};
 
-/// A record as Python passes it: (kind, op_type, sub_type, op_id, name,
-/// attempt, aux, aux2, extra, payload). The timestamp is stamped on commit.
 /// What one function of a batch gave: (returned normally, value or exception).
 type Outcome = (bool, Py<PyAny>);
-
-type RecordIn = (
-    u8,
-    u8,
-    u8,
-    String,
-    Option<String>,
-    u32,
-    u64,
-    u64,
-    Option<String>,
-    Option<Vec<u8>>,
-);
 
 #[pyclass(frozen, weakref, module = "perdure._core")]
 pub struct Core {
@@ -84,48 +68,6 @@ impl SkippingClock {
 
 /// A child execution as Python passes it: (execution_id, function, input, op_id, timeout_ms).
 type ChildIn = (String, String, Vec<u8>, String, Option<u64>);
-
-fn invalid(py: Python<'_>, message: String) -> PyErr {
-    perdure_error(py, "ValidationError", message, &[])
-}
-
-fn record_from(py: Python<'_>, item: RecordIn) -> PyResult<Record> {
-    let (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload) = item;
-    let kind = RecordKind::from_u8(kind).ok_or_else(|| invalid(py, format!("unknown record kind {kind}")))?;
-    let op_type = OpType::from_u8(op_type).ok_or_else(|| invalid(py, format!("unknown op type {op_type}")))?;
-    let sub_type = SubType::from_u8(sub_type).ok_or_else(|| invalid(py, format!("unknown sub type {sub_type}")))?;
-    let mut record = Record::new(kind, op_type, sub_type, op_id);
-    record.name = name;
-    record.attempt = attempt;
-    record.aux = aux;
-    record.aux2 = aux2;
-    record.extra = extra;
-    record.payload = payload;
-    Ok(record)
-}
-
-fn records_from(py: Python<'_>, items: Vec<RecordIn>) -> PyResult<Vec<Record>> {
-    items.into_iter().map(|item| record_from(py, item)).collect()
-}
-
-/// (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload, timestamp_ms)
-pub fn record_to_py<'py>(py: Python<'py>, record: &Record) -> PyResult<Bound<'py, PyTuple>> {
-    let payload = record.payload.as_deref().map(|bytes| PyBytes::new(py, bytes));
-    (
-        record.kind as u8,
-        record.op_type as u8,
-        record.sub_type as u8,
-        record.op_id.as_str(),
-        record.name.as_deref(),
-        record.attempt,
-        record.aux,
-        record.aux2,
-        record.extra.as_deref(),
-        payload,
-        record.timestamp_ms,
-    )
-        .into_pyobject(py)
-}
 
 /// (exec_key, execution_id, function, state, pending, created_ms, updated_ms)
 fn summary_to_py<'py>(py: Python<'py>, summary: &ExecSummary) -> PyResult<Bound<'py, PyTuple>> {

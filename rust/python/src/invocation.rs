@@ -8,6 +8,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyTuple};
 
+use crate::records::sub_type_to_py;
+
 /// The first byte of a payload that uses perdure's extended JSON types.
 const EXTENDED_MARKER: u8 = b'~';
 
@@ -104,7 +106,7 @@ impl Invocation {
         let payload = op.payload.as_deref().map(|bytes| PyBytes::new(py, bytes));
         (
             op.op_type as u8,
-            op.sub_type as u8,
+            sub_type_to_py(py, op.sub_type, op.label.as_deref())?,
             op.name.as_deref(),
             op.status as u8,
             op.attempt,

@@ -3,6 +3,7 @@
 mod core;
 mod errors;
 mod invocation;
+mod records;
 
 use pyo3::prelude::*;
 
