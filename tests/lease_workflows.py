@@ -30,8 +30,10 @@ ITEMS = 12
 NAP_EVERY = 3  # every third item waits a moment: its branch suspends
 NAP_MS = 30
 BODY_S = 0.003  # a step body takes a moment: kills land inside some
+GATED_FROM = 6  # with a gate, items from here on wait until it opens
 
 _log_fd: int | None = None
+_gate: str | None = None
 
 
 def _log(*fields: object) -> None:
@@ -50,6 +52,9 @@ def _fan_item(ctx: perdure.DurableContext, base: int, index: int, _items: Any) -
 
     def body(step: StepContext) -> int:
         _log("body", eid, name, step.attempt, os.getpid())
+        if index >= GATED_FROM:
+            while _gate is not None and not os.path.exists(_gate):
+                time.sleep(0.002)
         time.sleep(BODY_S)
         return item_value(base, index)
 
@@ -105,8 +110,9 @@ def expected_result(base: int) -> dict[str, Any]:
 
 
 def serve(args: dict[str, Any]) -> int:
-    global _log_fd
+    global _log_fd, _gate
     _log_fd = os.open(args["log"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    _gate = args.get("gate")
     _log("\nproc", os.getpid())  # ends a line a killed process tore
     with perdure.Engine(
         args["store"],

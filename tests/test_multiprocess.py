@@ -142,7 +142,8 @@ def test_engines_take_over_from_killed_ones_during_fan_out(tmp_path: Path, durab
     seed = int(os.environ.get("PERDURE_LEASE_SEED", str(random.randrange(2**32))))
     rng = random.Random(seed)
     store, log = tmp_path / "store", tmp_path / "effects.log"
-    servers = Servers(tmp_path, store, log, durability=durability)
+    gate = tmp_path / "gate"
+    servers = Servers(tmp_path, store, log, durability=durability, gate=str(gate))
     client = perdure.Engine(store, owner=False)
     ids = [f"m-{n}" for n in range(24)]
     try:
@@ -154,11 +155,29 @@ def test_engines_take_over_from_killed_ones_during_fan_out(tmp_path: Path, durab
         def finished(eid: str) -> bool:
             return client.get(eid).status() == "SUCCEEDED"
 
-        kills = 0
-        # Each kill lands on a server while it has branches in flight: the
+        # The first kill is certain to land mid-execution: items from
+        # GATED_FROM on wait for the gate, so the server running one has
+        # acknowledged earlier items of that execution and cannot finish it.
+        def gated_body() -> tuple[str, ...] | None:
+            return next(
+                (
+                    fields
+                    for fields in read_log(log)
+                    if fields[0] == "body" and int(fields[2][1:]) >= lw.GATED_FROM
+                ),
+                None,
+            )
+
+        wait_for(lambda: gated_body() is not None, "a branch to reach the gate")
+        first = gated_body()
+        assert first is not None
+        servers.kill(next(child for child in servers.live if str(child.pid) == first[4]))
+        kills = 1
+        servers.spawn()
+        gate.touch()
+        # Later kills land on a server while it has branches in flight: the
         # pid of the newest body line of an execution that is not finished.
-        for _ in range(12):
-            wait_for(lambda: bool(read_log(log)), "some step to run")
+        for _ in range(11):
             live = {str(child.pid): child for child in servers.live}
             victim = next(
                 (
@@ -183,7 +202,6 @@ def test_engines_take_over_from_killed_ones_during_fan_out(tmp_path: Path, durab
         servers.stop_all()
         client.close()
     context = f"(PERDURE_LEASE_SEED={seed}, {kills} kills)"
-    assert kills >= 1, context
     assert results == {eid: lw.expected_result(n) for n, eid in enumerate(ids)}, context
     records = read_log(log)
     assert violations(records, ids) == [], context
