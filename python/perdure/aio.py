@@ -255,13 +255,9 @@ class AsyncDurableContext(DurableContext):
             submitter, name, config
         )
 
-        callback_sub_type = R.sub_type_of(config.sub_type, R.SUB_CALLBACK)
-
         async def body(child: AsyncDurableContext) -> Any:
             label = f"{prefix}create callback id"
-            callback = await _settle(
-                child._create_callback(label, callback_config, callback_sub_type)
-            )
+            callback = await _settle(child._create_callback(label, callback_config))
             submit = functools.partial(_submit, submitter, callback.callback_id)
             await child._step(
                 child._next_id(), submit, f"{prefix}submitter", step_config, R.SUB_STEP

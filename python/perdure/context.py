@@ -622,12 +622,11 @@ class DurableContext:
     ) -> Callback[Any]:
         """Creates a callback whose id an external party answers with."""
         config = _checked_config(config, CallbackConfig, "create_callback")
-        return self._create_callback(name, config, R.sub_type_of(config.sub_type, R.SUB_CALLBACK))
+        return self._create_callback(name, config)
 
-    def _create_callback(
-        self, name: str | None, config: CallbackConfig, sub_type: R.SubType
-    ) -> Callback[Any]:
+    def _create_callback(self, name: str | None, config: CallbackConfig) -> Callback[Any]:
         op_id = self._next_id()
+        sub_type = R.sub_type_of(config.sub_type, R.SUB_CALLBACK)
         op = self._recorded(op_id, R.CALLBACK, sub_type, name)
         if op is not None:
             return self._callback_class(self, op_id, op[R.OP_EXTRA], config.serdes)
@@ -663,12 +662,9 @@ class DurableContext:
         config, prefix, callback_config, step_config = _wait_for_callback_plan(
             submitter, name, config
         )
-        callback_sub_type = R.sub_type_of(config.sub_type, R.SUB_CALLBACK)
 
         def body(child: DurableContext) -> Any:
-            callback = child._create_callback(
-                f"{prefix}create callback id", callback_config, callback_sub_type
-            )
+            callback = child._create_callback(f"{prefix}create callback id", callback_config)
 
             def submit(step_context: StepContext) -> Any:
                 return submitter(callback.callback_id, WaitForCallbackContext(step_context.logger))
@@ -960,7 +956,10 @@ def _wait_for_callback_plan(
     _check_callable(submitter, "wait_for_callback submitter")
     config = _checked_config(config, WaitForCallbackConfig, "wait_for_callback")
     callback_config = CallbackConfig(
-        timeout=config.timeout, heartbeat_timeout=config.heartbeat_timeout, serdes=config.serdes
+        timeout=config.timeout,
+        heartbeat_timeout=config.heartbeat_timeout,
+        serdes=config.serdes,
+        sub_type=config.sub_type,
     )
     step_config = StepConfig(retry_strategy=config.retry_strategy)
     return config, f"{name} " if name else "", callback_config, step_config
