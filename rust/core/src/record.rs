@@ -118,20 +118,9 @@ impl SubType {
     /// The sub type a label names: a built-in one by its AWS name, otherwise
     /// Custom with the label, which must be 1 to 32 of `A-Z a-z 0-9 _ -`.
     pub fn from_label(label: &str) -> Result<(SubType, Option<String>), String> {
-        const BUILT_IN: [SubType; 11] = [
-            SubType::Step,
-            SubType::Wait,
-            SubType::Callback,
-            SubType::RunInChildContext,
-            SubType::Map,
-            SubType::MapIteration,
-            SubType::Parallel,
-            SubType::ParallelBranch,
-            SubType::WaitForCallback,
-            SubType::WaitForCondition,
-            SubType::ChainedInvoke,
-        ];
-        if let Some(&built_in) = BUILT_IN.iter().find(|sub| sub.name() == Some(label)) {
+        // Codes are contiguous from 1, so this walks every named sub type.
+        let mut named = (1..=u8::MAX).map_while(SubType::from_u8);
+        if let Some(built_in) = named.find(|sub| sub.name() == Some(label)) {
             return Ok((built_in, None));
         }
         check_label(label)?;
