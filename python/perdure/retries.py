@@ -134,6 +134,27 @@ def _check_duration(owner: str, name: str, value: object) -> None:
         raise ValidationError(msg)
 
 
+def _check_backoff_rate(owner: str, rate: object) -> None:
+    if isinstance(rate, bool) or not isinstance(rate, Real):
+        msg = f"{owner}.backoff_rate must be a number, got {type(rate).__name__}"
+        raise ValidationError(msg)
+    if not math.isfinite(rate) or rate < 1:
+        msg = f"{owner}.backoff_rate must be a finite number >= 1, got {rate!r}"
+        raise ValidationError(msg)
+
+
+def exponential_delay_ms(initial_ms: int, rate: float, attempt: int, cap_ms: int) -> float:
+    """``initial_ms * rate ** (attempt - 1)``, capped at ``cap_ms``: the delay
+    before jitter after ``attempt`` (retries and polls grow the same way)."""
+    if initial_ms == 0:
+        return 0.0
+    try:
+        grown = initial_ms * rate ** (attempt - 1)
+    except OverflowError:
+        return float(cap_ms)  # many attempts at a high rate: far beyond any cap
+    return float(min(grown, cap_ms))
+
+
 def _check_jitter(owner: str, value: object) -> JitterStrategy:
     if isinstance(value, JitterStrategy):
         return value
@@ -212,13 +233,7 @@ class RetryStrategyConfig:
         _check_max_attempts(owner, self.max_attempts)
         _check_duration(owner, "initial_delay", self.initial_delay)
         _check_duration(owner, "max_delay", self.max_delay)
-        rate = self.backoff_rate
-        if isinstance(rate, bool) or not isinstance(rate, Real):
-            msg = f"{owner}.backoff_rate must be a number, got {type(rate).__name__}"
-            raise ValidationError(msg)
-        if not math.isfinite(rate) or rate < 1:
-            msg = f"{owner}.backoff_rate must be a finite number >= 1, got {rate!r}"
-            raise ValidationError(msg)
+        _check_backoff_rate(owner, self.backoff_rate)
         object.__setattr__(self, "jitter_strategy", _check_jitter(owner, self.jitter_strategy))
         _check_error_filters(owner, self.retryable_errors, self.retryable_error_types)
 
@@ -334,9 +349,9 @@ class _ErrorFilter:
         return any(name in _qualified_names(t) for t in self._types)
 
 
-def _check_attempt(attempt: object) -> int:
+def _check_attempt(attempt: object, strategy: str = "retry") -> int:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-        msg = f"retry strategy attempt must be an int >= 1, got {attempt!r}"
+        msg = f"{strategy} strategy attempt must be an int >= 1, got {attempt!r}"
         raise ValidationError(msg)
     return attempt
 
@@ -353,16 +368,12 @@ class _ExponentialRetryStrategy:
     def base_delay_ms(self, attempt: int) -> float:
         """Return the delay before jitter after ``attempt`` failed."""
         config = self.config
-        initial = config.initial_delay.to_millis()
-        cap = config.max_delay.to_millis()
-        if initial == 0:
-            return 0.0
-        try:
-            grown = initial * config.backoff_rate ** (attempt - 1)
-        except OverflowError:
-            # Many attempts at a high rate: far beyond any cap.
-            return float(cap)
-        return min(grown, cap)
+        return exponential_delay_ms(
+            config.initial_delay.to_millis(),
+            config.backoff_rate,
+            attempt,
+            config.max_delay.to_millis(),
+        )
 
     def __call__(self, error: BaseException, attempt: int) -> RetryDecision:
         attempt = _check_attempt(attempt)

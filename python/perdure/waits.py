@@ -34,10 +34,8 @@ from __future__ import annotations
 
 import inspect
 import logging
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from numbers import Real
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
 from perdure import _records as R
@@ -50,7 +48,15 @@ from perdure.errors import (
     error_object,
     rebuild_error,
 )
-from perdure.retries import JitterStrategy, _check_duration, _check_jitter, _check_max_attempts
+from perdure.retries import (
+    JitterStrategy,
+    _check_attempt,
+    _check_backoff_rate,
+    _check_duration,
+    _check_jitter,
+    _check_max_attempts,
+    exponential_delay_ms,
+)
 from perdure.serdes import SerDes, error_object_from_payload
 
 if TYPE_CHECKING:
@@ -154,13 +160,7 @@ class WaitStrategyConfig(Generic[T]):
             if value.to_millis() <= 0:
                 msg = f"{owner}.{name} must be longer than zero, got {value!r}"
                 raise ValidationError(msg)
-        rate = self.backoff_rate
-        if isinstance(rate, bool) or not isinstance(rate, Real):
-            msg = f"{owner}.backoff_rate must be a number, got {type(rate).__name__}"
-            raise ValidationError(msg)
-        if not math.isfinite(rate) or rate < 1:
-            msg = f"{owner}.backoff_rate must be a finite number >= 1, got {rate!r}"
-            raise ValidationError(msg)
+        _check_backoff_rate(owner, self.backoff_rate)
         object.__setattr__(self, "jitter_strategy", _check_jitter(owner, self.jitter_strategy))
 
     @property
@@ -185,17 +185,15 @@ class _WaitStrategy(Generic[T]):
     def base_delay_ms(self, attempt: int) -> float:
         """The delay before jitter after poll ``attempt``."""
         config = self.config
-        cap = config.max_delay.to_millis()
-        try:
-            grown = config.initial_delay.to_millis() * config.backoff_rate ** (attempt - 1)
-        except OverflowError:
-            return float(cap)
-        return float(min(grown, cap))
+        return exponential_delay_ms(
+            config.initial_delay.to_millis(),
+            config.backoff_rate,
+            attempt,
+            config.max_delay.to_millis(),
+        )
 
     def __call__(self, state: T, attempt: int) -> WaitForConditionDecision:
-        if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 1:
-            msg = f"wait strategy attempt must be an int >= 1, got {attempt!r}"
-            raise ValidationError(msg)
+        attempt = _check_attempt(attempt, "wait")
         config = self.config
         if not config.should_continue_polling(state):
             return WaitForConditionDecision.stop_polling()
