@@ -121,6 +121,19 @@ def _scratch(parent: str | os.PathLike[str] | None, prefix: str) -> Iterator[Pat
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextmanager
+def bench_root(store_dir: str | os.PathLike[str] | None) -> Iterator[Path]:
+    """The folder a suite's stores go under: ``store_dir`` (kept), or a
+    temporary one removed afterwards."""
+    if store_dir is not None:
+        root = Path(store_dir)
+        root.mkdir(parents=True, exist_ok=True)
+        yield root
+        return
+    with _scratch(None, "perdure-bench-") as root:
+        yield root
+
+
 def _import_lmdb() -> Any:
     try:
         import lmdb  # type: ignore[import-not-found,import-untyped,unused-ignore]
@@ -585,10 +598,7 @@ def run_all(
     if steps < 1 or repeats < 1:
         raise ValueError("steps and repeats must be >= 1")
     fast_steps = steps * 10
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="perdure-bench-")) if owned else Path(store_dir)  # type: ignore[arg-type]
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_root(store_dir) as root:
         results: dict[str, Any] = {
             "machine": machine_info(root),
             "config": {
@@ -667,9 +677,6 @@ def run_all(
         results["bytes_per_step"] = measure_bytes_per_step(root, bytes_steps, 4)
         results["machine"]["load_average_end"] = _load_average()
         return results
-    finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- report -------------------------------------------------------------------------

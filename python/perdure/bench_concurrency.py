@@ -31,13 +31,10 @@ import asyncio
 import gc
 import os
 import resource
-import shutil
 import statistics
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from perdure import _records as R
@@ -50,6 +47,7 @@ from perdure.bench import (
     _quiet,
     _scratch,
     _spread,
+    bench_root,
     machine_info,
     raw_lmdb_commit_rate,
     report_header,
@@ -938,10 +936,7 @@ def run_concurrency(
     if repeats < 1:
         raise ValueError("repeats must be >= 1")
     few = min(repeats, 3)
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="perdure-bench-")) if owned else Path(store_dir)  # type: ignore[arg-type]
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_root(store_dir) as root:
         results: dict[str, Any] = {
             "machine": machine_info(root),
             "config": {"quick": quick, "repeats": repeats, "repeats_large": few},
@@ -987,9 +982,6 @@ def run_concurrency(
         )
         results["machine"]["load_average_end"] = _load_average()
         return results
-    finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 # -- report -------------------------------------------------------------------------

@@ -19,16 +19,21 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from perdure.bench import _load_average, _scratch, _settle, machine_info, report_header, stats
+from perdure.bench import (
+    _load_average,
+    _scratch,
+    _settle,
+    bench_root,
+    machine_info,
+    report_header,
+    stats,
+)
 from perdure.context import DurableContext
 from perdure.engine import Engine
 from perdure.registry import durable
@@ -132,10 +137,7 @@ def run_replay(
         executions = 200 if quick else 10_000
     if repeats is None:
         repeats = 1 if quick else 3
-    owned = store_dir is None
-    root = Path(tempfile.mkdtemp(prefix="perdure-bench-")) if owned else Path(store_dir)  # type: ignore[arg-type]
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_root(store_dir) as root:
         results: dict[str, Any] = {
             "machine": machine_info(root),
             "config": {
@@ -170,9 +172,6 @@ def run_replay(
             results["cli"] = cli_replay(path, executions, steps)
         results["machine"]["load_average_end"] = _load_average()
         return results
-    finally:
-        if owned:
-            shutil.rmtree(root, ignore_errors=True)
 
 
 def format_replay_report(results: dict[str, Any]) -> str:
