@@ -1,4 +1,4 @@
-"""`perdure bench --quick` runs end to end and reports every figure issues 2 and 3 ask for."""
+"""`perdure bench --quick` runs end to end and reports every figure issues 2 to 4 ask for."""
 
 from __future__ import annotations
 
@@ -84,3 +84,12 @@ def test_bench_concurrency_quick_reports_every_figure(tmp_path: Path) -> None:
     for key in ("p50", "p99", "max"):
         _positive(timers["lateness_ms"], key)
     assert "timers due at the same moment" in stderr  # the table goes to stderr
+
+
+def test_bench_replay_quick_reports_every_figure(tmp_path: Path) -> None:
+    figures, stderr = _bench_quick(tmp_path, "--suite", "replay")
+    assert figures["config"]["executions"] == 200 and figures["config"]["steps"] == 100
+    assert figures["replay"]["operations_per_s"]["median"] > 0
+    assert figures["replay"]["executions_per_s"]["median"] > 0
+    assert figures["cli"]["wall_s"] > 0 and figures["cli"]["operations_per_s"] > 0
+    assert "perdure replay --verify" in stderr

@@ -492,21 +492,3 @@ def test_cli_beside_a_live_engine(tmp_path: Path) -> None:
         if live.poll() is None:
             live.kill()
             live.communicate()
-
-
-def test_bench_replay_suite_quick(tmp_path: Path) -> None:
-    command = ["bench", "--suite", "replay", "--quick", "--json", "--store-dir", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", *command],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    figures = json.loads(done.stdout)
-    assert figures["config"]["executions"] == 200 and figures["config"]["steps"] == 100
-    assert figures["replay"]["operations_per_s"]["median"] > 0
-    assert figures["replay"]["executions_per_s"]["median"] > 0
-    assert figures["cli"]["wall_s"] > 0 and figures["cli"]["operations_per_s"] > 0
-    assert "perdure replay --verify" in done.stderr
