@@ -423,8 +423,9 @@ def _journal_seqs_containing(store: Path, execution_id: str, needle: bytes) -> l
         with env.begin() as txn:
             exec_ids = env.open_db(b"exec_ids", txn=txn, create=False)
             journal = env.open_db(b"journal", txn=txn, create=False)
-            exec_key = txn.get(execution_id.encode(), db=exec_ids)
-            assert exec_key is not None
+            sealed = txn.get(execution_id.encode(), db=exec_ids)
+            assert sealed is not None
+            exec_key = bytes(sealed)[:8]  # then its 4-byte checksum
             seqs, last = [], -1
             cursor = txn.cursor(db=journal)
             cursor.set_range(exec_key)
@@ -636,12 +637,43 @@ def _format_version(store: Path) -> bytes:
         env.close()
 
 
+def _strip_checksums(store: Path) -> None:
+    """Rewrites a store's values as formats before 5 had them: no checksum
+    trailer, leases without an epoch, no epoch counter."""
+    env = lmdb.open(str(store), lock=False, max_dbs=16, subdir=True)
+    try:
+        for name in (
+            b"executions",
+            b"exec_ids",
+            b"callbacks",
+            b"pending",
+            b"wakes",
+            b"orphans",
+            b"timers",
+            b"owners",
+            b"leases",
+            b"meta",
+        ):
+            db = env.open_db(name, create=False)
+            with env.begin(write=True, db=db) as txn:
+                for key, value in list(txn.cursor()):
+                    if name == b"meta" and key in (b"format_version", b"lease_epoch"):
+                        continue
+                    value = value[:-4]
+                    txn.put(key, value[:8] if name == b"leases" else value)
+                txn.delete(b"lease_epoch")
+    finally:
+        env.close()
+
+
 def _store_at_format(store: Path, version: int) -> int:
-    """A store with one finished execution, marked as of format ``version``
-    (the engine is gone when this returns, so the next open reads it)."""
+    """A store with one finished execution, as of format ``version`` (the
+    engine is gone when this returns, so the next open reads it)."""
     engine = Engine(store, workers=2)
     assert engine.run(double, 7, execution_id="before", timeout=30) == 14
     close(engine)
+    if version < 5:
+        _strip_checksums(store)
     _set_format_version(store, version)
     return version
 
@@ -672,10 +704,11 @@ def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> 
         close(engine)
 
 
-@pytest.mark.parametrize("older", [2, 3])
+@pytest.mark.parametrize("older", [2, 3, 4])
 def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) -> None:
-    # Formats 3 and 4 only added records an older store cannot hold, so the
-    # upgrade rewrites the version and every execution reads as before.
+    # Formats 3 and 4 only added records an older store cannot hold; format 5
+    # seals every value with its checksum. The upgrade does both, and every
+    # execution reads as before.
     _store_at_format(store, older)
     engine = Engine(store, owner=False)
     try:

@@ -263,6 +263,15 @@ class Timer:
     subject: str
 
 
+def unseal(key: bytes, value: bytes) -> bytes:
+    """A value of any database but the journal, checked and without its
+    trailer: ``payload | crc32(key | payload)`` (4 bytes, little-endian)."""
+    payload, trailer = value[:-4], value[-4:]
+    assert len(trailer) == 4
+    assert int.from_bytes(trailer, "little") == zlib.crc32(key + payload), key
+    return payload
+
+
 def decode_timer(key: bytes) -> Timer:
     return Timer(u64(key[:8]), u64(key[8:16]), TIMER_KINDS[key[16]], key[17:].decode("utf-8"))
 
@@ -295,7 +304,7 @@ class Store:
     pending: dict[int, int]
     wakes: dict[int, int]
     owners: dict[int, OwnerEntry]
-    leases: dict[int, int]
+    leases: dict[int, tuple[int, int]]
     orphans: set[int]
 
 
@@ -314,23 +323,31 @@ def read_store(path: Path) -> Store:
         for key, value in items("journal"):
             record = decode_record(key, value)
             journals.setdefault(record.exec_key, []).append(record)
+
+        def sealed(name: str) -> list[tuple[bytes, bytes]]:
+            return [(k, unseal(k, v)) for k, v in items(name)]
+
         timers = []
-        for key, value in items("timers"):
+        for key, value in sealed("timers"):
             assert value == b""
             timers.append(decode_timer(key))
+        meta = {
+            k.decode("ascii"): v if k == b"format_version" else unseal(k, v)
+            for k, v in items("meta")
+        }
         return Store(
             names=names,
-            meta={k.decode("ascii"): v for k, v in items("meta")},
-            executions={u64(k): decode_exec_meta(v) for k, v in items("executions")},
-            exec_ids={k.decode("utf-8"): u64(v) for k, v in items("exec_ids")},
+            meta=meta,
+            executions={u64(k): decode_exec_meta(v) for k, v in sealed("executions")},
+            exec_ids={k.decode("utf-8"): u64(v) for k, v in sealed("exec_ids")},
             journals=journals,
             timers=timers,
-            callbacks={k.decode("ascii"): decode_callback(v) for k, v in items("callbacks")},
-            pending={u64(k): u64(v) for k, v in items("pending")},
-            wakes={u64(k): u64(v) for k, v in items("wakes")},
-            owners={u64(k): decode_owner(v) for k, v in items("owners")},
-            leases={u64(k): u64(v) for k, v in items("leases")},
-            orphans={u64(k) for k, v in items("orphans") if v == b""},
+            callbacks={k.decode("ascii"): decode_callback(v) for k, v in sealed("callbacks")},
+            pending={u64(k): u64(v) for k, v in sealed("pending")},
+            wakes={u64(k): u64(v) for k, v in sealed("wakes")},
+            owners={u64(k): decode_owner(v) for k, v in sealed("owners")},
+            leases={u64(k): (u64(v[:8]), u64(v[8:])) for k, v in sealed("leases")},
+            orphans={u64(k) for k, v in sealed("orphans") if v == b""},
         )
     finally:
         env.close()
@@ -554,9 +571,9 @@ def test_files_are_owner_only(written: tuple[Path, dict[str, Any], Store]) -> No
 def test_named_databases_and_meta(written: tuple[Path, dict[str, Any], Store]) -> None:
     _, _, store = written
     assert store.names == DB_NAMES
-    assert set(store.meta) == {"format_version", "next_exec_key", "wake_seq"}
-    assert store.meta["format_version"] == (4).to_bytes(4, "big")
-    assert perdure.FORMAT_VERSION == 4
+    assert set(store.meta) == {"format_version", "next_exec_key", "wake_seq", "lease_epoch"}
+    assert store.meta["format_version"] == (5).to_bytes(4, "big")
+    assert perdure.FORMAT_VERSION == 5
     assert u64(store.meta["next_exec_key"]) == len(KEYS)
     # The never-run execution was the last one woken: its pending value is
     # the counter's current value, and the wake index maps it back.
@@ -587,7 +604,9 @@ def test_owners_and_leases_while_engines_run(tmp_path: Path) -> None:
     assert set(store.owners) == {first.owner_id, second.owner_id}
     for entry in store.owners.values():
         assert entry.pid == os.getpid() and entry.renewed_ms >= entry.started_ms > 0
-    assert store.leases == {1: first.owner_id}
+    # The lease names its owner and the epoch of its grant: one counter for
+    # the whole store, bumped by every grant.
+    assert store.leases == {1: (first.owner_id, u64(store.meta["lease_epoch"]))}
     assert store.orphans == set()
 
 

@@ -207,7 +207,15 @@ class LeaseLostError(PerdureError):
 
 
 class CorruptStoreError(StoreError):
-    """The store's own metadata is damaged (not one execution's record)."""
+    """A stored value other than a journal record is damaged: failed its
+    checksum, or cannot be decoded. ``execution_id`` names the execution it
+    belongs to, when it belongs to one; the other executions keep working."""
+
+    def __init__(
+        self, message: str, *, execution_id: str | None = None, path: str | None = None
+    ) -> None:
+        super().__init__(message, path=path)
+        self.execution_id = execution_id
 
 
 class EngineClosedError(PerdureError):

@@ -27,7 +27,7 @@ fn main() {
     runtime.append(exec, records, vec![], None, None).expect("append");
     for _ in 0..5 {
         let start = Instant::now();
-        let data = runtime.store.load_invocation(exec).expect("load");
+        let data = runtime.load_invocation(exec).expect("load");
         let total = start.elapsed();
         println!(
             "load and index {:?} ({:.0} ns/record), {} ops, {:.0} records/s",

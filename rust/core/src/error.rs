@@ -15,6 +15,15 @@ pub enum Error {
         reason: String,
     },
 
+    /// A stored value of one execution (its metadata, id index entry, lease,
+    /// wake-up) failed its checksum or could not be decoded.
+    #[error("corrupt store: the {what} of execution {execution_id:?} is damaged ({reason})")]
+    CorruptExecution {
+        execution_id: String,
+        what: &'static str,
+        reason: String,
+    },
+
     /// Some other part of the store (metadata, index entry) is unreadable.
     #[error("corrupt store: {0}")]
     CorruptStore(String),

@@ -15,6 +15,7 @@ pub mod record;
 pub mod replay;
 pub mod runtime;
 mod scheduler;
+pub mod sealed;
 pub mod store;
 mod timers;
 pub mod writer;

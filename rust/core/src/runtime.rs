@@ -4,7 +4,7 @@
 //! takes over the executions of engines that died.
 
 use parking_lot::{Condvar, Mutex};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLin
 use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
-use crate::store::{ExecSummary, Store, StoreOptions};
+use crate::store::{ExecSummary, InvocationData, Lease, Store, StoreOptions};
 use crate::timers::{TimerContext, Timers};
 use crate::writer::{Delivery, Done, Mutation, Outcome, Writer};
 
@@ -79,6 +79,9 @@ struct Owner {
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     executor: Mutex<Option<Arc<Executor>>>,
+    /// The lease each running invocation was loaded under: its writes are
+    /// fenced by that grant, not by whatever this engine holds now.
+    invocations: Mutex<HashMap<u64, Lease>>,
 }
 
 pub struct Runtime {
@@ -175,6 +178,7 @@ impl Runtime {
             stop,
             threads: Mutex::new(vec![timer_thread, poller_thread]),
             executor: Mutex::new(None),
+            invocations: Mutex::default(),
         })
     }
 
@@ -382,9 +386,31 @@ impl Runtime {
         Ok((batch, callback_id))
     }
 
-    /// The check that puts an invocation's writes behind this engine's lease.
+    /// Loads what an invocation needs, and remembers the lease it runs
+    /// under for the fence of its writes.
+    pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
+        let data = self.store.load_invocation(exec_key)?;
+        if let Some(owner) = &self.owner {
+            let lease = data.lease.filter(|lease| lease.owner == owner.id);
+            let mut invocations = owner.invocations.lock();
+            match lease {
+                Some(lease) => invocations.insert(exec_key, lease),
+                None => invocations.remove(&exec_key),
+            };
+        }
+        Ok(data)
+    }
+
+    /// The check that puts an invocation's writes behind the lease it was
+    /// loaded under. An invocation loaded without this engine's lease gets
+    /// epoch 0, which no grant has: its writes are refused.
     fn fence(&self, exec_key: u64) -> Option<Mutation> {
-        self.owner_id().map(|owner| Mutation::Fence { exec_key, owner })
+        let owner = self.owner.as_ref()?;
+        let lease = owner.invocations.lock().get(&exec_key).copied().unwrap_or(Lease {
+            owner: owner.id,
+            epoch: 0,
+        });
+        Some(Mutation::Fence { exec_key, lease })
     }
 
     /// Ends an invocation. Returns whether the execution must run again now.
@@ -526,6 +552,7 @@ impl Runtime {
 
     pub fn finish(&self, exec_key: u64, rerun: bool) -> Result<()> {
         let owner = self.owner()?;
+        owner.invocations.lock().remove(&exec_key);
         owner.scheduler.finish(exec_key, rerun);
         // A skipping clock jumps once the engine is idle: tell the timer
         // thread now rather than at its next look.
@@ -689,13 +716,18 @@ impl Leases {
             return Ok(());
         }
         let keys: HashSet<u64> = claimed.iter().map(|(exec_key, _)| *exec_key).collect();
-        for timer in self.store.timers_of(&keys)? {
+        let (timers, damaged) = self.store.timers_of(&keys)?;
+        for timer in timers {
             self.timers.add(timer);
         }
         for (exec_key, pending) in claimed {
             if pending {
                 self.scheduler.schedule(exec_key);
             }
+        }
+        // An execution with a damaged timer runs now rather than never.
+        for exec_key in damaged {
+            self.scheduler.schedule(exec_key);
         }
         Ok(())
     }

@@ -17,22 +17,25 @@ use crate::error::{Error, Result};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
 use crate::replay::ReplayIndex;
+use crate::sealed;
 
 /// The on-disk format this build reads and writes (see `docs/format.md`).
-pub const FORMAT_VERSION: u32 = 4;
+pub const FORMAT_VERSION: u32 = 5;
 /// Format 2 added leases and the index of wake-ups by value; format 3 the
 /// parent link of child executions and execution timeout timers; format 4
-/// custom sub type labels on records. Formats 3 and 4 only add to what may be
-/// written, so older stores need no conversion. They are upgraded in place
+/// custom sub type labels on records; format 5 checksums on every value
+/// besides journal records (see [`crate::sealed`]) and an epoch in every
+/// lease. Formats 3 and 4 only add to what may be written; a store of
+/// format 4 or older has its values sealed. They are upgraded in place
 /// when opened.
 const FORMAT_WITHOUT_LEASES: u32 = 1;
-const FORMAT_WITHOUT_CHILDREN: u32 = 2;
-const FORMAT_WITHOUT_LABELS: u32 = 3;
+const FORMAT_WITHOUT_CHECKSUMS: u32 = 4;
 pub const DEFAULT_MAP_SIZE: usize = 256 << 20;
 
 pub(crate) const META_FORMAT: &[u8] = b"format_version";
 pub(crate) const META_NEXT_EXEC: &[u8] = b"next_exec_key";
 pub(crate) const META_WAKE_SEQ: &[u8] = b"wake_seq";
+pub(crate) const META_LEASE_EPOCH: &[u8] = b"lease_epoch";
 
 /// How far a commit must get before an append is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,6 +103,9 @@ pub struct InvocationData {
     pub index: ReplayIndex,
     /// The pending-index value seen; a wake-up after it changes this value.
     pub wake: u64,
+    /// Who held the execution's lease in this snapshot: the invocation's
+    /// writes are fenced by exactly this grant.
+    pub lease: Option<Lease>,
 }
 
 /// One row of `list`.
@@ -200,9 +206,12 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .map_err(|_| Error::corrupt_store("format_version is not 4 bytes"))?;
-                if found == FORMAT_WITHOUT_LEASES {
-                    upgrade_from_v1(&mut txn, &dbs)?;
-                } else if found == FORMAT_WITHOUT_CHILDREN || found == FORMAT_WITHOUT_LABELS {
+                if (FORMAT_WITHOUT_LEASES..=FORMAT_WITHOUT_CHECKSUMS).contains(&found) {
+                    refuse_live_owners(&txn, &dbs, path, found)?;
+                    if found == FORMAT_WITHOUT_LEASES {
+                        upgrade_from_v1(&mut txn, &dbs)?;
+                    }
+                    seal_values(&mut txn, &dbs)?;
                     dbs.meta.put(&mut txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
                 } else if found != FORMAT_VERSION {
                     return Err(Error::FormatVersion {
@@ -307,11 +316,8 @@ impl Store {
         self.read(|txn, dbs| {
             let meta = meta_in(txn, dbs, exec_key)?
                 .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
-            let wake = dbs
-                .pending
-                .get(txn, &keys::exec_key_bytes(exec_key))?
-                .and_then(keys::read_u64)
-                .unwrap_or(0);
+            let wake = pending_in(txn, dbs, exec_key, &meta.execution_id)?.unwrap_or(0);
+            let lease = lease_in(txn, dbs, exec_key)?;
             // Records go straight from the cursor into the index, never all
             // into a list first: a long journal is held in memory once.
             let mut index = ReplayIndex::with_capacity(journal_len_in(txn, dbs, exec_key)?);
@@ -321,6 +327,7 @@ impl Store {
                 meta,
                 index,
                 wake,
+                lease,
             })
         })
     }
@@ -353,13 +360,32 @@ impl Store {
     }
 
     /// Executions in start order, filtered; `limit` 0 means no limit.
-    pub fn list(&self, state: Option<ExecState>, function: Option<&str>, limit: usize) -> Result<Vec<ExecSummary>> {
+    /// Executions whose metadata is damaged are not listed but returned
+    /// apart, each as the error naming it: one damaged value does not hide
+    /// the others.
+    pub fn list(
+        &self,
+        state: Option<ExecState>,
+        function: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<ExecSummary>, Vec<Error>)> {
         self.read(|txn, dbs| {
             let mut rows = Vec::new();
+            let mut damaged = Vec::new();
             for entry in dbs.executions.iter(txn)? {
                 let (key, value) = entry?;
-                let exec_key = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad execution key"))?;
-                let meta = ExecMeta::decode(value).map_err(Error::CorruptStore)?;
+                let meta = match keys::read_u64(key)
+                    .filter(|_| key.len() == 8)
+                    .ok_or_else(|| "bad execution key".to_string())
+                    .and_then(|exec_key| decode_meta(key, value).map(|meta| (exec_key, meta)))
+                {
+                    Ok(found) => found,
+                    Err(reason) => {
+                        damaged.push(damaged_execution(txn, dbs, key, "metadata", reason));
+                        continue;
+                    }
+                };
+                let (exec_key, meta) = meta;
                 if state.is_some_and(|s| s != meta.state) || function.is_some_and(|f| f != meta.function) {
                     continue;
                 }
@@ -373,7 +399,7 @@ impl Store {
                     break;
                 }
             }
-            Ok(rows)
+            Ok((rows, damaged))
         })
     }
 
@@ -382,13 +408,17 @@ impl Store {
     /// looked at. Reads only the wake-ups after `seen`, however many wait.
     pub fn woken_since(&self, seen: u64, owner: u64) -> Result<(u64, Vec<u64>)> {
         self.read(|txn, dbs| {
-            let now = dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0);
+            let now = counter_in(txn, dbs, META_WAKE_SEQ)?;
             let mut woken = Vec::new();
             let from = (seen + 1).to_be_bytes();
             for entry in dbs.wakes.range(txn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
-                let (_, value) = entry?;
-                let exec_key = keys::read_u64(value).ok_or_else(|| Error::corrupt_store("bad wakes entry"))?;
-                if lease_in(txn, dbs, exec_key)? == Some(owner) {
+                let (key, value) = entry?;
+                // A damaged wake-up is skipped: the execution it names cannot
+                // be trusted, and the others must still be woken.
+                let Ok(exec_key) = sealed::unseal_u64(key, value) else {
+                    continue;
+                };
+                if lease_in(txn, dbs, exec_key).ok().flatten().map(|lease| lease.owner) == Some(owner) {
                     woken.push(exec_key);
                 }
             }
@@ -403,7 +433,7 @@ impl Store {
             for entry in dbs.owners.iter(txn)? {
                 let (key, value) = entry?;
                 let owner = keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad owner key"))?;
-                owners.push((owner, OwnerEntry::decode(value).map_err(Error::CorruptStore)?));
+                owners.push((owner, decode_owner(key, value)?));
             }
             Ok(owners)
         })
@@ -413,35 +443,41 @@ impl Store {
     /// wake counter, and whether some active execution waits to be claimed.
     pub fn poll_state(&self) -> Result<(u64, bool)> {
         self.read(|txn, dbs| {
-            let wake_seq = dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0);
+            let wake_seq = counter_in(txn, dbs, META_WAKE_SEQ)?;
             Ok((wake_seq, dbs.orphans.first(txn)?.is_some()))
         })
     }
 
-    /// The engine that runs an execution, if any.
-    pub fn lease(&self, exec_key: u64) -> Result<Option<u64>> {
+    /// The engine that runs an execution, and under which grant, if any.
+    pub fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
         self.read(|txn, dbs| lease_in(txn, dbs, exec_key))
     }
 
     /// The durable timers of the given executions, in one pass over the
-    /// timers database (it is ordered by deadline, not by execution).
-    pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<Vec<Timer>> {
+    /// timers database (it is ordered by deadline, not by execution). A
+    /// damaged timer is not armed; its execution is returned apart, so the
+    /// caller can run it now (a replay re-arms what it still waits for).
+    pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<(Vec<Timer>, Vec<u64>)> {
         self.read(|txn, dbs| {
             let mut timers = Vec::new();
+            let mut damaged = Vec::new();
             for entry in dbs.timers.iter(txn)? {
-                let (key, _) = entry?;
-                let timer = Timer::decode(key).ok_or_else(|| Error::corrupt_store("bad timer key"))?;
-                if exec_keys.contains(&timer.exec_key) {
-                    timers.push(timer);
+                let (key, value) = entry?;
+                let timer = sealed::unseal(key, value).ok().and_then(|_| Timer::decode(key));
+                match timer {
+                    Some(timer) if exec_keys.contains(&timer.exec_key) => timers.push(timer),
+                    Some(_) => {}
+                    None => damaged
+                        .extend(keys::read_u64(key.get(8..).unwrap_or_default()).filter(|k| exec_keys.contains(k))),
                 }
             }
-            Ok(timers)
+            Ok((timers, damaged))
         })
     }
 
     /// Bumped by every wake-up; lets an engine notice other processes' writes cheaply.
     pub fn wake_seq(&self) -> Result<u64> {
-        self.read(|txn, dbs| Ok(dbs.meta.get(txn, META_WAKE_SEQ)?.and_then(keys::read_u64).unwrap_or(0)))
+        self.read(|txn, dbs| counter_in(txn, dbs, META_WAKE_SEQ))
     }
 
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
@@ -449,11 +485,101 @@ impl Store {
     }
 }
 
-pub(crate) fn lease_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Option<u64>> {
-    Ok(dbs
-        .leases
-        .get(txn, &keys::exec_key_bytes(exec_key))?
-        .and_then(keys::read_u64))
+/// A grant of an execution to an owner. The epoch is new with every grant
+/// (a store-wide counter), so an owner that lost an execution and claimed
+/// it again does not pass the fence of an invocation from before.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Lease {
+    pub owner: u64,
+    pub epoch: u64,
+}
+
+impl Lease {
+    pub fn encode(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..8].copy_from_slice(&self.owner.to_be_bytes());
+        out[8..].copy_from_slice(&self.epoch.to_be_bytes());
+        out
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Lease, String> {
+        match bytes.len() {
+            16 => Ok(Lease {
+                owner: keys::read_u64(bytes).ok_or("bad lease")?,
+                epoch: keys::read_u64(&bytes[8..]).ok_or("bad lease")?,
+            }),
+            n => Err(format!("lease of {n} bytes, expected 16")),
+        }
+    }
+}
+
+pub(crate) fn lease_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Option<Lease>> {
+    let key = keys::exec_key_bytes(exec_key);
+    match dbs.leases.get(txn, &key)? {
+        Some(value) => sealed::unseal(&key, value)
+            .and_then(Lease::decode)
+            .map(Some)
+            .map_err(|reason| damaged_execution(txn, dbs, &key, "lease", reason)),
+        None => Ok(None),
+    }
+}
+
+/// The wake-up value of a runnable execution.
+pub(crate) fn pending_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &str) -> Result<Option<u64>> {
+    let key = keys::exec_key_bytes(exec_key);
+    match dbs.pending.get(txn, &key)? {
+        Some(value) => sealed::unseal_u64(&key, value)
+            .map(Some)
+            .map_err(|reason| Error::CorruptExecution {
+                execution_id: execution_id.to_string(),
+                what: "wake-up entry",
+                reason,
+            }),
+        None => Ok(None),
+    }
+}
+
+/// A counter of the meta database (0 before its first bump).
+pub(crate) fn counter_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, name: &[u8]) -> Result<u64> {
+    match dbs.meta.get(txn, name)? {
+        Some(value) => sealed::unseal_u64(name, value)
+            .map_err(|reason| Error::CorruptStore(format!("counter {}: {reason}", String::from_utf8_lossy(name)))),
+        None => Ok(0),
+    }
+}
+
+fn decode_meta(key: &[u8], value: &[u8]) -> Result<ExecMeta, String> {
+    ExecMeta::decode(sealed::unseal(key, value)?)
+}
+
+pub(crate) fn decode_owner(key: &[u8], value: &[u8]) -> Result<OwnerEntry> {
+    sealed::unseal(key, value)
+        .and_then(OwnerEntry::decode)
+        .map_err(|reason| Error::CorruptStore(format!("owner entry {key:02x?}: {reason}")))
+}
+
+/// The error for a damaged value of the execution stored under `exec_key`,
+/// named by its id when the id index still knows it (a scan, but only on
+/// this error path: the metadata that holds the id cannot be trusted).
+pub(crate) fn damaged_execution(
+    txn: &RoTxn<WithoutTls>,
+    dbs: &Dbs,
+    exec_key: &[u8],
+    what: &'static str,
+    reason: String,
+) -> Error {
+    let execution_id = keys::read_u64(exec_key)
+        .and_then(|wanted| {
+            dbs.exec_ids.iter(txn).ok()?.flatten().find_map(|(id, value)| {
+                (sealed::unseal_u64(id, value).ok() == Some(wanted)).then(|| String::from_utf8_lossy(id).into_owned())
+            })
+        })
+        .unwrap_or_else(|| format!("<execution key {}>", keys::read_u64(exec_key).unwrap_or(0)));
+    Error::CorruptExecution {
+        execution_id,
+        what,
+        reason,
+    }
 }
 
 /// Format 1 had one owner per store and no index of wake-ups: index every
@@ -478,22 +604,90 @@ fn upgrade_from_v1(txn: &mut RwTxn, dbs: &Dbs) -> Result<()> {
     for exec_key in active {
         dbs.orphans.put(txn, &exec_key, &[])?;
     }
-    dbs.meta.put(txn, META_FORMAT, &FORMAT_VERSION.to_be_bytes())?;
+    Ok(())
+}
+
+/// An engine of an older perdure still running on the store would read the
+/// upgraded values as garbage: refuse to upgrade under it.
+fn refuse_live_owners(txn: &RoTxn<WithoutTls>, dbs: &Dbs, path: &Path, found: u32) -> Result<()> {
+    for entry in dbs.owners.iter(txn)? {
+        let (key, _) = entry?;
+        if let Some(owner) = keys::read_u64(key) {
+            if crate::lock::OwnerLock::is_held(path, owner) {
+                return Err(Error::StoreAccess {
+                    path: path.to_path_buf(),
+                    source: std::io::Error::other(format!(
+                        "the store (format {found}) is in use by an older perdure; close it before \
+                         opening the store with this version, which upgrades it to format {FORMAT_VERSION}"
+                    )),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Format 5: every value other than journal records gets its checksum, and
+/// leases their epoch. Leases of older formats have no epoch to carry over,
+/// and their owners are gone (see `refuse_live_owners`): their executions
+/// are left for the next engine to claim, under a fresh grant.
+fn seal_values(txn: &mut RwTxn, dbs: &Dbs) -> Result<()> {
+    let mut leased = Vec::new();
+    for entry in dbs.leases.iter(txn)? {
+        leased.push(entry?.0.to_vec());
+    }
+    for exec_key in leased {
+        dbs.leases.delete(txn, &exec_key)?;
+        dbs.orphans.put(txn, &exec_key, &[])?;
+    }
+    dbs.owners.clear(txn)?;
+    for db in [
+        dbs.executions,
+        dbs.exec_ids,
+        dbs.callbacks,
+        dbs.pending,
+        dbs.wakes,
+        dbs.orphans,
+        dbs.timers,
+    ] {
+        let mut entries = Vec::new();
+        for entry in db.iter(txn)? {
+            let (key, value) = entry?;
+            entries.push((key.to_vec(), value.to_vec()));
+        }
+        for (key, value) in entries {
+            db.put(txn, &key, &sealed::seal(&key, &value))?;
+        }
+    }
+    for counter in [META_NEXT_EXEC, META_WAKE_SEQ] {
+        if let Some(value) = dbs.meta.get(txn, counter)? {
+            let value = value.to_vec();
+            dbs.meta.put(txn, counter, &sealed::seal(counter, &value))?;
+        }
+    }
     Ok(())
 }
 
 pub(crate) fn exec_key_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, execution_id: &str) -> Result<Option<u64>> {
-    match dbs.exec_ids.get(txn, execution_id.as_bytes())? {
-        Some(bytes) => Ok(Some(
-            keys::read_u64(bytes).ok_or_else(|| Error::corrupt_store("bad exec id entry"))?,
-        )),
+    let key = execution_id.as_bytes();
+    match dbs.exec_ids.get(txn, key)? {
+        Some(value) => sealed::unseal_u64(key, value)
+            .map(Some)
+            .map_err(|reason| Error::CorruptExecution {
+                execution_id: execution_id.to_string(),
+                what: "id index entry",
+                reason,
+            }),
         None => Ok(None),
     }
 }
 
 pub(crate) fn meta_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Option<ExecMeta>> {
-    match dbs.executions.get(txn, &keys::exec_key_bytes(exec_key))? {
-        Some(bytes) => Ok(Some(ExecMeta::decode(bytes).map_err(Error::CorruptStore)?)),
+    let key = keys::exec_key_bytes(exec_key);
+    match dbs.executions.get(txn, &key)? {
+        Some(value) => decode_meta(&key, value)
+            .map(Some)
+            .map_err(|reason| damaged_execution(txn, dbs, &key, "metadata", reason)),
         None => Ok(None),
     }
 }
@@ -511,8 +705,12 @@ fn summary_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<Optio
 }
 
 pub(crate) fn callback_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, callback_id: &str) -> Result<Option<CallbackEntry>> {
-    match dbs.callbacks.get(txn, callback_id.as_bytes())? {
-        Some(bytes) => Ok(Some(CallbackEntry::decode(bytes).map_err(Error::CorruptStore)?)),
+    let key = callback_id.as_bytes();
+    match dbs.callbacks.get(txn, key)? {
+        Some(value) => sealed::unseal(key, value)
+            .and_then(CallbackEntry::decode)
+            .map(Some)
+            .map_err(|reason| Error::CorruptStore(format!("callback {callback_id:?}: {reason}"))),
         None => Ok(None),
     }
 }

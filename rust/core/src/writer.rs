@@ -15,7 +15,8 @@ use heed::{MdbError, RwTxn};
 use crate::error::{Error, Result};
 use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::{OpType, Record, RecordKind, SubType};
-use crate::store::{self, Dbs, Store, META_NEXT_EXEC, META_WAKE_SEQ};
+use crate::sealed;
+use crate::store::{self, Dbs, Lease, Store, META_LEASE_EPOCH, META_NEXT_EXEC, META_WAKE_SEQ};
 
 /// The most batches committed in one transaction; bounds a commit's latency.
 const MAX_GROUP: usize = 4096;
@@ -34,11 +35,13 @@ pub enum Mutation {
         /// When the execution times out, if it does.
         deadline_ms: Option<u64>,
     },
-    /// Refuses the batch unless `owner` holds the execution's lease: put first
-    /// in every batch an invocation writes, it fences off a stale owner.
+    /// Refuses the batch unless the execution's lease is still the grant
+    /// the invocation started under: put first in every batch an invocation
+    /// writes, it fences off a stale owner, and a stale invocation of an
+    /// owner that lost the execution and claimed it again.
     Fence {
         exec_key: u64,
-        owner: u64,
+        lease: Lease,
     },
     RegisterOwner {
         owner: u64,
@@ -502,8 +505,8 @@ fn check(txn: &RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<()> {
         Mutation::Append { exec_key, .. }
         | Mutation::EndInvocation { exec_key, .. }
         | Mutation::Cancel { exec_key, .. } => active_meta(txn, dbs, *exec_key).map(drop),
-        Mutation::Fence { exec_key, owner } => {
-            if store::lease_in(txn, dbs, *exec_key)? == Some(*owner) {
+        Mutation::Fence { exec_key, lease } => {
+            if store::lease_in(txn, dbs, *exec_key)? == Some(*lease) {
                 return Ok(());
             }
             let meta = active_meta(txn, dbs, *exec_key)?;
@@ -560,19 +563,17 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                 function: function.clone(),
                 parent: parent.clone(),
             };
-            dbs.exec_ids
-                .put(txn, execution_id.as_bytes(), &keys::exec_key_bytes(exec_key))?;
-            dbs.executions
-                .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+            let key = keys::exec_key_bytes(exec_key);
+            put_sealed(txn, dbs.exec_ids, execution_id.as_bytes(), &key)?;
+            put_sealed(txn, dbs.executions, &key, &meta.encode())?;
             append(txn, dbs, exec_key, started)?;
             // An owner reaped meanwhile (thought hung, or closing) must not
             // take new leases: nobody would ever reap them again.
-            let key = keys::exec_key_bytes(exec_key);
             match owner {
                 Some(owner) if dbs.owners.get(txn, &owner.to_be_bytes())?.is_some() => {
-                    dbs.leases.put(txn, &key, &owner.to_be_bytes())?
+                    grant(txn, dbs, exec_key, *owner)?
                 }
-                _ => dbs.orphans.put(txn, &key, &[])?,
+                _ => put_sealed(txn, dbs.orphans, &key, &[])?,
             }
             wake(txn, dbs, exec_key)?;
             let timer = deadline_ms.map(|due_ms| Timer {
@@ -582,7 +583,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                 subject: String::new(),
             });
             if let Some(timer) = &timer {
-                dbs.timers.put(txn, &timer.encode(), &[])?;
+                put_timer(txn, dbs, timer)?;
             }
             Ok(Outcome::Created {
                 exec_key,
@@ -596,26 +597,26 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
         }
         Mutation::Fence { .. } => Ok(Outcome::Done),
         Mutation::RegisterOwner { owner, entry } => {
-            dbs.owners.put(txn, &owner.to_be_bytes(), &entry.encode())?;
+            put_sealed(txn, dbs.owners, &owner.to_be_bytes(), &entry.encode())?;
             Ok(Outcome::Done)
         }
         Mutation::RenewOwner { owner, now_ms } => {
             let key = owner.to_be_bytes();
             if let Some(bytes) = dbs.owners.get(txn, &key)? {
-                let mut entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
+                let mut entry = store::decode_owner(&key, bytes)?;
                 entry.renewed_ms = *now_ms;
-                dbs.owners.put(txn, &key, &entry.encode())?;
+                put_sealed(txn, dbs.owners, &key, &entry.encode())?;
             }
             Ok(Outcome::Done)
         }
         Mutation::Reap { owner, renewed_ms } => reap(txn, dbs, *owner, *renewed_ms),
         Mutation::Claim { owner, max } => claim(txn, dbs, *owner, *max),
         Mutation::AddTimer(timer) => {
-            dbs.timers.put(txn, &timer.encode(), &[])?;
+            put_timer(txn, dbs, timer)?;
             Ok(Outcome::Done)
         }
         Mutation::CreateCallback { callback_id, entry } => {
-            dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+            put_sealed(txn, dbs.callbacks, callback_id.as_bytes(), &entry.encode())?;
             if let Some((due_ms, kind)) = entry.next_deadline() {
                 let timer = Timer {
                     due_ms,
@@ -623,7 +624,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
                     kind,
                     subject: callback_id.clone(),
                 };
-                dbs.timers.put(txn, &timer.encode(), &[])?;
+                put_timer(txn, dbs, &timer)?;
             }
             Ok(Outcome::Done)
         }
@@ -639,7 +640,7 @@ fn apply(txn: &mut RwTxn, dbs: &Dbs, mutation: &Mutation) -> Result<Outcome> {
             // The armed timer fires at the old deadline, finds it moved and re-arms.
             let mut entry = pending_callback(txn, dbs, callback_id)?;
             entry.last_heartbeat_ms = *now_ms;
-            dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+            put_sealed(txn, dbs.callbacks, callback_id.as_bytes(), &entry.encode())?;
             Ok(Outcome::Done)
         }
         Mutation::FireTimer { timer, now_ms } => fire_timer(txn, dbs, timer, *now_ms),
@@ -713,7 +714,7 @@ fn fire_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer, now_ms: u64) -> Result<
                             kind,
                             subject: timer.subject.clone(),
                         };
-                        dbs.timers.put(txn, &next.encode(), &[])?;
+                        put_timer(txn, dbs, &next)?;
                         Ok(Outcome::Rearmed(next))
                     }
                     _ => Ok(Outcome::Woke(None)),
@@ -741,7 +742,7 @@ fn finish_callback(
     record: &Record,
 ) -> Result<Outcome> {
     entry.state = state;
-    dbs.callbacks.put(txn, callback_id.as_bytes(), &entry.encode())?;
+    put_sealed(txn, dbs.callbacks, callback_id.as_bytes(), &entry.encode())?;
     append(txn, dbs, entry.exec_key, record)?;
     Ok(Outcome::Woke(Some(wake(txn, dbs, entry.exec_key)?)))
 }
@@ -770,19 +771,23 @@ fn wake(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<Woken> {
     clear_pending(txn, dbs, exec_key)?;
     let seq = bump_counter(txn, dbs, META_WAKE_SEQ)?;
     let key = keys::exec_key_bytes(exec_key);
-    dbs.pending.put(txn, &key, &seq.to_be_bytes())?;
-    dbs.wakes.put(txn, &seq.to_be_bytes(), &key)?;
+    put_sealed(txn, dbs.pending, &key, &seq.to_be_bytes())?;
+    put_sealed(txn, dbs.wakes, &seq.to_be_bytes(), &key)?;
     Ok(Woken {
         exec_key,
-        owner: store::lease_in(txn, dbs, exec_key)?,
+        owner: store::lease_in(txn, dbs, exec_key)?.map(|lease| lease.owner),
     })
 }
 
 fn pending_wake(txn: &RwTxn, dbs: &Dbs, exec_key: u64) -> Result<Option<u64>> {
-    Ok(dbs
-        .pending
-        .get(txn, &keys::exec_key_bytes(exec_key))?
-        .and_then(keys::read_u64))
+    match dbs.pending.get(txn, &keys::exec_key_bytes(exec_key))? {
+        Some(value) => sealed::unseal_u64(&keys::exec_key_bytes(exec_key), value)
+            .map(Some)
+            .map_err(|reason| {
+                store::damaged_execution(txn, dbs, &keys::exec_key_bytes(exec_key), "wake-up entry", reason)
+            }),
+        None => Ok(None),
+    }
 }
 
 fn clear_pending(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64) -> Result<()> {
@@ -895,7 +900,7 @@ fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Resu
     let owner_key = owner.to_be_bytes();
     match dbs.owners.get(txn, &owner_key)? {
         Some(bytes) => {
-            let entry = OwnerEntry::decode(bytes).map_err(Error::CorruptStore)?;
+            let entry = store::decode_owner(&owner_key, bytes)?;
             if renewed_ms.is_some_and(|seen| seen != entry.renewed_ms) {
                 return Ok(Outcome::Done); // it renewed after all: alive
             }
@@ -908,16 +913,21 @@ fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Resu
     }
     // One pass over the leases: a reap is rare, and an index by owner would
     // cost a write on every execution start and end.
+    // A damaged lease is released too: whoever it named, nobody can prove
+    // they hold it, and the next claim grants the execution afresh.
     let mut orphaned = Vec::new();
     for entry in dbs.leases.iter(txn)? {
         let (key, value) = entry?;
-        if keys::read_u64(value) == Some(owner) {
+        let holder = sealed::unseal(key, value)
+            .and_then(Lease::decode)
+            .map(|lease| lease.owner);
+        if holder.map_or(true, |holder| holder == owner) {
             orphaned.push(key.to_vec());
         }
     }
     for exec_key in orphaned {
         dbs.leases.delete(txn, &exec_key)?;
-        dbs.orphans.put(txn, &exec_key, &[])?;
+        put_sealed(txn, dbs.orphans, &exec_key, &[])?;
     }
     Ok(Outcome::Done)
 }
@@ -925,20 +935,53 @@ fn reap(txn: &mut RwTxn, dbs: &Dbs, owner: u64, renewed_ms: Option<u64>) -> Resu
 fn claim(txn: &mut RwTxn, dbs: &Dbs, owner: u64, max: usize) -> Result<Outcome> {
     let mut taken = Vec::new();
     for entry in dbs.orphans.iter(txn)?.take(max) {
-        let (key, _) = entry?;
-        taken.push(keys::read_u64(key).ok_or_else(|| Error::corrupt_store("bad orphans key"))?);
+        let (key, value) = entry?;
+        let exec_key = keys::read_u64(key).filter(|_| key.len() == 8);
+        taken.push((key.to_vec(), exec_key.filter(|_| sealed::unseal(key, value).is_ok())));
     }
     let mut claimed = Vec::with_capacity(taken.len());
-    for exec_key in taken {
-        let key = keys::exec_key_bytes(exec_key);
+    for (key, exec_key) in taken {
         dbs.orphans.delete(txn, &key)?;
-        let active = store::meta_in(txn, dbs, exec_key)?.is_some_and(|meta| !meta.state.is_terminal());
-        if active {
-            dbs.leases.put(txn, &key, &owner.to_be_bytes())?;
-            claimed.push((exec_key, pending_wake(txn, dbs, exec_key)?.is_some()));
+        // An execution whose entries are damaged is not run (its damage is
+        // reported when it is read); the others are claimed as usual.
+        let Some(exec_key) = exec_key else { continue };
+        let Ok(Some(meta)) = store::meta_in(txn, dbs, exec_key) else {
+            continue;
+        };
+        let Ok(pending) = pending_wake(txn, dbs, exec_key) else {
+            continue;
+        };
+        if !meta.state.is_terminal() {
+            grant(txn, dbs, exec_key, owner)?;
+            claimed.push((exec_key, pending.is_some()));
         }
     }
     Ok(Outcome::Claimed(claimed))
+}
+
+/// Leases an execution to `owner` under a new epoch.
+fn grant(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, owner: u64) -> Result<()> {
+    let epoch = bump_counter(txn, dbs, META_LEASE_EPOCH)?;
+    put_sealed(
+        txn,
+        dbs.leases,
+        &keys::exec_key_bytes(exec_key),
+        &Lease { owner, epoch }.encode(),
+    )
+}
+
+fn put_sealed(
+    txn: &mut RwTxn,
+    db: heed::Database<heed::types::Bytes, heed::types::Bytes>,
+    key: &[u8],
+    payload: &[u8],
+) -> Result<()> {
+    db.put(txn, key, &sealed::seal(key, payload))?;
+    Ok(())
+}
+
+fn put_timer(txn: &mut RwTxn, dbs: &Dbs, timer: &Timer) -> Result<()> {
+    put_sealed(txn, dbs.timers, &timer.encode(), &[])
 }
 
 fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, updated_ms: u64) -> Result<ExecMeta> {
@@ -946,13 +989,12 @@ fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, update
         .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
     meta.state = state;
     meta.updated_ms = updated_ms.max(meta.updated_ms);
-    dbs.executions
-        .put(txn, &keys::exec_key_bytes(exec_key), &meta.encode())?;
+    put_sealed(txn, dbs.executions, &keys::exec_key_bytes(exec_key), &meta.encode())?;
     Ok(meta)
 }
 
 fn bump_counter(txn: &mut RwTxn, dbs: &Dbs, name: &[u8]) -> Result<u64> {
-    let next = dbs.meta.get(txn, name)?.and_then(keys::read_u64).unwrap_or(0) + 1;
-    dbs.meta.put(txn, name, &next.to_be_bytes())?;
+    let next = store::counter_in(txn, dbs, name)? + 1;
+    put_sealed(txn, dbs.meta, name, &next.to_be_bytes())?;
     Ok(next)
 }

@@ -51,7 +51,7 @@ fn start_append_and_suspend() {
     ));
 
     assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
-    let loaded = runtime.store.load_invocation(exec).unwrap();
+    let loaded = runtime.load_invocation(exec).unwrap();
     assert!(loaded.index.is_empty(), "only the ExecutionStarted record so far");
     assert_eq!(loaded.index.input.as_deref(), Some(&b"{}"[..]));
     runtime
@@ -81,7 +81,7 @@ fn a_wake_during_an_invocation_makes_it_run_again() {
     let (runtime, _clock) = open(dir.path());
     let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     runtime.next_ready(Duration::from_secs(1)).unwrap();
-    let loaded = runtime.store.load_invocation(exec).unwrap();
+    let loaded = runtime.load_invocation(exec).unwrap();
     let mut started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
     started.aux = 0;
     let callback = NewCallback {
@@ -118,7 +118,7 @@ fn timers_fire_by_the_clock_and_time_out_callbacks() {
     let (runtime, clock) = open(dir.path());
     let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     assert_eq!(runtime.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
-    let loaded = runtime.store.load_invocation(exec).unwrap();
+    let loaded = runtime.load_invocation(exec).unwrap();
     let started = Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "1");
     let callback = NewCallback {
         op_id: "1".into(),
@@ -161,7 +161,7 @@ fn timers_and_pending_work_survive_reopening() {
         let (runtime, _clock) = open(dir.path());
         exec = runtime.start("e-1", "wf", vec![], None).unwrap().0;
         runtime.next_ready(Duration::from_secs(1)).unwrap();
-        let loaded = runtime.store.load_invocation(exec).unwrap();
+        let loaded = runtime.load_invocation(exec).unwrap();
         let wait = Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "1");
         runtime
             .end_invocation(exec, loaded.wake, None, vec![wait], vec![(500, "1".into())])
@@ -191,6 +191,8 @@ fn owners_share_a_store_and_each_execution_has_one() {
     assert_ne!(first.owner_id(), second.owner_id());
     let (exec, _) = first.start("e-1", "wf", vec![], None).unwrap();
     assert_eq!(first.next_ready(Duration::from_secs(1)).unwrap(), Some(exec));
+    first.load_invocation(exec).unwrap();
+    second.load_invocation(exec).unwrap();
     assert!(
         matches!(
             second.append(exec, vec![step_record("1", b"1")], vec![], None, None),
@@ -201,13 +203,20 @@ fn owners_share_a_store_and_each_execution_has_one() {
     first
         .append(exec, vec![step_record("1", b"1")], vec![], None, None)
         .unwrap();
-    assert_eq!(second.store.lease(exec).unwrap(), first.owner_id());
+    assert_eq!(
+        second.store.lease(exec).unwrap().map(|lease| lease.owner),
+        first.owner_id()
+    );
 
     // The first owner leaves: the second claims the active execution it ran
     // and runs it, since it waits to run (it never finished its invocation).
     first.close(Duration::from_secs(1)).unwrap();
     assert_eq!(second.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
-    assert_eq!(second.store.lease(exec).unwrap(), second.owner_id());
+    assert_eq!(
+        second.store.lease(exec).unwrap().map(|lease| lease.owner),
+        second.owner_id()
+    );
+    second.load_invocation(exec).unwrap();
     second
         .append(exec, vec![step_record("2", b"2")], vec![], None, None)
         .unwrap();
@@ -226,7 +235,7 @@ fn owners_share_a_store_and_each_execution_has_one() {
     )
     .unwrap();
     assert_eq!(client.owner_id(), None);
-    assert_eq!(client.store.list(None, None, 0).unwrap().len(), 1);
+    assert_eq!(client.store.list(None, None, 0).unwrap().0.len(), 1);
 }
 
 #[test]
@@ -237,6 +246,9 @@ fn group_commit_keeps_every_append_of_every_thread() {
     let execs: Vec<u64> = (0..8)
         .map(|i| runtime.start(&format!("e-{i}"), "wf", vec![], None).unwrap().0)
         .collect();
+    for &exec in &execs {
+        runtime.load_invocation(exec).unwrap();
+    }
     let threads: Vec<_> = execs
         .iter()
         .map(|&exec| {
@@ -270,6 +282,7 @@ fn the_map_grows_by_itself() {
     let runtime = Runtime::open(dir.path(), options(clock, 64 << 10)).unwrap();
     let before = runtime.store.map_size();
     let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
+    runtime.load_invocation(exec).unwrap();
     // Incompressible payloads, several times the initial map.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for step in 0..64 {
@@ -310,6 +323,21 @@ fn cancelled_execution_takes_no_more_records() {
     ));
 }
 
+/// Rewrites the values of `db` (those whose key `which` picks) without the
+/// 4-byte checksum trailer of format 5, as a store of format 4 or older has them.
+fn strip_checksums(txn: &mut heed::RwTxn, db: Database<Bytes, Bytes>, which: impl Fn(&[u8]) -> bool) {
+    let entries: Vec<(Vec<u8>, Vec<u8>)> = db
+        .iter(txn)
+        .unwrap()
+        .map(|entry| entry.unwrap())
+        .filter(|(key, _)| which(key))
+        .map(|(key, value)| (key.to_vec(), value[..value.len() - 4].to_vec()))
+        .collect();
+    for (key, value) in entries {
+        db.put(txn, &key, &value).unwrap();
+    }
+}
+
 fn raw_env(dir: &std::path::Path) -> heed::Env {
     // SAFETY: the runtime that used this directory is closed and dropped.
     unsafe { EnvOpenOptions::new().max_dbs(16).open(dir) }.unwrap()
@@ -322,6 +350,7 @@ fn corrupt_records_are_reported_with_execution_and_sequence() {
         let (runtime, _clock) = open(dir.path());
         let exec = runtime.start("bad", "wf", vec![], None).unwrap().0;
         let other = runtime.start("good", "wf", vec![], None).unwrap().0;
+        runtime.load_invocation(exec).unwrap();
         runtime
             .append(exec, vec![step_record("1", b"12345")], vec![], None, None)
             .unwrap();
@@ -405,13 +434,23 @@ fn a_format_1_store_is_upgraded_in_place() {
             let db: Database<Bytes, Bytes> = env.open_database(&txn, Some(name)).unwrap().unwrap();
             db.clear(&mut txn).unwrap();
         }
+        // Format 1 values had no checksum trailer.
+        for name in ["executions", "exec_ids", "callbacks", "pending", "timers"] {
+            let db: Database<Bytes, Bytes> = env.open_database(&txn, Some(name)).unwrap().unwrap();
+            strip_checksums(&mut txn, db, |_| true);
+        }
         let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
+        strip_checksums(&mut txn, meta, |key| key != b"format_version");
+        meta.delete(&mut txn, b"lease_epoch").unwrap(); // format 5's
         meta.put(&mut txn, b"format_version", &1u32.to_be_bytes()).unwrap();
         txn.commit().unwrap();
     }
     let (runtime, _clock) = open(dir.path());
     assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
-    assert_eq!(runtime.store.lease(exec).unwrap(), runtime.owner_id());
+    assert_eq!(
+        runtime.store.lease(exec).unwrap().map(|lease| lease.owner),
+        runtime.owner_id()
+    );
     runtime.close(Duration::from_secs(1)).unwrap();
     drop(runtime);
     let env = raw_env(dir.path());
@@ -444,14 +483,21 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     )
     .unwrap();
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
-    assert_eq!(eager.store.lease(exec).unwrap(), eager.owner_id());
+    assert_eq!(
+        eager.store.lease(exec).unwrap().map(|lease| lease.owner),
+        eager.owner_id()
+    );
+    slow.load_invocation(exec).unwrap();
     assert!(matches!(
         slow.append(exec, vec![step_record("1", b"1")], vec![], None, None),
         Err(Error::LeaseLost { .. })
     ));
     let (later, _) = slow.start("e-2", "wf", vec![], None).unwrap();
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(later));
-    assert_eq!(eager.store.lease(later).unwrap(), eager.owner_id());
+    assert_eq!(
+        eager.store.lease(later).unwrap().map(|lease| lease.owner),
+        eager.owner_id()
+    );
 }
 
 fn child_of(runtime: &Runtime, parent: u64, op_id: &str, timeout_ms: Option<u64>) -> u64 {
@@ -469,6 +515,7 @@ fn child_of(runtime: &Runtime, parent: u64, op_id: &str, timeout_ms: Option<u64>
         op_id: op_id.into(),
         timeout_ms,
     };
+    runtime.load_invocation(parent).unwrap();
     runtime
         .append(parent, vec![started], vec![], None, Some(child))
         .unwrap();
@@ -487,10 +534,11 @@ fn a_child_reports_its_result_to_the_parent_and_wakes_it() {
     let (parent, _) = runtime.start("p", "wf", vec![], None).unwrap();
     let child = child_of(&runtime, parent, "1", None);
     // The parent suspends, having seen its own start.
-    let seen = runtime.store.load_invocation(parent).unwrap().wake;
+    let seen = runtime.load_invocation(parent).unwrap().wake;
     assert!(!runtime.end_invocation(parent, seen, None, vec![], vec![]).unwrap());
     let mut done = Record::new(RecordKind::Succeeded, OpType::Execution, SubType::None, "");
     done.payload = Some(b"14".to_vec());
+    runtime.load_invocation(child).unwrap();
     runtime
         .end_invocation(child, 1, Some(ExecState::Succeeded), vec![done], vec![])
         .unwrap();
@@ -516,6 +564,7 @@ fn a_child_reports_its_result_to_the_parent_and_wakes_it() {
         op_id: "2".into(),
         timeout_ms: None,
     };
+    runtime.load_invocation(parent).unwrap();
     assert!(matches!(
         runtime.append(parent, vec![again], vec![], None, Some(duplicate)),
         Err(Error::InvalidInput(_))
@@ -530,6 +579,7 @@ fn stopping_a_parent_cancels_its_waits_and_stops_its_children() {
     let child = child_of(&runtime, parent, "1", None);
     let mut wait = Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "1");
     wait.aux = 60_000;
+    runtime.load_invocation(child).unwrap();
     runtime
         .append(child, vec![wait], vec![(60_000, "1".into())], None, None)
         .unwrap();
@@ -588,6 +638,7 @@ fn deferred_commits_answer_through_their_callback() {
     let dir = tempfile::tempdir().unwrap();
     let (runtime, _clock) = open(dir.path());
     let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
+    runtime.load_invocation(exec).unwrap();
     let (sender, receiver) = std::sync::mpsc::channel();
     for op in 1..=50 {
         let sender = sender.clone();
@@ -622,4 +673,113 @@ fn deferred_commits_answer_through_their_callback() {
         receiver.recv_timeout(Duration::from_secs(5)).unwrap(),
         "a finished execution refuses later appends"
     );
+}
+
+/// An owner reaped as hung registers again under the same id and claims
+/// back an execution another engine ran meanwhile: an invocation it loaded
+/// before is fenced off by the lease epoch, though the owner id matches.
+#[test]
+fn a_reclaimed_execution_fences_the_invocation_from_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new(1_000_000));
+    let slow = Runtime::open(
+        dir.path(),
+        RuntimeOptions {
+            lease_timeout: Duration::from_millis(200),
+            ..options(clock.clone(), 1 << 20)
+        },
+    )
+    .unwrap();
+    let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
+    let before = slow.load_invocation(exec).unwrap();
+    std::thread::sleep(Duration::from_millis(10));
+    let eager = Runtime::open(
+        dir.path(),
+        RuntimeOptions {
+            lease_timeout: Duration::from_millis(1),
+            ..options(clock, 1 << 20)
+        },
+    )
+    .unwrap();
+    assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    eager.load_invocation(exec).unwrap();
+    eager
+        .append(exec, vec![step_record("1", b"eager")], vec![], None, None)
+        .unwrap();
+    eager.close(Duration::from_secs(1)).unwrap();
+    // `slow` learns it was reaped, registers again and claims the orphan.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while slow.store.lease(exec).unwrap().map(|lease| lease.owner) != slow.owner_id() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "slow never claimed the execution back"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_ne!(
+        slow.store.lease(exec).unwrap(),
+        before.lease,
+        "a new grant, a new epoch"
+    );
+    assert!(matches!(
+        slow.append(exec, vec![step_record("1", b"stale")], vec![], None, None),
+        Err(Error::LeaseLost { .. })
+    ));
+    // A fresh invocation sees what `eager` wrote, and may write.
+    let fresh = slow.load_invocation(exec).unwrap();
+    assert!(fresh.index.get("1").is_some());
+    slow.append(exec, vec![step_record("2", b"2")], vec![], None, None)
+        .unwrap();
+    let journal = slow.store.journal(exec).unwrap();
+    let payloads: Vec<_> = journal.iter().filter_map(|r| r.payload.clone()).collect();
+    assert!(!payloads.contains(&b"stale".to_vec()));
+    assert_eq!(journal.len(), 3);
+}
+
+/// A flipped bit in an execution's metadata names that execution; the
+/// others are listed, claimed and run as before.
+#[test]
+fn damaged_metadata_names_its_execution_and_spares_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bad, good) = {
+        let (runtime, _clock) = open(dir.path());
+        let bad = runtime.start("bad", "wf", vec![], None).unwrap().0;
+        let good = runtime.start("good", "wf", vec![], None).unwrap().0;
+        runtime.close(Duration::from_secs(1)).unwrap();
+        (bad, good)
+    };
+    {
+        let env = raw_env(dir.path());
+        let mut txn = env.write_txn().unwrap();
+        let executions: Database<Bytes, Bytes> = env.open_database(&txn, Some("executions")).unwrap().unwrap();
+        let mut value = executions.get(&txn, &bad.to_be_bytes()).unwrap().unwrap().to_vec();
+        value[1] ^= 0x04; // the state byte: ACTIVE (1) would read as 5 (TIMED_OUT)
+        executions.put(&mut txn, &bad.to_be_bytes(), &value).unwrap();
+        txn.commit().unwrap();
+    }
+    let (runtime, _clock) = open(dir.path());
+    let (rows, damaged) = runtime.store.list(None, None, 0).unwrap();
+    assert_eq!(
+        rows.iter().map(|r| r.meta.execution_id.as_str()).collect::<Vec<_>>(),
+        ["good"]
+    );
+    assert!(matches!(
+        damaged.as_slice(),
+        [Error::CorruptExecution { execution_id, what: "metadata", .. }] if execution_id == "bad"
+    ));
+    assert!(matches!(
+        runtime.store.execution_by_id("bad"),
+        Err(Error::CorruptExecution { ref execution_id, .. }) if execution_id == "bad"
+    ));
+    assert!(matches!(
+        runtime.load_invocation(bad),
+        Err(Error::CorruptExecution { .. })
+    ));
+    // The good one was claimed and runs.
+    assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(good));
+    runtime.load_invocation(good).unwrap();
+    runtime
+        .append(good, vec![step_record("1", b"1")], vec![], None, None)
+        .unwrap();
+    assert_eq!(runtime.store.journal(good).unwrap().len(), 2);
 }

@@ -194,7 +194,8 @@ impl Core {
 
     /// The owner id of the engine that runs an execution, if any.
     fn lease(&self, py: Python<'_>, exec_key: u64) -> PyResult<Option<u64>> {
-        py.detach(|| self.runtime.store.lease(exec_key)).py_err()
+        let lease = py.detach(|| self.runtime.store.lease(exec_key)).py_err()?;
+        Ok(lease.map(|lease| lease.owner))
     }
 
     #[getter]
@@ -226,7 +227,7 @@ impl Core {
 
     /// Loads an execution's journal and builds its replay index.
     fn load(&self, py: Python<'_>, exec_key: u64) -> PyResult<Invocation> {
-        let data = py.detach(|| self.runtime.store.load_invocation(exec_key)).py_err()?;
+        let data = py.detach(|| self.runtime.load_invocation(exec_key)).py_err()?;
         Ok(py.detach(|| Invocation::new(data)))
     }
 
@@ -444,9 +445,17 @@ impl Core {
             Some("TIMED_OUT") => Some(ExecState::TimedOut),
             Some(other) => return Err(invalid(py, format!("unknown execution state {other:?}"))),
         };
-        let rows = py
+        let (rows, damaged) = py
             .detach(|| self.runtime.store.list(state, function.as_deref(), limit))
             .py_err()?;
+        if !damaged.is_empty() {
+            // Listed apart so one damaged execution does not hide the others;
+            // each is named where operators look.
+            let logger = py.import("logging")?.call_method1("getLogger", ("perdure",))?;
+            for err in damaged {
+                logger.call_method1("warning", ("perdure: not listed: %s", err.to_string()))?;
+            }
+        }
         rows.iter().map(|row| summary_to_py(py, row)).collect()
     }
 

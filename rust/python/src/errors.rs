@@ -42,6 +42,10 @@ pub fn to_py(err: Error) -> PyErr {
                 vec![("execution_id", obj(py, execution_id)), ("sequence", obj(py, sequence))],
             ),
             Error::CorruptStore(_) => ("CorruptStoreError", vec![]),
+            Error::CorruptExecution { execution_id, .. } => (
+                "CorruptStoreError",
+                vec![("execution_id", obj(py, execution_id.clone()))],
+            ),
             Error::FormatVersion { path, found, supported } => (
                 "StoreVersionError",
                 vec![
