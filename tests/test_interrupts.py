@@ -90,6 +90,30 @@ def at_most_once(ctx: perdure.DurableContext, args: dict[str, Any]) -> int:
     return ctx.step(lambda step: _second(args, step), name="guarded", config=config)
 
 
+def _branch(args: dict[str, Any], item: int, _step: StepContext) -> int:
+    _count(args, f"branch{item}")
+    if item == 2:
+        _once(args, "step")
+    return item * 10
+
+
+@perdure.durable(name="interrupts.map")
+def map_workflow(ctx: perdure.DurableContext, args: dict[str, Any]) -> int:
+    def branch(child: perdure.DurableContext, item: int, _i: int, _items: Any) -> int:
+        return child.step(lambda step: _branch(args, item, step), name=f"b{item}")
+
+    return sum(ctx.map([1, 2, 3], branch, name="fan-out").get_results())
+
+
+@perdure.durable(name="interrupts.async_map")
+async def async_map_workflow(ctx: perdure.AsyncDurableContext, args: dict[str, Any]) -> int:
+    async def branch(child: perdure.AsyncDurableContext, item: int, _i: int, _items: Any) -> int:
+        return await child.step(lambda step: _branch(args, item, step), name=f"b{item}")
+
+    result = await ctx.map([1, 2, 3], branch, name="fan-out")
+    return sum(result.get_results())
+
+
 @pytest.fixture
 def engine(tmp_path: Path) -> perdure.Engine:
     with perdure.Engine(tmp_path / "store", workers=2) as engine:
@@ -146,3 +170,16 @@ def test_an_interrupted_at_most_once_step_retries_when_its_strategy_allows(
     args = {"dir": str(tmp_path), "where": "step", "exception": "KeyboardInterrupt", "attempts": 3}
     assert engine.run(at_most_once, args, timeout=30) == 22
     assert counted(tmp_path, "second") == 2
+
+
+@pytest.mark.parametrize("exception", sorted(INTERRUPTS))
+@pytest.mark.parametrize("flavour", ["sync", "async"])
+def test_an_interrupt_in_a_map_branch_reruns_only_that_branch(
+    engine: perdure.Engine, tmp_path: Path, exception: str, flavour: str
+) -> None:
+    args = {"dir": str(tmp_path), "where": "step", "exception": exception}
+    workflow = map_workflow if flavour == "sync" else async_map_workflow
+    assert engine.run(workflow, args, timeout=30) == 60
+    assert (tmp_path / "raised-step").exists()
+    assert counted(tmp_path, "branch2") == 2
+    assert [info.status for info in engine.list()] == ["SUCCEEDED"]
