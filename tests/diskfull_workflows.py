@@ -60,6 +60,17 @@ def fill(ctx: perdure.DurableContext, args: dict[str, Any]) -> list[str]:
     return hashes
 
 
+@perdure.durable(name="diskfull.fill_async")
+async def fill_async(ctx: perdure.AsyncDurableContext, args: dict[str, Any]) -> list[str]:
+    """``fill`` on the engine's event loop (its commits are awaited)."""
+    hashes = []
+    for index in range(args["steps"]):
+        value = await ctx.step(lambda step: _random_block(args["gate"], step), name=f"s{index}")
+        hashes.append(digest(value))
+        _ack(args["ack"], f"{ctx.execution_id} {index} {hashes[-1]}")
+    return hashes
+
+
 @perdure.durable(name="diskfull.answer")
 def answer(ctx: perdure.DurableContext, args: dict[str, Any]) -> str:
     def publish(callback_id: str, _ctx: Any) -> None:

@@ -15,6 +15,7 @@ fail instead).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import errno
 import gc
@@ -142,6 +143,29 @@ def test_same_engine_finishes_once_space_returns(
             results = {h.execution_id: h.result(timeout=30) for h in handles}
             check_acks(tmp_path, results)
             assert [info.status for info in engine.list()] == ["SUCCEEDED"] * EXECUTIONS
+        finally:
+            engine.close()
+            del engine
+
+
+def test_async_workflows_and_async_callers_on_a_full_disk(tmp_path: Path) -> None:
+    ids = [f"async-{i}" for i in range(EXECUTIONS)]
+    with small_disk(tmp_path, "tmpfs", 4) as mnt:
+        engine = perdure.Engine(mnt / "store", workers=2)
+        try:
+            args = args_for(tmp_path)
+            handles = [engine.start(W.fill_async, args, execution_id=eid) for eid in ids]
+            ballast = fill_disk(mnt)
+            (tmp_path / "gate").touch()
+            with pytest.raises(StoreFullError):
+                asyncio.run(handles[0].result_async(timeout=30))
+            assert_nothing_failed(engine, ids)
+            ballast.unlink()
+
+            async def results() -> list[Any]:
+                return [await h.result_async(timeout=30) for h in handles]
+
+            check_acks(tmp_path, dict(zip(ids, asyncio.run(results()), strict=True)))
         finally:
             engine.close()
             del engine
