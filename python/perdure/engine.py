@@ -622,13 +622,19 @@ class ExecutionHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Waits for the execution to finish and returns its result; raises
         ExecutionFailedError (or Cancelled/TimedOut) if it did not succeed, and
-        TimeoutError if ``timeout`` seconds pass first."""
+        TimeoutError if ``timeout`` seconds pass first.
+
+        If an invocation of the execution stops on a full disk while this
+        waits, raises StoreFullError (StoreError for a failing disk): the
+        execution has not failed, and runs again (every 50 ms to 5 s) until
+        its writes succeed; call ``result()`` again to wait for it."""
         row = self._engine._core.wait_finished(self._exec_key, timeout)
         return self._outcome(row, timeout)
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """:meth:`result` for a caller on an event loop (any loop): awaits the
-        end of the execution without blocking the loop or holding a thread."""
+        end of the execution without blocking the loop or holding a thread.
+        Raises StoreFullError/StoreError as :meth:`result` does."""
         engine = self._engine
         row = await engine._aio.finished(engine._core, self._exec_key, timeout)
         return self._outcome(row, timeout)
