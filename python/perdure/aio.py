@@ -79,15 +79,18 @@ from perdure.config import (
 )
 from perdure.context import (
     _ABORTING,
+    INTERRUPTS,
     Callback,
     DurableContext,
     StepContext,
     WaitForCallbackContext,
     _Abort,
     _InvocationState,
+    _Stall,
     _step_error,
     _Suspend,
     _wait_for_callback_plan,
+    storage_stall,
 )
 from perdure.duration import Duration
 from perdure.errors import (
@@ -96,6 +99,7 @@ from perdure.errors import (
     ExecutionFinishedError,
     ExecutionNotFoundError,
     LeaseLostError,
+    StoreError,
     ValidationError,
     error_object,
 )
@@ -468,6 +472,12 @@ class _LoopState(_InvocationState):
         except _ABORTING:
             # As in commit: cancelled, closing, or taken over by another engine.
             raise _Abort() from None
+        except StoreError as exc:
+            # As in commit: a full or failing disk stops the invocation.
+            stall = storage_stall(exc)
+            if stall is None:
+                raise
+            raise stall from None
 
     async def end_async(
         self,
@@ -616,19 +626,51 @@ class EngineLoop:
                 ended = None
             except _Abort:
                 return
+            except _Stall as stall:
+                self._stop(run, engine._stalled, stall.error)
+                return
             except Exception as exc:
                 ended = (False, exc)
             final, records, timers = engine._ending(state, started_ms, ended)
-            with contextlib.suppress(*_ENDED):  # cancelled while it ran, taken over, closed
-                rerun = await state.end_async(invocation.wake, final, records, timers)
+            try:
+                with contextlib.suppress(*_ENDED):  # cancelled while it ran, taken over, closed
+                    rerun = await state.end_async(invocation.wake, final, records, timers)
+            except StoreError as exc:
+                if not exc.storage_failed:
+                    raise
+                self._stop(run, engine._stalled, exc)
+                return
             if final is not None:
                 self.poke(run.exec_key)
         except asyncio.CancelledError:
             pass  # the engine is closing: the execution resumes where its journal ends
+        except INTERRUPTS as exc:
+            # As in Engine._run_invocation: not the execution's outcome; it
+            # runs again later from its journal. Logged, as the loop is the
+            # driver here.
+            self._stop(run, engine._interrupted, type(exc).__name__)
         except BaseException:
             log.exception("perdure: invocation of execution key %s failed", run.exec_key)
         finally:
             self._finish(run, rerun)
+
+    def _stop(self, run: _Run, retry_later: Callable[[int, Any], None], why: Any) -> None:
+        """Ends a run whose invocation stopped without ending:
+        ``retry_later(exec_key, why)`` queues the execution to run again (in
+        place of ``core.finish``)."""
+        with self._lock:
+            if run.done:
+                return
+            run.done = True
+            self._runs.discard(run)
+            idle = not self._runs
+        try:
+            retry_later(run.exec_key, why)
+        except Exception:
+            log.exception("perdure: could not queue execution key %s again", run.exec_key)
+        unwound = self._unwound
+        if idle and unwound is not None:
+            unwound.set()
 
     def _finish(self, run: _Run, rerun: bool) -> None:
         with self._lock:
@@ -758,14 +800,19 @@ class _Watcher:
     def __init__(self, core: Core) -> None:
         self._core = core
         self._cond = threading.Condition()
-        self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any]]]] = {}
+        # Each waiter: its loop, its future, and where storage failures stood
+        # when it began waiting (core.stall_seq).
+        self._waiters: dict[
+            int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[Any], int]]
+        ] = {}
         self._fresh: set[int] = set()
         self._thread: threading.Thread | None = None
 
     def watch(self, exec_key: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
         future: asyncio.Future[Any] = loop.create_future()
+        seq = self._core.stall_seq()
         with self._cond:
-            self._waiters.setdefault(exec_key, []).append((loop, future))
+            self._waiters.setdefault(exec_key, []).append((loop, future, seq))
             self._fresh.add(exec_key)  # it may have finished since the caller looked
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -800,6 +847,7 @@ class _Watcher:
                     keys = [key for key in self._fresh if key in self._waiters]
                 self._fresh = set()
             ended: dict[int, tuple[bool, Any]] = {}
+            active: list[int] = []
             for key in keys:
                 try:
                     row = core.execution_by_key(key)
@@ -811,15 +859,30 @@ class _Watcher:
                     ended[key] = (False, gone)
                 elif row[3] != "ACTIVE":
                     ended[key] = (True, row)
+                else:
+                    active.append(key)
+            answers: list[tuple[list[tuple[Any, ...]], tuple[bool, Any]]] = []
             with self._cond:
                 answers = [(self._waiters.pop(key, []), ended[key]) for key in ended]
+                # An invocation that stopped on a storage failure since a
+                # caller began waiting: that caller gets the failure.
+                for key in active:
+                    waiters = self._waiters.get(key, [])
+                    for waiter in list(waiters):
+                        try:
+                            core.check_stalled(key, waiter[2])
+                        except StoreError as exc:
+                            waiters.remove(waiter)
+                            answers.append(([waiter], (False, exc)))
                 if sweep:  # let go of callers that stopped waiting (a timeout)
+                    for waiters in self._waiters.values():
+                        waiters[:] = [w for w in waiters if not w[1].done()]
+                if sweep or active:
                     for key, waiters in list(self._waiters.items()):
-                        waiters[:] = [(lp, f) for lp, f in waiters if not f.done()]
                         if not waiters:
                             del self._waiters[key]
             for waiters, (ok, value) in answers:
-                for loop, future in waiters:
+                for loop, future, _seq in waiters:
                     with contextlib.suppress(RuntimeError):  # unless that loop is closed
                         loop.call_soon_threadsafe(_resolve, future, ok, value)
 

@@ -43,6 +43,7 @@ from perdure.errors import (
     SerDesError,
     StepError,
     StepInterruptedError,
+    StoreError,
     UnknownFunctionError,
     ValidationError,
     error_object,
@@ -95,6 +96,32 @@ class _Suspend(BaseException):
 
 class _Abort(BaseException):
     """Unwinds an invocation whose execution was finished elsewhere (cancelled)."""
+
+
+class _Stall(BaseException):
+    """Unwinds an invocation whose commit met a full or failing disk.
+
+    Nothing of that commit is stored, and the execution's failure is not
+    recorded either: the invocation stops where its journal ends and the
+    engine runs it again later (see Engine._stalled). A BaseException, so
+    that workflow code cannot swallow it."""
+
+    def __init__(self, error: StoreError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+#: Exceptions that stop an invocation without being its outcome: like an
+#: AWS Lambda invocation that dies, it is not recorded as a failure, and the
+#: execution runs again later from its journal.
+INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
+
+
+def storage_stall(exc: BaseException) -> _Stall | None:
+    """The _Stall for a commit's error when it is a storage failure."""
+    if isinstance(exc, StoreError) and exc.storage_failed:
+        return _Stall(exc)
+    return None
 
 
 class _InvocationState:
@@ -156,6 +183,12 @@ class _InvocationState:
             # execution over: stop this invocation in a way workflow code
             # cannot swallow; what is committed stays committed.
             raise _Abort() from None
+        except StoreError as exc:
+            # A full or failing disk: the invocation stops, and runs again later.
+            stall = storage_stall(exc)
+            if stall is None:
+                raise
+            raise stall from None
 
     def with_deferred(
         self, records: list[R.RecordIn], wake_at: list[tuple[int, str]] | None

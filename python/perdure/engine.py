@@ -22,9 +22,11 @@ from perdure import _records as R
 from perdure._core import Core
 from perdure.aio import EngineLoop, is_async
 from perdure.context import (
+    INTERRUPTS,
     DurableContext,
     _Abort,
     _InvocationState,
+    _Stall,
     _Suspend,
     check_payload_size,
 )
@@ -38,6 +40,8 @@ from perdure.errors import (
     ExecutionNotFoundError,
     ExecutionTimedOutError,
     LeaseLostError,
+    StoreError,
+    StoreFullError,
     ValidationError,
     error_object,
 )
@@ -433,9 +437,44 @@ class Engine:
         """Called by an executor worker for each runnable execution."""
         try:
             self._invoke(exec_key)
+        except INTERRUPTS as exc:
+            # Not the execution's outcome (as when an AWS Lambda invocation
+            # dies): nothing is recorded, it runs again from its journal.
+            self._interrupted(exec_key, type(exc).__name__)
         except BaseException:
             log.exception("perdure: invocation of execution key %s failed", exec_key)
             self._core.finish(exec_key, False)
+
+    def _interrupted(self, exec_key: int, name: str) -> None:
+        """An invocation raised KeyboardInterrupt, SystemExit or
+        GeneratorExit: it stops without recording a failure (this engine's
+        thread logs it), and the execution runs again later from its journal,
+        after the same growing delay as a storage failure."""
+        delay = self._core.retry_later(exec_key)
+        log.warning(
+            "perdure: invocation of execution key %s was interrupted (%s); "
+            "it runs again in %.2f s from its journal",
+            exec_key,
+            name,
+            delay,
+        )
+
+    def _stalled(self, exec_key: int, error: StoreError) -> None:
+        """An invocation's commit met a full or failing disk: nothing of it
+        is stored and no failure is recorded; the execution runs again
+        later (50 ms, doubling up to 5 s while the disk stays so), and
+        whoever waits for its result gets ``error`` meanwhile."""
+        full = isinstance(error, StoreFullError)
+        delay = self._core.retry_later(exec_key, full, str(error))
+        log_at = logging.WARNING if delay <= 0.05 else logging.DEBUG
+        log.log(
+            log_at,
+            "perdure: invocation of execution key %s stopped: %s; it runs again in %.2f s",
+            exec_key,
+            error,
+            delay,
+        )
+        self._aio.poke(exec_key)  # result_async callers learn of it
 
     def _invoke(self, exec_key: int) -> None:
         """Runs one invocation of an execution, from the top."""
@@ -478,6 +517,9 @@ class Engine:
         except _Abort:
             core.finish(exec_key, False)
             return
+        except _Stall as stall:
+            self._stalled(exec_key, stall.error)
+            return
         except Exception as exc:
             ended = (False, exc)
         final, records, timers = self._ending(state, started_ms, ended)
@@ -485,6 +527,11 @@ class Engine:
             rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
         except (ExecutionFinishedError, LeaseLostError):
             rerun = False  # cancelled while it ran, or taken over by another engine
+        except StoreError as exc:
+            if not exc.storage_failed:
+                raise
+            self._stalled(exec_key, exc)
+            return
         if final is not None:
             self._aio.poke(exec_key)  # wakes result_async callers
         core.finish(exec_key, rerun)
@@ -575,13 +622,19 @@ class ExecutionHandle:
     def result(self, timeout: float | None = None) -> Any:
         """Waits for the execution to finish and returns its result; raises
         ExecutionFailedError (or Cancelled/TimedOut) if it did not succeed, and
-        TimeoutError if ``timeout`` seconds pass first."""
+        TimeoutError if ``timeout`` seconds pass first.
+
+        If an invocation of the execution stops on a full disk while this
+        waits, raises StoreFullError (StoreError for a failing disk): the
+        execution has not failed, and runs again (every 50 ms to 5 s) until
+        its writes succeed; call ``result()`` again to wait for it."""
         row = self._engine._core.wait_finished(self._exec_key, timeout)
         return self._outcome(row, timeout)
 
     async def result_async(self, timeout: float | None = None) -> Any:
         """:meth:`result` for a caller on an event loop (any loop): awaits the
-        end of the execution without blocking the loop or holding a thread."""
+        end of the execution without blocking the loop or holding a thread.
+        Raises StoreFullError/StoreError as :meth:`result` does."""
         engine = self._engine
         row = await engine._aio.finished(engine._core, self._exec_key, timeout)
         return self._outcome(row, timeout)

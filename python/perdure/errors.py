@@ -39,6 +39,7 @@ __all__ = [
     "StepInterruptedError",
     "StoreAccessError",
     "StoreError",
+    "StoreFullError",
     "StoreVersionError",
     "UnknownCallbackError",
     "UnknownFunctionError",
@@ -150,11 +151,32 @@ class NonDeterministicExecutionError(PerdureError):
 
 
 class StoreError(PerdureError):
-    """The store could not be read or written."""
+    """The store could not be read or written.
 
-    def __init__(self, message: str, *, path: str | None = None) -> None:
+    ``storage_failed`` is True when a write failed because the disk is
+    failing (EIO, an LMDB panic) or full (then the error is a
+    :class:`StoreFullError`): nothing of that write is stored, no execution
+    fails for it, and an invocation it stopped runs again later from its
+    journal."""
+
+    def __init__(
+        self, message: str, *, path: str | None = None, storage_failed: bool = False
+    ) -> None:
         super().__init__(message)
         self.path = path
+        self.storage_failed = storage_failed
+
+
+class StoreFullError(StoreError):
+    """A write failed because the store's disk is full (ENOSPC, EDQUOT,
+    EFBIG, or an LMDB map that cannot grow). Nothing of it is stored; the
+    store stays usable, and executions stopped by it finish once space
+    returns, in this engine or a reopened one."""
+
+    def __init__(
+        self, message: str, *, path: str | None = None, storage_failed: bool = True
+    ) -> None:
+        super().__init__(message, path=path, storage_failed=storage_failed)
 
 
 class CorruptRecordError(StoreError):

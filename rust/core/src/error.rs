@@ -73,6 +73,13 @@ pub enum Error {
     #[error("the store is closed")]
     Closed,
 
+    /// A commit failed for lack of space (`full`: ENOSPC, EDQUOT, EFBIG, a
+    /// map that cannot grow) or because the disk failed (EIO, MDB_PANIC).
+    /// Nothing of the failed commit is stored; an invocation it stopped runs
+    /// again later, from what was committed before.
+    #[error("{detail}")]
+    StorageFailed { full: bool, detail: String },
+
     #[error("LMDB error: {0}")]
     Lmdb(#[from] heed::Error),
 
@@ -83,5 +90,105 @@ pub enum Error {
 impl Error {
     pub(crate) fn corrupt_store(what: impl Into<String>) -> Self {
         Error::CorruptStore(what.into())
+    }
+
+    /// A write's error as a storage failure when it is one (the disk is full
+    /// or failing), else unchanged.
+    pub fn classify_storage(self) -> Self {
+        if matches!(self, Error::StorageFailed { .. }) {
+            return self;
+        }
+        match storage_failure(&self) {
+            Some(full) => {
+                let what = if full {
+                    "the store's disk is full"
+                } else {
+                    "the store's disk failed"
+                };
+                Error::StorageFailed {
+                    full,
+                    detail: format!("{what}: {self}"),
+                }
+            }
+            None => self,
+        }
+    }
+}
+
+/// Whether an error is a storage failure: `Some(true)` for a full disk,
+/// `Some(false)` for a failing one, `None` for anything else.
+fn storage_failure(err: &Error) -> Option<bool> {
+    use heed::MdbError;
+    match err {
+        Error::Lmdb(heed::Error::Mdb(MdbError::MapFull)) => Some(true),
+        Error::Lmdb(heed::Error::Mdb(MdbError::Panic)) => Some(false),
+        Error::Lmdb(heed::Error::Mdb(MdbError::Other(code))) => errno_failure(*code),
+        Error::Lmdb(heed::Error::Io(io)) | Error::Io(io) | Error::StoreAccess { source: io, .. } => {
+            io.raw_os_error().and_then(errno_failure)
+        }
+        _ => None,
+    }
+}
+
+fn errno_failure(code: i32) -> Option<bool> {
+    match code {
+        libc::ENOSPC | libc::EDQUOT | libc::EFBIG => Some(true),
+        libc::EIO => Some(false),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use heed::MdbError;
+
+    fn classified(err: Error) -> Option<bool> {
+        match err.classify_storage() {
+            Error::StorageFailed { full, .. } => Some(full),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn full_disks_and_failing_disks_are_storage_failures() {
+        for code in [libc::ENOSPC, libc::EDQUOT, libc::EFBIG] {
+            assert_eq!(
+                classified(Error::Lmdb(heed::Error::Mdb(MdbError::Other(code)))),
+                Some(true)
+            );
+            let io = std::io::Error::from_raw_os_error(code);
+            assert_eq!(classified(Error::Lmdb(heed::Error::Io(io))), Some(true));
+        }
+        assert_eq!(classified(Error::Lmdb(heed::Error::Mdb(MdbError::MapFull))), Some(true));
+        assert_eq!(
+            classified(Error::Lmdb(heed::Error::Mdb(MdbError::Other(libc::EIO)))),
+            Some(false)
+        );
+        assert_eq!(
+            classified(Error::Io(std::io::Error::from_raw_os_error(libc::EIO))),
+            Some(false)
+        );
+        assert_eq!(classified(Error::Lmdb(heed::Error::Mdb(MdbError::Panic))), Some(false));
+    }
+
+    #[test]
+    fn other_errors_are_not_storage_failures() {
+        assert_eq!(
+            classified(Error::Lmdb(heed::Error::Mdb(MdbError::Other(libc::EACCES)))),
+            None
+        );
+        assert_eq!(classified(Error::Lmdb(heed::Error::Mdb(MdbError::Corrupted))), None);
+        assert_eq!(classified(Error::corrupt_store("x")), None);
+        assert_eq!(classified(Error::Closed), None);
+        let message = Error::Lmdb(heed::Error::Mdb(MdbError::Other(libc::EIO)))
+            .classify_storage()
+            .to_string();
+        assert!(message.starts_with("the store's disk failed"), "{message}");
+        let again = Error::Lmdb(heed::Error::Mdb(MdbError::Other(libc::ENOSPC)))
+            .classify_storage()
+            .classify_storage()
+            .to_string();
+        assert_eq!(again.matches("the store's disk is full").count(), 1, "{again}");
     }
 }

@@ -98,6 +98,15 @@ pub struct Runtime {
 pub(crate) struct Finished {
     count: Mutex<u64>,
     signal: Condvar,
+    /// Executions whose last invocation stopped on a storage failure: the
+    /// failure, and the value of `stall_seq` when it happened.
+    stalls: Mutex<Stalls>,
+}
+
+#[derive(Default)]
+struct Stalls {
+    seq: u64,
+    by_exec: HashMap<u64, (u64, bool, String)>,
 }
 
 impl Finished {
@@ -553,6 +562,7 @@ impl Runtime {
     pub fn finish(&self, exec_key: u64, rerun: bool) -> Result<()> {
         let owner = self.owner()?;
         owner.invocations.lock().remove(&exec_key);
+        self.finished.stalls.lock().by_exec.remove(&exec_key);
         owner.scheduler.finish(exec_key, rerun);
         // A skipping clock jumps once the engine is idle: tell the timer
         // thread now rather than at its next look.
@@ -560,6 +570,46 @@ impl Runtime {
             owner.timers.poke();
         }
         Ok(())
+    }
+
+    /// Ends an invocation that stopped without ending: its commit met a full
+    /// or failing disk (`failure`: whether the disk is full, and the error),
+    /// or it was interrupted (`None`). Nothing is written; the execution
+    /// stays where its journal ends and runs again after a delay (50 ms,
+    /// doubling with each such stop in a row up to 5 s). A storage failure
+    /// is reported to whoever waits for the execution's result meanwhile.
+    /// Returns the delay.
+    pub fn retry_later(&self, exec_key: u64, failure: Option<(bool, String)>) -> Result<Duration> {
+        let owner = self.owner()?;
+        owner.invocations.lock().remove(&exec_key);
+        if let Some((full, detail)) = failure {
+            let mut stalls = self.finished.stalls.lock();
+            stalls.seq += 1;
+            let seq = stalls.seq;
+            stalls.by_exec.insert(exec_key, (seq, full, detail));
+            drop(stalls);
+            self.finished.bump();
+        }
+        Ok(owner.scheduler.retry_later(exec_key))
+    }
+
+    /// Where storage failures stand: a value to give `stalled_since`.
+    pub fn stall_seq(&self) -> u64 {
+        self.finished.stalls.lock().seq
+    }
+
+    /// The storage failure that stopped the execution's last invocation,
+    /// if it stopped so after `seq` (from `stall_seq`) and has not ended
+    /// an invocation since.
+    pub fn stalled_since(&self, exec_key: u64, seq: u64) -> Option<Error> {
+        let stalls = self.finished.stalls.lock();
+        match stalls.by_exec.get(&exec_key) {
+            Some((at, full, detail)) if *at > seq => Some(Error::StorageFailed {
+                full: *full,
+                detail: detail.clone(),
+            }),
+            _ => None,
+        }
     }
 
     /// Leaves an execution alone: this process cannot run its function.
@@ -585,10 +635,13 @@ impl Runtime {
         }
     }
 
-    /// Blocks until the execution is finished or `timeout` passes.
+    /// Blocks until the execution is finished or `timeout` passes. An
+    /// invocation of it that stops on a storage failure meanwhile ends the
+    /// wait with that failure (the execution runs again later).
     pub fn wait_finished(&self, exec_key: u64, timeout: Option<Duration>) -> Result<Option<ExecSummary>> {
         let deadline = timeout.map(|t| Instant::now() + t);
         let (count, signal) = (&self.finished.count, &self.finished.signal);
+        let since = self.stall_seq();
         loop {
             let seen = *count.lock();
             let summary = self
@@ -597,6 +650,9 @@ impl Runtime {
                 .ok_or_else(|| Error::corrupt_store("execution vanished"))?;
             if summary.meta.state != ExecState::Active {
                 return Ok(Some(summary));
+            }
+            if let Some(failure) = self.stalled_since(exec_key, since) {
+                return Err(failure);
             }
             // Executions finished by other processes are seen by polling.
             let mut slice = Duration::from_millis(50);
@@ -783,6 +839,9 @@ impl Poller {
         while !self.stop.load(Ordering::SeqCst) {
             std::thread::sleep(interval);
             polls = polls.wrapping_add(1);
+            // Executions whose invocation stopped (a full disk, an interrupt)
+            // run again once their delay passed.
+            leases.scheduler.release_due();
             // Errors here are transient (a commit refused while closing, a
             // full disk): the next poll tries again.
             if last_renewal.elapsed() >= renew_every && leases.renew().is_ok() {

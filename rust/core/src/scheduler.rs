@@ -5,7 +5,7 @@
 //! after: the execution is queued once more when it finishes.
 
 use parking_lot::{Condvar, Mutex};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,7 +21,25 @@ struct State {
     again: HashSet<u64>,
     /// Executions whose function this process does not have; left alone.
     parked: HashSet<u64>,
+    /// Executions whose last invocation stopped before it could end (its
+    /// commit met a full or failing disk, or it was interrupted): when each
+    /// runs again.
+    delayed: Vec<(Instant, u64)>,
+    /// How many invocations of each in a row stopped so; reset by an
+    /// invocation that ends.
+    stops: HashMap<u64, u32>,
     closed: bool,
+}
+
+/// The first delay before an execution whose invocation stopped runs again;
+/// it doubles with each stop in a row, up to `MAX_RETRY_DELAY`.
+pub const FIRST_RETRY_DELAY: Duration = Duration::from_millis(50);
+pub const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
+
+/// The delay after the `stops`-th stop in a row (from 1).
+pub fn retry_delay(stops: u32) -> Duration {
+    let doublings = stops.saturating_sub(1).min(16);
+    FIRST_RETRY_DELAY.saturating_mul(1 << doublings).min(MAX_RETRY_DELAY)
 }
 
 #[derive(Default)]
@@ -93,6 +111,7 @@ impl Scheduler {
     pub fn finish(&self, exec_key: u64, rerun: bool) {
         let mut state = self.state.lock();
         state.running.remove(&exec_key);
+        state.stops.remove(&exec_key);
         let rerun = state.again.remove(&exec_key) || rerun;
         let queued = rerun && !state.closed && state.queued.insert(exec_key);
         if queued {
@@ -106,6 +125,55 @@ impl Scheduler {
         if queued {
             self.dispatched();
         }
+    }
+
+    /// The invocation stopped without ending (a storage failure, an
+    /// interrupt): the execution runs again, from its journal, after a delay
+    /// that grows with each such stop in a row. Returns the delay.
+    pub fn retry_later(&self, exec_key: u64) -> Duration {
+        let mut state = self.state.lock();
+        state.running.remove(&exec_key);
+        state.again.remove(&exec_key);
+        let stops = state.stops.entry(exec_key).or_insert(0);
+        *stops = stops.saturating_add(1);
+        let delay = retry_delay(*stops);
+        if !state.closed && !state.parked.contains(&exec_key) {
+            state.delayed.push((Instant::now() + delay, exec_key));
+        }
+        if state.running.is_empty() {
+            self.ready.notify_all();
+        }
+        delay
+    }
+
+    /// Queues the executions whose retry delay has passed.
+    pub fn release_due(&self) {
+        let due: Vec<u64> = {
+            let mut state = self.state.lock();
+            if state.delayed.is_empty() {
+                return;
+            }
+            let now = Instant::now();
+            let mut due = Vec::new();
+            state.delayed.retain(|&(at, exec_key)| {
+                if at <= now {
+                    due.push(exec_key);
+                    false
+                } else {
+                    true
+                }
+            });
+            due
+        };
+        for exec_key in due {
+            self.schedule(exec_key);
+        }
+    }
+
+    /// Executions waiting out a retry delay.
+    #[cfg(test)]
+    pub fn delayed(&self) -> usize {
+        self.state.lock().delayed.len()
     }
 
     pub fn park(&self, exec_key: u64) {
@@ -135,6 +203,7 @@ impl Scheduler {
         state.closed = true;
         state.queue.clear();
         state.queued.clear();
+        state.delayed.clear();
         self.ready.notify_all();
         while !state.running.is_empty() {
             let Some(left) = deadline.checked_duration_since(Instant::now()) else {
@@ -172,6 +241,30 @@ mod tests {
         assert_eq!(scheduler.next(NOW), None);
         scheduler.finish(7, false);
         assert_eq!(scheduler.next(NOW), Some(7));
+    }
+
+    #[test]
+    fn a_stopped_invocation_runs_again_after_a_growing_delay() {
+        let scheduler = Scheduler::default();
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), Some(7));
+        assert_eq!(scheduler.retry_later(7), FIRST_RETRY_DELAY);
+        scheduler.release_due();
+        assert_eq!(scheduler.next(NOW), None, "not before its delay");
+        std::thread::sleep(FIRST_RETRY_DELAY);
+        scheduler.release_due();
+        assert_eq!(scheduler.next(NOW), Some(7));
+        assert_eq!(scheduler.retry_later(7), FIRST_RETRY_DELAY * 2);
+        assert_eq!(scheduler.delayed(), 1);
+        assert_eq!(retry_delay(100), MAX_RETRY_DELAY);
+        // An invocation that ends resets the delay.
+        std::thread::sleep(FIRST_RETRY_DELAY * 2);
+        scheduler.release_due();
+        assert_eq!(scheduler.next(NOW), Some(7));
+        scheduler.finish(7, false);
+        scheduler.schedule(7);
+        assert_eq!(scheduler.next(NOW), Some(7));
+        assert_eq!(scheduler.retry_later(7), FIRST_RETRY_DELAY);
     }
 
     #[test]

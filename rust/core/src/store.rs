@@ -284,6 +284,23 @@ impl Store {
         Ok(())
     }
 
+    /// A failed write's error, as a storage failure when it is one. LMDB
+    /// reports a write cut short (the disk filled up in the middle of it)
+    /// as EIO: an EIO while the store's file system has next to no space
+    /// left is taken for a full disk.
+    pub(crate) fn classify_failure(&self, err: Error) -> Error {
+        match err.classify_storage() {
+            Error::StorageFailed { full: false, detail } => match free_space(&self.path) {
+                Some(free) if free < LOW_SPACE => Error::StorageFailed {
+                    full: true,
+                    detail: format!("the store's disk is full ({free} bytes free): {detail}"),
+                },
+                _ => Error::StorageFailed { full: false, detail },
+            },
+            other => other,
+        }
+    }
+
     pub fn map_size(&self) -> usize {
         self.env.info().map_size
     }
@@ -767,6 +784,24 @@ fn map_open_error(path: &Path, err: heed::Error) -> Error {
         },
         other => Error::Lmdb(other),
     }
+}
+
+/// Below this much free space, an EIO on a write is taken for a full disk.
+const LOW_SPACE: u64 = 16 << 20;
+
+/// Bytes free for unprivileged writers on the file system holding `path`.
+fn free_space(path: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).ok()?;
+    let mut stats = std::mem::MaybeUninit::<libc::statvfs>::zeroed();
+    // SAFETY: `path` is NUL-terminated and `stats` is a valid out-pointer.
+    if unsafe { libc::statvfs(path.as_ptr(), stats.as_mut_ptr()) } != 0 {
+        return None;
+    }
+    // SAFETY: statvfs succeeded and filled it.
+    let stats = unsafe { stats.assume_init() };
+    #[allow(clippy::useless_conversion)] // u64 on 64-bit Linux, narrower elsewhere
+    Some(u64::from(stats.f_bavail).saturating_mul(u64::from(stats.f_frsize)))
 }
 
 fn page_size() -> usize {

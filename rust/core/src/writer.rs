@@ -408,7 +408,15 @@ fn commit_batches(store: &Store, batches: &[Vec<Mutation>]) -> Vec<Result<Vec<Ou
     }
 }
 
+/// A commit of a group. A storage failure (a full or failing disk) comes
+/// back as `Error::StorageFailed`: LMDB aborted the transaction, so nothing
+/// of the group is stored, and the next commit starts from the last one
+/// that succeeded (the writer keeps no state of its own beyond the store).
 fn try_commit(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
+    commit_group(store, group).map_err(|err| store.classify_failure(err))
+}
+
+fn commit_group(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
     loop {
         let guard = store.gate().read();
         let mut txn = match store.env.write_txn() {
@@ -427,7 +435,12 @@ fn try_commit(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<O
         let outcome = applied.and_then(|results| Ok(txn.commit().map(|()| results)?));
         drop(guard);
         match outcome {
-            Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapFull))) => store.grow_map()?,
+            Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapFull))) => {
+                store.grow_map().map_err(|err| Error::StorageFailed {
+                    full: true,
+                    detail: format!("the store's disk is full: its map is full and cannot grow: {err}"),
+                })?
+            }
             Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapResized))) => store.adopt_map_size()?,
             other => return other,
         }

@@ -408,6 +408,30 @@ impl Core {
         self.runtime.finish(exec_key, rerun).py_err()
     }
 
+    /// Ends an invocation that stopped without ending (a storage failure:
+    /// `full` says whether the disk is full; an interrupt: `full` is None):
+    /// the execution runs again after a growing delay, returned in seconds.
+    #[pyo3(signature = (exec_key, full = None, detail = String::new()))]
+    fn retry_later(&self, exec_key: u64, full: Option<bool>, detail: String) -> PyResult<f64> {
+        let failure = full.map(|full| (full, detail));
+        let delay = self.runtime.retry_later(exec_key, failure).py_err()?;
+        Ok(delay.as_secs_f64())
+    }
+
+    /// A value for `check_stalled`: where storage failures stand now.
+    fn stall_seq(&self) -> u64 {
+        self.runtime.stall_seq()
+    }
+
+    /// Raises the storage failure (StoreFullError or StoreError) that
+    /// stopped the execution's last invocation after `seq`, if any.
+    fn check_stalled(&self, exec_key: u64, seq: u64) -> PyResult<()> {
+        match self.runtime.stalled_since(exec_key, seq) {
+            Some(failure) => Err(failure).py_err(),
+            None => Ok(()),
+        }
+    }
+
     fn park(&self, exec_key: u64) -> PyResult<()> {
         self.runtime.park(exec_key).py_err()
     }

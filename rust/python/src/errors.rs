@@ -66,6 +66,8 @@ pub fn to_py(err: Error) -> PyErr {
             Error::UnknownCallback(_) => ("UnknownCallbackError", vec![]),
             Error::CallbackAlreadyCompleted { .. } => ("CallbackAlreadyCompletedError", vec![]),
             Error::Closed => ("EngineClosedError", vec![]),
+            Error::StorageFailed { full: true, .. } => ("StoreFullError", vec![("storage_failed", obj(py, true))]),
+            Error::StorageFailed { full: false, .. } => ("StoreError", vec![("storage_failed", obj(py, true))]),
             Error::Lmdb(_) | Error::Io(_) => ("StoreError", vec![]),
         };
         perdure_error(py, name, message, &kwargs)
