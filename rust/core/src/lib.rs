@@ -9,6 +9,7 @@ pub mod clock;
 mod codec;
 pub mod error;
 pub mod executor;
+mod files;
 pub mod keys;
 mod lock;
 pub mod record;

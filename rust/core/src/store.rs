@@ -6,7 +6,7 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::ops::Bound;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 
@@ -14,6 +14,7 @@ use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, Result};
+use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
 use crate::replay::ReplayIndex;
@@ -121,6 +122,10 @@ pub struct Store {
     pub(crate) dbs: Dbs,
     path: PathBuf,
     durability: Durability,
+    /// `data.mdb`, to notice a file truncated under the map before LMDB
+    /// reads past its end.
+    data: DataFile,
+    page_size: u64,
     /// Read and write transactions hold it shared; resizing the map holds it
     /// exclusively, because LMDB may only resize with no transaction open.
     gate: RwLock<()>,
@@ -157,12 +162,13 @@ impl Store {
     }
 
     fn open_env(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let access = |source: std::io::Error| Error::StoreAccess {
-            path: path.to_path_buf(),
-            source,
-        };
+        // Who owns the directory and its files, then what data.mdb says of
+        // itself: both before LMDB opens (and maps) anything.
+        files::check_dir(path)?;
+        files::check_files(path)?;
+        files::check_data(path)?;
         let page = page_size();
-        let existing = fs::metadata(path.join("data.mdb"))
+        let existing = fs::metadata(path.join(files::DATA))
             .map(|m| m.len() as usize)
             .unwrap_or(0);
         let map_size = round_up(options.map_size.max(existing.saturating_mul(2)).max(page), page);
@@ -174,17 +180,30 @@ impl Store {
         env_options.map_size(map_size).max_dbs(16).max_readers(1024);
         // SAFETY: the registry above guarantees one Env per path in this process,
         // and perdure never modifies the files behind LMDB's back.
-        let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| match err {
-            heed::Error::Io(io) => access(io),
-            heed::Error::Mdb(MdbError::Other(code)) if code == libc::EACCES || code == libc::EROFS => {
-                access(std::io::Error::from_raw_os_error(code))
-            }
-            other => Error::Lmdb(other),
-        })?;
-        for file in ["data.mdb", "lock.mdb"] {
+        let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| map_open_error(path, err))?;
+        for file in [files::DATA, files::LOCK] {
             // LMDB creates files with 0600 but keeps the mode of older files; be sure.
-            let _ = fs::set_permissions(path.join(file), fs::Permissions::from_mode(0o600));
+            files::make_private(&path.join(file))?;
         }
+        let dbs = Store::open_dbs(&env, path).map_err(|err| corrupt_lmdb(path, err))?;
+        // From now on an empty or missing data.mdb is damage, not a new store
+        // (a store from before the marker gets it here, once found valid).
+        files::write_marker(path)?;
+        let data = DataFile::open(path)?;
+        let page_size = u64::from(env.stat().page_size);
+        Ok(Store {
+            env,
+            dbs,
+            path: path.to_path_buf(),
+            durability: options.durability,
+            data,
+            page_size,
+            gate: RwLock::new(()),
+        })
+    }
+
+    /// Opens the named databases, checks the format and upgrades an older one.
+    fn open_dbs(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         let mut txn = env.write_txn().map_err(|err| map_open_error(path, err))?;
         let dbs = Dbs {
             meta: env.create_database(&mut txn, Some("meta"))?,
@@ -223,13 +242,7 @@ impl Store {
             }
         }
         txn.commit().map_err(|err| map_open_error(path, err))?;
-        Ok(Store {
-            env,
-            dbs,
-            path: path.to_path_buf(),
-            durability: options.durability,
-            gate: RwLock::new(()),
-        })
+        Ok(dbs)
     }
 
     pub fn path(&self) -> &Path {
@@ -248,10 +261,10 @@ impl Store {
             match self.env.read_txn() {
                 Ok(txn) => {
                     let f = f.take().expect("read closure runs once");
-                    let result = f(&txn, &self.dbs);
+                    let result = self.check_data_len().and_then(|()| f(&txn, &self.dbs));
                     drop(txn);
                     drop(guard);
-                    return result;
+                    return result.map_err(|err| self.file_error(err));
                 }
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
                     drop(guard);
@@ -260,6 +273,20 @@ impl Store {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+
+    /// Errs, naming `data.mdb`, when the file is shorter than the pages its
+    /// newest meta page counts: it was truncated under the map, and reading
+    /// past its end would kill the process (SIGBUS). Call with a transaction
+    /// open (after which LMDB reads no newer meta page).
+    pub(crate) fn check_data_len(&self) -> Result<()> {
+        let pages = (self.env.info().last_page_number as u64).saturating_add(1);
+        self.data.check_len(pages.saturating_mul(self.page_size))
+    }
+
+    /// LMDB's own findings of a damaged file, as the error naming the file.
+    pub(crate) fn file_error(&self, err: Error) -> Error {
+        corrupt_lmdb(&self.path, err)
     }
 
     pub(crate) fn gate(&self) -> &RwLock<()> {
@@ -320,7 +347,7 @@ impl Store {
             let lease = lease_in(txn, dbs, exec_key)?;
             // Records go straight from the cursor into the index, never all
             // into a list first: a long journal is held in memory once.
-            let mut index = ReplayIndex::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+            let mut index = ReplayIndex::with_capacity(journal_capacity_in(txn, dbs, exec_key)?);
             visit_journal(txn, dbs, exec_key, &meta.execution_id, |record| index.add(record))?;
             Ok(InvocationData {
                 exec_key,
@@ -345,9 +372,9 @@ impl Store {
         self.read(|txn, dbs| {
             let upper = keys::journal_key(exec_key, u32::MAX);
             match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
-                Some((key, value)) if keys::split_journal_key(key).map(|(e, _)| e) == Some(exec_key) => {
-                    let (_, seq) = keys::split_journal_key(key).unwrap_or_default();
+                Some((key, value)) if key.starts_with(&keys::exec_key_bytes(exec_key)) => {
                     let execution_id = meta_in(txn, dbs, exec_key)?.map(|m| m.execution_id).unwrap_or_default();
+                    let seq = journal_sequence(key, exec_key, &execution_id)?;
                     Record::decode(value).map(Some).map_err(|reason| Error::CorruptRecord {
                         execution_id,
                         sequence: seq,
@@ -716,13 +743,16 @@ pub(crate) fn callback_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, callback_id: &str)
 }
 
 fn journal_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &str) -> Result<Vec<Record>> {
-    let mut records = Vec::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+    let mut records = Vec::with_capacity(journal_capacity_in(txn, dbs, exec_key)?);
     visit_journal(txn, dbs, exec_key, execution_id, |record| records.push(record))?;
     Ok(records)
 }
 
 /// Decodes an execution's records in order; a corrupt one stops the walk
-/// with an error naming the execution and the sequence number.
+/// with an error naming the execution and the sequence number. The keys
+/// must count 0, 1, 2, ... with no gap: a damaged key is reported, never
+/// believed (a record read under the wrong sequence number would replay
+/// the wrong operation).
 pub(crate) fn visit_journal(
     txn: &RoTxn<WithoutTls>,
     dbs: &Dbs,
@@ -730,29 +760,77 @@ pub(crate) fn visit_journal(
     execution_id: &str,
     mut visit: impl FnMut(Record),
 ) -> Result<()> {
+    let mut expected: u32 = 0;
     for entry in dbs.journal.prefix_iter(txn, &keys::exec_key_bytes(exec_key))? {
         let (key, value) = entry?;
-        let sequence = keys::split_journal_key(key).map_or(0, |(_, seq)| seq);
+        let sequence = journal_sequence(key, exec_key, execution_id)?;
+        if sequence != expected {
+            return Err(bad_journal_key(
+                execution_id,
+                format!("record {sequence} follows record {}", i64::from(expected) - 1),
+            ));
+        }
         let record = Record::decode(value).map_err(|reason| Error::CorruptRecord {
             execution_id: execution_id.to_string(),
             sequence,
             reason,
         })?;
         visit(record);
+        expected = expected.saturating_add(1);
     }
     Ok(())
 }
 
-/// How many records the journal holds: one past its last sequence number.
-fn journal_len_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<usize> {
+/// The sequence number of a journal key of `exec_key`, or the error naming
+/// the execution when the key is malformed.
+pub(crate) fn journal_sequence(key: &[u8], exec_key: u64, execution_id: &str) -> Result<u32> {
+    match keys::split_journal_key(key) {
+        Some((exec, sequence)) if exec == exec_key => Ok(sequence),
+        _ => Err(bad_journal_key(
+            execution_id,
+            format!("key {key:02x?} of {} bytes is not a journal key (12 bytes)", key.len()),
+        )),
+    }
+}
+
+pub(crate) fn bad_journal_key(execution_id: &str, reason: String) -> Error {
+    Error::CorruptExecution {
+        execution_id: execution_id.to_string(),
+        what: "journal",
+        reason,
+    }
+}
+
+/// How many records to make room for before reading a journal: one past
+/// its last sequence number, but never more than a bound, since the key it
+/// is read from may be damaged (the walk checks every key; a vector grows).
+fn journal_capacity_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<usize> {
+    const MAX_PREALLOCATED: usize = 1 << 16;
     let upper = keys::journal_key(exec_key, u32::MAX);
     Ok(match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
         Some((key, _)) => match keys::split_journal_key(key) {
-            Some((exec, seq)) if exec == exec_key => seq as usize + 1,
+            Some((exec, seq)) if exec == exec_key => (seq as usize).saturating_add(1).min(MAX_PREALLOCATED),
             _ => 0,
         },
         None => 0,
     })
+}
+
+/// LMDB's errors that mean a damaged `data.mdb`, as [`Error::CorruptFile`].
+fn corrupt_lmdb(dir: &Path, err: Error) -> Error {
+    match err {
+        Error::Lmdb(heed::Error::Mdb(
+            code @ (MdbError::Invalid
+            | MdbError::VersionMismatch
+            | MdbError::Corrupted
+            | MdbError::PageNotFound
+            | MdbError::Incompatible),
+        )) => Error::CorruptFile {
+            path: dir.join(files::DATA),
+            reason: format!("LMDB reports {code}"),
+        },
+        other => other,
+    }
 }
 
 fn map_open_error(path: &Path, err: heed::Error) -> Error {
@@ -765,7 +843,7 @@ fn map_open_error(path: &Path, err: heed::Error) -> Error {
             path: path.to_path_buf(),
             source: io,
         },
-        other => Error::Lmdb(other),
+        other => corrupt_lmdb(path, Error::Lmdb(other)),
     }
 }
 
