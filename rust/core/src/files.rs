@@ -206,6 +206,10 @@ fn check_meta(page: &[u8; META_BYTES], which: u64, psize: u64, len: u64) -> Resu
     if u64_at(page, 0) != which || u16_at(page, 10) & P_META == 0 {
         return Err(format!("page {which} is not marked as a meta page"));
     }
+    if u64_at(page, 24) != 0 {
+        // mm_address: set only for a fixed map, which perdure never asks for.
+        return Err(format!("meta page {which} asks for a fixed map address"));
+    }
     if u64::from(u32_at(page, 40)) != psize {
         return Err(format!("meta page {which} disagrees on the page size"));
     }
@@ -329,7 +333,7 @@ impl DataFile {
     /// Errs when the file is shorter than `needed` bytes: it was truncated
     /// under the map, and reading the pages past its end would kill the
     /// process with SIGBUS.
-    pub fn check_len(&self, needed: u64) -> Result<()> {
+    pub fn check_len(&self, needed: u64) -> Result<u64> {
         let len = self.file.metadata().map_err(|err| access(&self.path, err))?.len();
         if len < needed {
             return Err(corrupt(
@@ -337,6 +341,6 @@ impl DataFile {
                 format!("the file is {len} bytes long but holds {needed} bytes of pages (truncated while open)"),
             ));
         }
-        Ok(())
+        Ok(len)
     }
 }

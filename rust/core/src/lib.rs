@@ -12,6 +12,7 @@ pub mod executor;
 mod files;
 pub mod keys;
 mod lock;
+mod mapped;
 pub mod record;
 pub mod replay;
 pub mod runtime;

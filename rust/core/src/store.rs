@@ -8,14 +8,15 @@ use std::fs;
 use std::ops::Bound;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, Result};
 use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
+use crate::mapped::{Bounds, Mapped};
 use crate::record::Record;
 use crate::replay::ReplayIndex;
 use crate::sealed;
@@ -78,23 +79,26 @@ impl Default for StoreOptions {
     }
 }
 
+/// Every database: raw bytes, checked to lie inside the file when read.
+pub(crate) type Db = Database<Mapped, Mapped>;
+
 #[derive(Clone, Copy)]
 pub(crate) struct Dbs {
-    pub meta: Database<Bytes, Bytes>,
-    pub executions: Database<Bytes, Bytes>,
-    pub exec_ids: Database<Bytes, Bytes>,
-    pub journal: Database<Bytes, Bytes>,
-    pub timers: Database<Bytes, Bytes>,
-    pub callbacks: Database<Bytes, Bytes>,
-    pub pending: Database<Bytes, Bytes>,
+    pub meta: Db,
+    pub executions: Db,
+    pub exec_ids: Db,
+    pub journal: Db,
+    pub timers: Db,
+    pub callbacks: Db,
+    pub pending: Db,
     /// Wake value -> execution key: the wake-ups after a value, in order.
-    pub wakes: Database<Bytes, Bytes>,
+    pub wakes: Db,
     /// Owner id -> [`keys::OwnerEntry`]: the engines running executions.
-    pub owners: Database<Bytes, Bytes>,
+    pub owners: Db,
     /// Execution key -> owner id: who runs each active execution.
-    pub leases: Database<Bytes, Bytes>,
+    pub leases: Db,
     /// Execution key -> nothing: active executions no engine runs yet.
-    pub orphans: Database<Bytes, Bytes>,
+    pub orphans: Db,
 }
 
 /// What an invocation needs, read in one transaction.
@@ -126,6 +130,8 @@ pub struct Store {
     /// reads past its end.
     data: DataFile,
     page_size: u64,
+    /// Where LMDB mapped data.mdb (0: unknown); set again after each resize.
+    map_start: AtomicUsize,
     /// Read and write transactions hold it shared; resizing the map holds it
     /// exclusively, because LMDB may only resize with no transaction open.
     gate: RwLock<()>,
@@ -198,8 +204,10 @@ impl Store {
             durability: options.durability,
             data,
             page_size,
+            map_start: AtomicUsize::new(0),
             gate: RwLock::new(()),
         })
+        .inspect(Store::find_map)
     }
 
     /// Opens the named databases, checks the format and upgrades an older one.
@@ -261,10 +269,18 @@ impl Store {
             match self.env.read_txn() {
                 Ok(txn) => {
                     let f = f.take().expect("read closure runs once");
-                    let result = self.check_data_len().and_then(|()| f(&txn, &self.dbs));
+                    let result = self.txn_bounds().and_then(|_bounds| f(&txn, &self.dbs));
                     drop(txn);
                     drop(guard);
-                    return result.map_err(|err| self.file_error(err));
+                    return result.map_err(|err| match err {
+                        // A read transaction goes bad only after LMDB met a
+                        // damaged page in it.
+                        Error::Lmdb(heed::Error::Mdb(MdbError::BadTxn)) => Error::CorruptFile {
+                            path: self.data.path.clone(),
+                            reason: "LMDB gave up on a damaged page".into(),
+                        },
+                        other => self.file_error(other),
+                    });
                 }
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
                     drop(guard);
@@ -279,9 +295,24 @@ impl Store {
     /// newest meta page counts: it was truncated under the map, and reading
     /// past its end would kill the process (SIGBUS). Call with a transaction
     /// open (after which LMDB reads no newer meta page).
-    pub(crate) fn check_data_len(&self) -> Result<()> {
+    pub(crate) fn check_data_len(&self) -> Result<u64> {
         let pages = (self.env.info().last_page_number as u64).saturating_add(1);
         self.data.check_len(pages.saturating_mul(self.page_size))
+    }
+
+    /// Checks the file's length (see [`Store::check_data_len`]) and bounds
+    /// every key and value this thread reads until the guard drops to the
+    /// part of the map the file backs (see [`crate::mapped`]).
+    pub(crate) fn txn_bounds(&self) -> Result<Bounds> {
+        let len = self.check_data_len()?;
+        let map_start = self.map_start.load(Ordering::Acquire);
+        Ok(Bounds::set(map_start, self.env.info().map_size, len))
+    }
+
+    /// Looks up where the map is, after opening and after each resize.
+    fn find_map(&self) {
+        let start = crate::mapped::map_start_of(&self.data.path, self.env.info().map_size).unwrap_or(0);
+        self.map_start.store(start, Ordering::Release);
     }
 
     /// LMDB's own findings of a damaged file, as the error naming the file.
@@ -298,6 +329,7 @@ impl Store {
         let _exclusive = self.gate.write();
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
         unsafe { self.env.resize(0) }?;
+        self.find_map();
         Ok(())
     }
 
@@ -308,6 +340,7 @@ impl Store {
         let new_size = round_up(current.saturating_mul(2), page_size());
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
         unsafe { self.env.resize(new_size) }?;
+        self.find_map();
         Ok(())
     }
 
@@ -505,6 +538,76 @@ impl Store {
     /// Bumped by every wake-up; lets an engine notice other processes' writes cheaply.
     pub fn wake_seq(&self) -> Result<u64> {
         self.read(|txn, dbs| counter_in(txn, dbs, META_WAKE_SEQ))
+    }
+
+    /// Reads every entry of every database, checks every checksum, every
+    /// journal key and record: what `perdure check` runs (in a child process,
+    /// since a damaged B-tree page can still crash LMDB itself). Returns the
+    /// damaged values found, each as the error naming it; an error of LMDB
+    /// (the file itself is damaged) ends the walk. `entries` counts what was
+    /// read.
+    pub fn check(&self) -> Result<(usize, Vec<Error>)> {
+        self.read(|txn, dbs| {
+            let mut entries = 0;
+            let mut damaged = Vec::new();
+            let sealed_dbs = [
+                ("executions", dbs.executions),
+                ("exec_ids", dbs.exec_ids),
+                ("timers", dbs.timers),
+                ("callbacks", dbs.callbacks),
+                ("pending", dbs.pending),
+                ("wakes", dbs.wakes),
+                ("owners", dbs.owners),
+                ("leases", dbs.leases),
+                ("orphans", dbs.orphans),
+            ];
+            for (name, db) in sealed_dbs {
+                for entry in db.iter(txn)? {
+                    let (key, value) = entry?;
+                    entries += 1;
+                    if let Err(reason) = sealed::unseal(key, value) {
+                        damaged.push(Error::CorruptStore(format!("{name} entry {key:02x?}: {reason}")));
+                    }
+                }
+            }
+            for entry in dbs.meta.iter(txn)? {
+                let (key, value) = entry?;
+                entries += 1;
+                if key != META_FORMAT {
+                    if let Err(reason) = sealed::unseal(key, value) {
+                        let name = String::from_utf8_lossy(key);
+                        damaged.push(Error::CorruptStore(format!("counter {name}: {reason}")));
+                    }
+                }
+            }
+            // Every journal, execution by execution, with its keys checked.
+            let mut exec_keys = Vec::new();
+            for entry in dbs.journal.iter(txn)? {
+                let (key, _) = entry?;
+                entries += 1;
+                let Some(exec_key) = keys::read_u64(key) else {
+                    damaged.push(Error::CorruptStore(format!("journal key {key:02x?} is too short")));
+                    continue;
+                };
+                if exec_keys.last() != Some(&exec_key) {
+                    exec_keys.push(exec_key);
+                }
+            }
+            for exec_key in exec_keys {
+                let execution_id = match meta_in(txn, dbs, exec_key) {
+                    Ok(Some(meta)) => meta.execution_id,
+                    Ok(None) => format!("<execution key {exec_key}>"),
+                    Err(err @ Error::Lmdb(_)) => return Err(err),
+                    Err(_) => format!("<execution key {exec_key}>"),
+                };
+                match visit_journal(txn, dbs, exec_key, &execution_id, |_| {}) {
+                    Ok(()) => {}
+                    Err(err @ Error::Lmdb(_)) => return Err(err),
+                    Err(err) => damaged.push(err),
+                }
+            }
+            Ok((entries, damaged))
+        })
     }
 
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
@@ -819,6 +922,10 @@ fn journal_capacity_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Res
 /// LMDB's errors that mean a damaged `data.mdb`, as [`Error::CorruptFile`].
 fn corrupt_lmdb(dir: &Path, err: Error) -> Error {
     match err {
+        Error::Lmdb(heed::Error::Decoding(reason)) => Error::CorruptFile {
+            path: dir.join(files::DATA),
+            reason: reason.to_string(),
+        },
         Error::Lmdb(heed::Error::Mdb(
             code @ (MdbError::Invalid
             | MdbError::VersionMismatch

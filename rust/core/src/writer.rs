@@ -422,7 +422,7 @@ fn try_commit(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<O
         };
         // A data.mdb truncated under the map would kill the process at the
         // first page read past its end: refuse to write instead.
-        let applied: Result<Vec<_>> = store.check_data_len().and_then(|()| {
+        let applied: Result<Vec<_>> = store.txn_bounds().and_then(|_bounds| {
             group
                 .iter()
                 .map(|batch| apply_batch(&mut txn, &store.dbs, batch))
@@ -988,12 +988,7 @@ fn grant(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, owner: u64) -> Result<()> {
     )
 }
 
-fn put_sealed(
-    txn: &mut RwTxn,
-    db: heed::Database<heed::types::Bytes, heed::types::Bytes>,
-    key: &[u8],
-    payload: &[u8],
-) -> Result<()> {
+fn put_sealed(txn: &mut RwTxn, db: store::Db, key: &[u8], payload: &[u8]) -> Result<()> {
     db.put(txn, key, &sealed::seal(key, payload))?;
     Ok(())
 }
