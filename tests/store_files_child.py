@@ -90,7 +90,8 @@ def run(action: str, path: str, extra: list[str]) -> None:
 
 
 def sweep(base: str, scratch: str, positions: list[list[int]]) -> None:
-    page_size = int.from_bytes(open(os.path.join(base, "data.mdb"), "rb").read()[40:44], "little")
+    with open(os.path.join(base, "data.mdb"), "rb") as data:
+        page_size = int.from_bytes(data.read(44)[40:44], "little")
     counts = {"ok": 0, "error": 0, "signal": 0, "other": 0}
     crashes = []
     for page, offset in positions:
