@@ -332,3 +332,34 @@ def test_perdure_check_command(base: Path, store: Path, tmp_path: Path) -> None:
     os.truncate(store / "data.mdb", 8192)
     cut = check(store)
     assert cut.returncode == 1 and "CorruptStoreError" in cut.stderr and "data.mdb" in cut.stderr
+
+
+def test_damaged_value_size_is_corrupt_not_a_read_past_the_file(store: Path) -> None:
+    """A journal record's node in its leaf page says the value is ~2 GiB
+    long: LMDB hands that slice out as it is, and reading it would run past
+    the file (SIGBUS) or the map (SIGSEGV). perdure refuses it."""
+    victim = _exec_key(store, "e1")
+    first = victim + struct.pack(">I", 0)
+    env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
+    try:
+        with env.begin(db=env.open_db(b"journal", create=False)) as txn:
+            value = bytes(txn.get(first))
+    finally:
+        env.close()
+    data = bytearray((store / "data.mdb").read_bytes())
+    # The live leaf page and older copies of it (pages LMDB freed) hold the
+    # node: damage each. LMDB's leaf node: mn_lo, mn_hi (the value size's
+    # halves), flags, key size, key, value.
+    found = 0
+    at = data.find(first + value)
+    while at > 0:
+        node = at - 8
+        assert struct.unpack_from("<HHHH", data, node) == (len(value), 0, 0, 12)
+        struct.pack_into("<H", data, node + 2, 0x7FFF)
+        found += 1
+        at = data.find(first + value, at + 1)
+    assert found >= 1
+    (store / "data.mdb").write_bytes(bytes(data))
+    report = _child("walk", str(store))
+    _assert_names_data(report, store)
+    assert "past the end of the file" in report["message"]
