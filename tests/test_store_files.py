@@ -15,6 +15,7 @@ only crashes left (LMDB following a damaged B-tree node) are reported by
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -363,3 +364,33 @@ def test_damaged_value_size_is_corrupt_not_a_read_past_the_file(store: Path) -> 
     report = _child("walk", str(store))
     _assert_names_data(report, store)
     assert "past the end of the file" in report["message"]
+
+
+def test_an_open_store_keeps_lmdbs_lock(store: Path) -> None:
+    """While an engine has the store open, its process holds LMDB's shared
+    fcntl lock on lock.mdb, which tells the next process the lock file is in
+    use. Checking the files must not drop it (closing any descriptor of
+    lock.mdb drops a process's fcntl locks on it): the next process would
+    reset the lock file under the running writer and lose its commits."""
+    proc = subprocess.Popen(
+        [sys.executable, CHILD, "hold", str(store)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    try:
+        assert json.loads(proc.stdout.readline()) == {"outcome": "ready"}
+        with open(store / "lock.mdb", "r+b") as lock:
+            # struct flock: l_type, l_whence, l_start, l_len, l_pid (Linux x86-64 layout)
+            query = struct.pack("hhqqi", fcntl.F_WRLCK, os.SEEK_SET, 0, 1, 0)
+            answer = fcntl.fcntl(lock.fileno(), fcntl.F_GETLK, query + b"\0" * 4)
+        l_type, _, _, _, l_pid = struct.unpack("hhqqi", answer[: struct.calcsize("hhqqi")])
+        assert l_type == fcntl.F_RDLCK and l_pid == proc.pid, (l_type, l_pid)
+        out, err = proc.communicate("go\n", timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert json.loads(out.strip().splitlines()[-1])["outcome"] == "ok", err

@@ -173,6 +173,14 @@ impl Store {
         files::check_dir(path)?;
         files::check_files(path)?;
         files::check_data(path)?;
+        // LMDB creates its files with 0600 but keeps the mode of older files:
+        // tighten them, now. Not once LMDB has them open: closing any other
+        // descriptor of lock.mdb would drop this process's fcntl locks on it,
+        // and the next process would take the store for unused and reset the
+        // lock file under the running writers.
+        for file in [files::DATA, files::LOCK] {
+            files::make_private(&path.join(file))?;
+        }
         let page = page_size();
         let existing = fs::metadata(path.join(files::DATA))
             .map(|m| m.len() as usize)
@@ -187,10 +195,6 @@ impl Store {
         // SAFETY: the registry above guarantees one Env per path in this process,
         // and perdure never modifies the files behind LMDB's back.
         let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| map_open_error(path, err))?;
-        for file in [files::DATA, files::LOCK] {
-            // LMDB creates files with 0600 but keeps the mode of older files; be sure.
-            files::make_private(&path.join(file))?;
-        }
         let dbs = Store::open_dbs(&env, path).map_err(|err| corrupt_lmdb(path, err))?;
         // From now on an empty or missing data.mdb is damage, not a new store
         // (a store from before the marker gets it here, once found valid).
