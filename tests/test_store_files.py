@@ -76,9 +76,11 @@ def _assert_names_data(report: dict[str, Any], store: Path) -> None:
     assert "data.mdb" in report["message"], report
 
 
+SOUND = {"outcome": "ok", "histories": {"e0": 5, "e1": 5, "e2": 5, "waiter": 6}}
+
+
 def test_the_sound_store_reads(store: Path) -> None:
-    report = _child("walk", str(store))
-    assert report == {"outcome": "ok", "histories": {"e0": 5, "e1": 5, "e2": 5, "waiter": 6}}
+    assert _child("walk", str(store)) == SOUND
 
 
 def _truncation_sizes(base: Path) -> list[int]:
@@ -90,15 +92,24 @@ def _truncation_sizes(base: Path) -> list[int]:
 def test_truncated_data_file_is_corrupt_not_a_crash(base: Path, tmp_path: Path) -> None:
     sizes = _truncation_sizes(base)
     assert len(sizes) > 10
+    outcomes: dict[int, str] = {}
     for size in sizes:
         copy = tmp_path / f"cut{size}"
         shutil.copytree(base, copy)
         os.truncate(copy / "data.mdb", size)
         report = _child("walk", str(copy))
-        _assert_names_data(report, copy)
-        if size == 0:
-            assert "empty" in report["message"]
+        outcomes[size] = report["outcome"]
+        if report["outcome"] == "ok":
+            # Only free pages were cut (LMDB's unwritten tail, or pages no
+            # tree uses): everything reads back. Nothing else is accepted.
+            assert report == SOUND, (size, report)
+        else:
+            _assert_names_data(report, copy)
+        if size < 2 * _page_size(base):
+            assert "empty" in report["message"] or "shorter" in report["message"]
         shutil.rmtree(copy)
+    print(f"truncations: {outcomes}")
+    assert sum(outcome == "error" for outcome in outcomes.values()) >= len(sizes) // 2
 
 
 def test_data_file_truncated_while_open_is_corrupt_not_sigbus(store: Path) -> None:

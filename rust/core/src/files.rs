@@ -190,7 +190,7 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 /// Checks meta page `which` (0 or 1) of a file of `len` bytes with pages of `psize`.
-fn check_meta(page: &[u8; META_BYTES], which: u64, psize: u64, len: u64) -> Result<(), String> {
+fn check_meta(page: &[u8; META_BYTES], which: u64, psize: u64, len: u64) -> Result<u64, String> {
     let magic = u32_at(page, 16);
     if magic != MDB_MAGIC {
         return Err(format!(
@@ -215,8 +215,8 @@ fn check_meta(page: &[u8; META_BYTES], which: u64, psize: u64, len: u64) -> Resu
     }
     let last_pg = u64_at(page, 136);
     let needed = last_pg.checked_add(1).and_then(|pages| pages.checked_mul(psize));
-    match needed {
-        Some(needed) if last_pg >= 1 && needed <= len => {}
+    let needed = match needed {
+        Some(needed) if last_pg >= 1 && short_tail(len, needed).is_some() => needed,
         _ => {
             return Err(format!(
                 "meta page {which} says the file has {} pages of {psize} bytes, but it is {len} bytes long \
@@ -224,29 +224,66 @@ fn check_meta(page: &[u8; META_BYTES], which: u64, psize: u64, len: u64) -> Resu
                 last_pg.saturating_add(1)
             ))
         }
-    }
-    // The free-page tree and the main tree: a root inside the file, a sane depth.
+    };
+    // The free-page tree and the main tree: a root inside the file (a page
+    // LMDB wrote, so one the file still has), a sane depth.
+    let in_file = len / psize;
     for (name, db) in [("free-page", 40), ("main", 88)] {
         let depth = u16_at(page, db + 6);
         let root = u64_at(page, db + 40);
         let valid = if root == P_INVALID {
             depth == 0
         } else {
-            (2..=last_pg).contains(&root) && (1..=MAX_DEPTH).contains(&depth)
+            (2..=last_pg).contains(&root) && root < in_file && (1..=MAX_DEPTH).contains(&depth)
         };
         if !valid {
             return Err(format!(
-                "meta page {which}: the {name} tree's root page {root} (depth {depth}) is outside the file"
+                "meta page {which}: the {name} tree's root page {root} (depth {depth}) is outside the file \
+                 of {in_file} pages (truncated?)"
             ));
         }
     }
-    Ok(())
+    Ok(needed)
+}
+
+/// How many bytes short of `needed` a file of `len` bytes is, if it is
+/// short by no more than LMDB leaves legitimately. LMDB does not write the
+/// pages a transaction allocated and freed again ("loose" pages), so the
+/// newest pages its meta page counts may be missing from the file: they are
+/// free, and never read. More than this is a truncated file.
+fn short_tail(len: u64, needed: u64) -> Option<u64> {
+    const TOLERATED_PAGES: u64 = 256;
+    let missing = needed.saturating_sub(len);
+    (missing <= (TOLERATED_PAGES * 4096).max(len / 4)).then_some(missing)
+}
+
+/// Grows `file` to `needed` bytes with zeros (never shrinks it, never
+/// overwrites a byte another process writes meanwhile): pages LMDB counts
+/// but never wrote then read as zeros, which LMDB reports as a damaged page
+/// if a damaged tree points there, instead of killing the process with
+/// SIGBUS. False where the file system cannot.
+fn extend_with_zeros(file: &File, len: u64, needed: u64) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (Ok(offset), Ok(extra)) = (libc::off_t::try_from(len), libc::off_t::try_from(needed - len)) else {
+            return false;
+        };
+        // SAFETY: fallocate on a descriptor we own; mode 0 only allocates
+        // (zeros where nothing is written) and grows the file's size.
+        unsafe { libc::fallocate(file.as_raw_fd(), 0, offset, extra) == 0 }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (file, len, needed);
+        false
+    }
 }
 
 /// One look at `data.mdb`: its meta pages, then its length (LMDB writes a
 /// transaction's pages before its meta page, so a file read in this order
 /// is long enough for what its meta pages say, even while an engine writes).
-fn check_data_once(file: &mut File) -> Result<(), String> {
+fn check_data_once(file: &mut File) -> Result<(u64, u64), String> {
     let read_page = |file: &mut File, offset: u64| -> Result<[u8; META_BYTES], String> {
         let mut page = [0u8; META_BYTES];
         std::os::unix::fs::FileExt::read_exact_at(file, &mut page, offset)
@@ -271,8 +308,8 @@ fn check_data_once(file: &mut File) -> Result<(), String> {
     }
     let second = read_page(file, psize)?;
     let len = file.metadata().map_err(|err| err.to_string())?.len();
-    check_meta(&first, 0, psize, len)?;
-    check_meta(&second, 1, psize, len)
+    let needed = check_meta(&first, 0, psize, len)?.max(check_meta(&second, 1, psize, len)?);
+    Ok((len, needed))
 }
 
 /// Checks `data.mdb` before LMDB opens it. A missing or empty file is a new
@@ -307,7 +344,14 @@ pub fn check_data(dir: &Path) -> Result<()> {
     let mut tries = 0;
     loop {
         match check_data_once(&mut file) {
-            Ok(()) => return Ok(()),
+            Ok((len, needed)) => {
+                if len < needed {
+                    if let Ok(writable) = open_nofollow(&path, true) {
+                        extend_with_zeros(&writable, len, needed);
+                    }
+                }
+                return Ok(());
+            }
             Err(reason) if tries >= 2 => return Err(corrupt(&path, reason)),
             Err(_) => {
                 tries += 1;
@@ -326,20 +370,30 @@ pub struct DataFile {
 impl DataFile {
     pub fn open(dir: &Path) -> Result<DataFile> {
         let path = dir.join(DATA);
-        let file = open_nofollow(&path, false).map_err(|err| access(&path, err))?;
+        let file = open_nofollow(&path, true)
+            .or_else(|_| open_nofollow(&path, false))
+            .map_err(|err| access(&path, err))?;
         Ok(DataFile { file, path })
     }
 
-    /// Errs when the file is shorter than `needed` bytes: it was truncated
-    /// under the map, and reading the pages past its end would kill the
-    /// process with SIGBUS.
+    /// The file's length, made at least `needed` bytes (the pages the newest
+    /// meta page counts) when it falls short by no more than LMDB's unwritten
+    /// free pages (see [`short_tail`]). Errs when it is shorter than that: it
+    /// was truncated under the map, and reading the pages past its end would
+    /// kill the process with SIGBUS.
     pub fn check_len(&self, needed: u64) -> Result<u64> {
         let len = self.file.metadata().map_err(|err| access(&self.path, err))?.len();
-        if len < needed {
+        if len >= needed {
+            return Ok(len);
+        }
+        if short_tail(len, needed).is_none() {
             return Err(corrupt(
                 &self.path,
                 format!("the file is {len} bytes long but holds {needed} bytes of pages (truncated while open)"),
             ));
+        }
+        if extend_with_zeros(&self.file, len, needed) {
+            return Ok(needed);
         }
         Ok(len)
     }
