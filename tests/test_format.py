@@ -558,8 +558,14 @@ def by_op(records: list[Record]) -> dict[str, list[Record]]:
 def test_files_are_owner_only(written: tuple[Path, dict[str, Any], Store]) -> None:
     path, _, _ = written
     assert stat.S_IMODE(path.stat().st_mode) == 0o700
-    assert sorted(p.name for p in path.iterdir()) == ["data.mdb", "lock.mdb", "owners"]
-    for name in ("data.mdb", "lock.mdb"):
+    assert sorted(p.name for p in path.iterdir()) == [
+        "data.mdb",
+        "lock.mdb",
+        "owners",
+        "perdure.store",
+    ]
+    assert (path / "perdure.store").read_bytes() == b"perdure store\n"
+    for name in ("data.mdb", "lock.mdb", "perdure.store"):
         st = (path / name).stat()
         assert stat.S_IMODE(st.st_mode) == 0o600, name
         assert st.st_uid == os.getuid()

@@ -79,6 +79,22 @@ def _cmd_callback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from perdure.check import check_store
+
+    if not Path(args.store).is_dir():
+        print(f"perdure: no store at {args.store!r}", file=sys.stderr)
+        return 2
+    report = check_store(args.store)
+    for message in report.damaged:
+        print(message)
+    verdict = "ok" if report.ok else f"{len(report.damaged)} damaged"
+    print(f"{report.path}: {report.entries} entries read, {verdict}")
+    return 0 if report.ok else 1
+
+
 def _import_user_code(targets: Sequence[str]) -> None:
     """Imports the modules (or ``.py`` files) named by ``--import``: the user's
     own code that registers durable functions. Names read from a store are
@@ -292,6 +308,14 @@ def _parser() -> argparse.ArgumentParser:
     callback.add_argument("--message", default="Callback failed", help="error message (fail)")
     callback.add_argument("--error-type", default="CallbackFailure", help="error type (fail)")
     callback.set_defaults(run=_cmd_callback)
+
+    check_help = (
+        "read every entry of the store in a child process and report damage: values that fail "
+        "their checksum, bad journal keys, and a data.mdb that LMDB cannot read (a crash of "
+        "the child included); exit 1 when anything is damaged"
+    )
+    check = command("check", check_help)
+    check.set_defaults(run=_cmd_check)
 
     replay_help = (
         "re-run stored executions against the current code without running any step, and "

@@ -28,6 +28,11 @@ pub enum Error {
     #[error("corrupt store: {0}")]
     CorruptStore(String),
 
+    /// A file of the store is damaged (truncated, emptied, meta pages or
+    /// B-tree pages that LMDB refuses): nothing in it can be trusted.
+    #[error("corrupt store file {path:?}: {reason}")]
+    CorruptFile { path: PathBuf, reason: String },
+
     /// The store was written by a format this build does not understand.
     #[error("store {path:?} has format version {found}; this perdure reads version {supported}")]
     FormatVersion { path: PathBuf, found: u32, supported: u32 },

@@ -28,6 +28,8 @@ fn open(path: &Path, create: bool) -> std::io::Result<File> {
         .create(create)
         .truncate(false)
         .mode(0o600)
+        // A link planted in place of a lock file is refused, not followed.
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
 }
 
@@ -49,6 +51,17 @@ impl OwnerLock {
             .mode(0o700)
             .create(&dir)
             .map_err(|source| access(&dir, source))?;
+        // The folder must be the store's own, not a link to somewhere else.
+        let folder = fs::symlink_metadata(&dir).map_err(|source| access(&dir, source))?;
+        if !folder.is_dir() {
+            return Err(access(
+                &dir,
+                std::io::Error::new(
+                    std::io::ErrorKind::PermissionDenied,
+                    "is not a directory (a symbolic link?)",
+                ),
+            ));
+        }
         let path = lock_path(store_dir, owner);
         let mut file = open(&path, true).map_err(|source| access(&path, source))?;
         if !try_lock(&file) {

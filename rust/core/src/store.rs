@@ -6,15 +6,17 @@ use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
 use std::fs;
 use std::ops::Bound;
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 
-use heed::types::Bytes;
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
 use crate::error::{Error, Result};
+use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
+use crate::mapped::{Bounds, Mapped};
 use crate::record::Record;
 use crate::replay::ReplayIndex;
 use crate::sealed;
@@ -77,23 +79,26 @@ impl Default for StoreOptions {
     }
 }
 
+/// Every database: raw bytes, checked to lie inside the file when read.
+pub(crate) type Db = Database<Mapped, Mapped>;
+
 #[derive(Clone, Copy)]
 pub(crate) struct Dbs {
-    pub meta: Database<Bytes, Bytes>,
-    pub executions: Database<Bytes, Bytes>,
-    pub exec_ids: Database<Bytes, Bytes>,
-    pub journal: Database<Bytes, Bytes>,
-    pub timers: Database<Bytes, Bytes>,
-    pub callbacks: Database<Bytes, Bytes>,
-    pub pending: Database<Bytes, Bytes>,
+    pub meta: Db,
+    pub executions: Db,
+    pub exec_ids: Db,
+    pub journal: Db,
+    pub timers: Db,
+    pub callbacks: Db,
+    pub pending: Db,
     /// Wake value -> execution key: the wake-ups after a value, in order.
-    pub wakes: Database<Bytes, Bytes>,
+    pub wakes: Db,
     /// Owner id -> [`keys::OwnerEntry`]: the engines running executions.
-    pub owners: Database<Bytes, Bytes>,
+    pub owners: Db,
     /// Execution key -> owner id: who runs each active execution.
-    pub leases: Database<Bytes, Bytes>,
+    pub leases: Db,
     /// Execution key -> nothing: active executions no engine runs yet.
-    pub orphans: Database<Bytes, Bytes>,
+    pub orphans: Db,
 }
 
 /// What an invocation needs, read in one transaction.
@@ -121,6 +126,12 @@ pub struct Store {
     pub(crate) dbs: Dbs,
     path: PathBuf,
     durability: Durability,
+    /// `data.mdb`, to notice a file truncated under the map before LMDB
+    /// reads past its end.
+    data: DataFile,
+    page_size: u64,
+    /// Where LMDB mapped data.mdb (0: unknown); set again after each resize.
+    map_start: AtomicUsize,
     /// Read and write transactions hold it shared; resizing the map holds it
     /// exclusively, because LMDB may only resize with no transaction open.
     gate: RwLock<()>,
@@ -157,12 +168,21 @@ impl Store {
     }
 
     fn open_env(path: &Path, options: &StoreOptions) -> Result<Store> {
-        let access = |source: std::io::Error| Error::StoreAccess {
-            path: path.to_path_buf(),
-            source,
-        };
+        // Who owns the directory and its files, then what data.mdb says of
+        // itself: both before LMDB opens (and maps) anything.
+        files::check_dir(path)?;
+        files::check_files(path)?;
+        files::check_data(path)?;
+        // LMDB creates its files with 0600 but keeps the mode of older files:
+        // tighten them, now. Not once LMDB has them open: closing any other
+        // descriptor of lock.mdb would drop this process's fcntl locks on it,
+        // and the next process would take the store for unused and reset the
+        // lock file under the running writers.
+        for file in [files::DATA, files::LOCK] {
+            files::make_private(&path.join(file))?;
+        }
         let page = page_size();
-        let existing = fs::metadata(path.join("data.mdb"))
+        let existing = fs::metadata(path.join(files::DATA))
             .map(|m| m.len() as usize)
             .unwrap_or(0);
         let map_size = round_up(options.map_size.max(existing.saturating_mul(2)).max(page), page);
@@ -174,17 +194,28 @@ impl Store {
         env_options.map_size(map_size).max_dbs(16).max_readers(1024);
         // SAFETY: the registry above guarantees one Env per path in this process,
         // and perdure never modifies the files behind LMDB's back.
-        let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| match err {
-            heed::Error::Io(io) => access(io),
-            heed::Error::Mdb(MdbError::Other(code)) if code == libc::EACCES || code == libc::EROFS => {
-                access(std::io::Error::from_raw_os_error(code))
-            }
-            other => Error::Lmdb(other),
-        })?;
-        for file in ["data.mdb", "lock.mdb"] {
-            // LMDB creates files with 0600 but keeps the mode of older files; be sure.
-            let _ = fs::set_permissions(path.join(file), fs::Permissions::from_mode(0o600));
-        }
+        let env = unsafe { env_options.flags(flags).open(path) }.map_err(|err| map_open_error(path, err))?;
+        let dbs = Store::open_dbs(&env, path).map_err(|err| corrupt_lmdb(path, err))?;
+        // From now on an empty or missing data.mdb is damage, not a new store
+        // (a store from before the marker gets it here, once found valid).
+        files::write_marker(path)?;
+        let data = DataFile::open(path)?;
+        let page_size = u64::from(env.stat().page_size);
+        Ok(Store {
+            env,
+            dbs,
+            path: path.to_path_buf(),
+            durability: options.durability,
+            data,
+            page_size,
+            map_start: AtomicUsize::new(0),
+            gate: RwLock::new(()),
+        })
+        .inspect(Store::find_map)
+    }
+
+    /// Opens the named databases, checks the format and upgrades an older one.
+    fn open_dbs(env: &Env<WithoutTls>, path: &Path) -> Result<Dbs> {
         let mut txn = env.write_txn().map_err(|err| map_open_error(path, err))?;
         let dbs = Dbs {
             meta: env.create_database(&mut txn, Some("meta"))?,
@@ -223,13 +254,7 @@ impl Store {
             }
         }
         txn.commit().map_err(|err| map_open_error(path, err))?;
-        Ok(Store {
-            env,
-            dbs,
-            path: path.to_path_buf(),
-            durability: options.durability,
-            gate: RwLock::new(()),
-        })
+        Ok(dbs)
     }
 
     pub fn path(&self) -> &Path {
@@ -248,10 +273,18 @@ impl Store {
             match self.env.read_txn() {
                 Ok(txn) => {
                     let f = f.take().expect("read closure runs once");
-                    let result = f(&txn, &self.dbs);
+                    let result = self.txn_bounds().and_then(|_bounds| f(&txn, &self.dbs));
                     drop(txn);
                     drop(guard);
-                    return result;
+                    return result.map_err(|err| match err {
+                        // A read transaction goes bad only after LMDB met a
+                        // damaged page in it.
+                        Error::Lmdb(heed::Error::Mdb(MdbError::BadTxn)) => Error::CorruptFile {
+                            path: self.data.path.clone(),
+                            reason: "LMDB gave up on a damaged page".into(),
+                        },
+                        other => self.file_error(other),
+                    });
                 }
                 Err(heed::Error::Mdb(MdbError::MapResized)) => {
                     drop(guard);
@@ -260,6 +293,35 @@ impl Store {
                 Err(err) => return Err(err.into()),
             }
         }
+    }
+
+    /// Errs, naming `data.mdb`, when the file is shorter than the pages its
+    /// newest meta page counts: it was truncated under the map, and reading
+    /// past its end would kill the process (SIGBUS). Call with a transaction
+    /// open (after which LMDB reads no newer meta page).
+    pub(crate) fn check_data_len(&self) -> Result<u64> {
+        let pages = (self.env.info().last_page_number as u64).saturating_add(1);
+        self.data.check_len(pages.saturating_mul(self.page_size))
+    }
+
+    /// Checks the file's length (see [`Store::check_data_len`]) and bounds
+    /// every key and value this thread reads until the guard drops to the
+    /// part of the map the file backs (see [`crate::mapped`]).
+    pub(crate) fn txn_bounds(&self) -> Result<Bounds> {
+        let len = self.check_data_len()?;
+        let map_start = self.map_start.load(Ordering::Acquire);
+        Ok(Bounds::set(map_start, self.env.info().map_size, len))
+    }
+
+    /// Looks up where the map is, after opening and after each resize.
+    fn find_map(&self) {
+        let start = crate::mapped::map_start_of(&self.data.path, self.env.info().map_size).unwrap_or(0);
+        self.map_start.store(start, Ordering::Release);
+    }
+
+    /// LMDB's own findings of a damaged file, as the error naming the file.
+    pub(crate) fn file_error(&self, err: Error) -> Error {
+        corrupt_lmdb(&self.path, err)
     }
 
     pub(crate) fn gate(&self) -> &RwLock<()> {
@@ -271,6 +333,7 @@ impl Store {
         let _exclusive = self.gate.write();
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
         unsafe { self.env.resize(0) }?;
+        self.find_map();
         Ok(())
     }
 
@@ -281,6 +344,7 @@ impl Store {
         let new_size = round_up(current.saturating_mul(2), page_size());
         // SAFETY: the exclusive gate guarantees no transaction is open in this process.
         unsafe { self.env.resize(new_size) }?;
+        self.find_map();
         Ok(())
     }
 
@@ -337,7 +401,7 @@ impl Store {
             let lease = lease_in(txn, dbs, exec_key)?;
             // Records go straight from the cursor into the index, never all
             // into a list first: a long journal is held in memory once.
-            let mut index = ReplayIndex::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+            let mut index = ReplayIndex::with_capacity(journal_capacity_in(txn, dbs, exec_key)?);
             visit_journal(txn, dbs, exec_key, &meta.execution_id, |record| index.add(record))?;
             Ok(InvocationData {
                 exec_key,
@@ -362,9 +426,9 @@ impl Store {
         self.read(|txn, dbs| {
             let upper = keys::journal_key(exec_key, u32::MAX);
             match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
-                Some((key, value)) if keys::split_journal_key(key).map(|(e, _)| e) == Some(exec_key) => {
-                    let (_, seq) = keys::split_journal_key(key).unwrap_or_default();
+                Some((key, value)) if key.starts_with(&keys::exec_key_bytes(exec_key)) => {
                     let execution_id = meta_in(txn, dbs, exec_key)?.map(|m| m.execution_id).unwrap_or_default();
+                    let seq = journal_sequence(key, exec_key, &execution_id)?;
                     Record::decode(value).map(Some).map_err(|reason| Error::CorruptRecord {
                         execution_id,
                         sequence: seq,
@@ -495,6 +559,76 @@ impl Store {
     /// Bumped by every wake-up; lets an engine notice other processes' writes cheaply.
     pub fn wake_seq(&self) -> Result<u64> {
         self.read(|txn, dbs| counter_in(txn, dbs, META_WAKE_SEQ))
+    }
+
+    /// Reads every entry of every database, checks every checksum, every
+    /// journal key and record: what `perdure check` runs (in a child process,
+    /// since a damaged B-tree page can still crash LMDB itself). Returns the
+    /// damaged values found, each as the error naming it; an error of LMDB
+    /// (the file itself is damaged) ends the walk. `entries` counts what was
+    /// read.
+    pub fn check(&self) -> Result<(usize, Vec<Error>)> {
+        self.read(|txn, dbs| {
+            let mut entries = 0;
+            let mut damaged = Vec::new();
+            let sealed_dbs = [
+                ("executions", dbs.executions),
+                ("exec_ids", dbs.exec_ids),
+                ("timers", dbs.timers),
+                ("callbacks", dbs.callbacks),
+                ("pending", dbs.pending),
+                ("wakes", dbs.wakes),
+                ("owners", dbs.owners),
+                ("leases", dbs.leases),
+                ("orphans", dbs.orphans),
+            ];
+            for (name, db) in sealed_dbs {
+                for entry in db.iter(txn)? {
+                    let (key, value) = entry?;
+                    entries += 1;
+                    if let Err(reason) = sealed::unseal(key, value) {
+                        damaged.push(Error::CorruptStore(format!("{name} entry {key:02x?}: {reason}")));
+                    }
+                }
+            }
+            for entry in dbs.meta.iter(txn)? {
+                let (key, value) = entry?;
+                entries += 1;
+                if key != META_FORMAT {
+                    if let Err(reason) = sealed::unseal(key, value) {
+                        let name = String::from_utf8_lossy(key);
+                        damaged.push(Error::CorruptStore(format!("counter {name}: {reason}")));
+                    }
+                }
+            }
+            // Every journal, execution by execution, with its keys checked.
+            let mut exec_keys = Vec::new();
+            for entry in dbs.journal.iter(txn)? {
+                let (key, _) = entry?;
+                entries += 1;
+                let Some(exec_key) = keys::read_u64(key) else {
+                    damaged.push(Error::CorruptStore(format!("journal key {key:02x?} is too short")));
+                    continue;
+                };
+                if exec_keys.last() != Some(&exec_key) {
+                    exec_keys.push(exec_key);
+                }
+            }
+            for exec_key in exec_keys {
+                let execution_id = match meta_in(txn, dbs, exec_key) {
+                    Ok(Some(meta)) => meta.execution_id,
+                    Ok(None) => format!("<execution key {exec_key}>"),
+                    Err(err @ Error::Lmdb(_)) => return Err(err),
+                    Err(_) => format!("<execution key {exec_key}>"),
+                };
+                match visit_journal(txn, dbs, exec_key, &execution_id, |_| {}) {
+                    Ok(()) => {}
+                    Err(err @ Error::Lmdb(_)) => return Err(err),
+                    Err(err) => damaged.push(err),
+                }
+            }
+            Ok((entries, damaged))
+        })
     }
 
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
@@ -733,13 +867,16 @@ pub(crate) fn callback_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, callback_id: &str)
 }
 
 fn journal_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64, execution_id: &str) -> Result<Vec<Record>> {
-    let mut records = Vec::with_capacity(journal_len_in(txn, dbs, exec_key)?);
+    let mut records = Vec::with_capacity(journal_capacity_in(txn, dbs, exec_key)?);
     visit_journal(txn, dbs, exec_key, execution_id, |record| records.push(record))?;
     Ok(records)
 }
 
 /// Decodes an execution's records in order; a corrupt one stops the walk
-/// with an error naming the execution and the sequence number.
+/// with an error naming the execution and the sequence number. The keys
+/// must count 0, 1, 2, ... with no gap: a damaged key is reported, never
+/// believed (a record read under the wrong sequence number would replay
+/// the wrong operation).
 pub(crate) fn visit_journal(
     txn: &RoTxn<WithoutTls>,
     dbs: &Dbs,
@@ -747,29 +884,81 @@ pub(crate) fn visit_journal(
     execution_id: &str,
     mut visit: impl FnMut(Record),
 ) -> Result<()> {
+    let mut expected: u32 = 0;
     for entry in dbs.journal.prefix_iter(txn, &keys::exec_key_bytes(exec_key))? {
         let (key, value) = entry?;
-        let sequence = keys::split_journal_key(key).map_or(0, |(_, seq)| seq);
+        let sequence = journal_sequence(key, exec_key, execution_id)?;
+        if sequence != expected {
+            return Err(bad_journal_key(
+                execution_id,
+                format!("record {sequence} follows record {}", i64::from(expected) - 1),
+            ));
+        }
         let record = Record::decode(value).map_err(|reason| Error::CorruptRecord {
             execution_id: execution_id.to_string(),
             sequence,
             reason,
         })?;
         visit(record);
+        expected = expected.saturating_add(1);
     }
     Ok(())
 }
 
-/// How many records the journal holds: one past its last sequence number.
-fn journal_len_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<usize> {
+/// The sequence number of a journal key of `exec_key`, or the error naming
+/// the execution when the key is malformed.
+pub(crate) fn journal_sequence(key: &[u8], exec_key: u64, execution_id: &str) -> Result<u32> {
+    match keys::split_journal_key(key) {
+        Some((exec, sequence)) if exec == exec_key => Ok(sequence),
+        _ => Err(bad_journal_key(
+            execution_id,
+            format!("key {key:02x?} of {} bytes is not a journal key (12 bytes)", key.len()),
+        )),
+    }
+}
+
+pub(crate) fn bad_journal_key(execution_id: &str, reason: String) -> Error {
+    Error::CorruptExecution {
+        execution_id: execution_id.to_string(),
+        what: "journal",
+        reason,
+    }
+}
+
+/// How many records to make room for before reading a journal: one past
+/// its last sequence number, but never more than a bound, since the key it
+/// is read from may be damaged (the walk checks every key; a vector grows).
+fn journal_capacity_in(txn: &RoTxn<WithoutTls>, dbs: &Dbs, exec_key: u64) -> Result<usize> {
+    const MAX_PREALLOCATED: usize = 1 << 16;
     let upper = keys::journal_key(exec_key, u32::MAX);
     Ok(match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
         Some((key, _)) => match keys::split_journal_key(key) {
-            Some((exec, seq)) if exec == exec_key => seq as usize + 1,
+            Some((exec, seq)) if exec == exec_key => (seq as usize).saturating_add(1).min(MAX_PREALLOCATED),
             _ => 0,
         },
         None => 0,
     })
+}
+
+/// LMDB's errors that mean a damaged `data.mdb`, as [`Error::CorruptFile`].
+fn corrupt_lmdb(dir: &Path, err: Error) -> Error {
+    match err {
+        Error::Lmdb(heed::Error::Decoding(reason)) => Error::CorruptFile {
+            path: dir.join(files::DATA),
+            reason: reason.to_string(),
+        },
+        Error::Lmdb(heed::Error::Mdb(
+            code @ (MdbError::Invalid
+            | MdbError::VersionMismatch
+            | MdbError::Corrupted
+            | MdbError::PageNotFound
+            | MdbError::Incompatible),
+        )) => Error::CorruptFile {
+            path: dir.join(files::DATA),
+            reason: format!("LMDB reports {code}"),
+        },
+        other => other,
+    }
 }
 
 fn map_open_error(path: &Path, err: heed::Error) -> Error {
@@ -782,7 +971,7 @@ fn map_open_error(path: &Path, err: heed::Error) -> Error {
             path: path.to_path_buf(),
             source: io,
         },
-        other => Error::Lmdb(other),
+        other => corrupt_lmdb(path, Error::Lmdb(other)),
     }
 }
 

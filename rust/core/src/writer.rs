@@ -428,10 +428,14 @@ fn commit_group(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec
             }
             Err(err) => return Err(err.into()),
         };
-        let applied: Result<Vec<_>> = group
-            .iter()
-            .map(|batch| apply_batch(&mut txn, &store.dbs, batch))
-            .collect();
+        // A data.mdb truncated under the map would kill the process at the
+        // first page read past its end: refuse to write instead.
+        let applied: Result<Vec<_>> = store.txn_bounds().and_then(|_bounds| {
+            group
+                .iter()
+                .map(|batch| apply_batch(&mut txn, &store.dbs, batch))
+                .collect()
+        });
         let outcome = applied.and_then(|results| Ok(txn.commit().map(|()| results)?));
         drop(guard);
         match outcome {
@@ -442,7 +446,7 @@ fn commit_group(store: &Store, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec
                 })?
             }
             Err(Error::Lmdb(heed::Error::Mdb(MdbError::MapResized))) => store.adopt_map_size()?,
-            other => return other,
+            other => return other.map_err(|err| store.file_error(err)),
         }
     }
 }
@@ -765,13 +769,27 @@ fn finish_callback(
 fn append(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, record: &Record) -> Result<()> {
     let upper = keys::journal_key(exec_key, u32::MAX);
     let seq = match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
-        Some((key, _)) => match keys::split_journal_key(key) {
-            Some((exec, seq)) if exec == exec_key => seq.checked_add(1).ok_or_else(|| {
-                Error::InvalidInput(format!("execution key {exec_key} reached the journal length limit"))
-            })?,
-            _ => 0,
-        },
-        None => 0,
+        // A damaged last key is an error, never a reason to start again at 0
+        // (which would overwrite the first record).
+        Some((key, _)) if key.starts_with(&keys::exec_key_bytes(exec_key)) => {
+            let execution_id = || {
+                store::meta_in(txn, dbs, exec_key)
+                    .ok()
+                    .flatten()
+                    .map_or_else(|| format!("<execution key {exec_key}>"), |meta| meta.execution_id)
+            };
+            let Some((_, seq)) = keys::split_journal_key(key) else {
+                let reason = format!("key {key:02x?} of {} bytes is not a journal key (12 bytes)", key.len());
+                return Err(store::bad_journal_key(&execution_id(), reason));
+            };
+            seq.checked_add(1).ok_or_else(|| {
+                store::bad_journal_key(
+                    &execution_id(),
+                    format!("record {seq} is past the journal length limit"),
+                )
+            })?
+        }
+        _ => 0,
     };
     dbs.journal
         .put(txn, &keys::journal_key(exec_key, seq), &record.encode())?;
@@ -983,12 +1001,7 @@ fn grant(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, owner: u64) -> Result<()> {
     )
 }
 
-fn put_sealed(
-    txn: &mut RwTxn,
-    db: heed::Database<heed::types::Bytes, heed::types::Bytes>,
-    key: &[u8],
-    payload: &[u8],
-) -> Result<()> {
+fn put_sealed(txn: &mut RwTxn, db: store::Db, key: &[u8], payload: &[u8]) -> Result<()> {
     db.put(txn, key, &sealed::seal(key, payload))?;
     Ok(())
 }

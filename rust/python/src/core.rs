@@ -192,6 +192,13 @@ impl Core {
         self.runtime.owner_id()
     }
 
+    /// Reads every stored entry and checks it: (entries read, the damage
+    /// found as messages). A damaged file raises CorruptStoreError.
+    fn check(&self, py: Python<'_>) -> PyResult<(usize, Vec<String>)> {
+        let (entries, damaged) = py.detach(|| self.runtime.store.check()).py_err()?;
+        Ok((entries, damaged.iter().map(ToString::to_string).collect()))
+    }
+
     /// The owner id of the engine that runs an execution, if any.
     fn lease(&self, py: Python<'_>, exec_key: u64) -> PyResult<Option<u64>> {
         let lease = py.detach(|| self.runtime.store.lease(exec_key)).py_err()?;

@@ -42,6 +42,9 @@ pub fn to_py(err: Error) -> PyErr {
                 vec![("execution_id", obj(py, execution_id)), ("sequence", obj(py, sequence))],
             ),
             Error::CorruptStore(_) => ("CorruptStoreError", vec![]),
+            Error::CorruptFile { path, .. } => {
+                ("CorruptStoreError", vec![("path", obj(py, path.display().to_string()))])
+            }
             Error::CorruptExecution { execution_id, .. } => (
                 "CorruptStoreError",
                 vec![("execution_id", obj(py, execution_id.clone()))],
