@@ -107,7 +107,8 @@ impl<'a> BytesDecode<'a> for Mapped {
 }
 
 /// Where the map of `data_path` starts in this process, from
-/// `/proc/self/maps` (LMDB does not tell): the mapping of the file at offset
+/// `/proc/self/maps` (LMDB does not tell: `mdb_env_info`'s map address is
+/// the fixed-map address stored in the meta page, null here): the mapping of the file at offset
 /// 0, `map_size` long when several are found. None where there is no such
 /// listing: keys and values are then not bounded.
 pub fn map_start_of(data_path: &std::path::Path, map_size: usize) -> Option<usize> {
