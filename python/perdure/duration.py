@@ -16,12 +16,25 @@ _MS_PER_SECOND = 1000
 _MS_PER_MINUTE = 60 * _MS_PER_SECOND
 _MS_PER_HOUR = 60 * _MS_PER_MINUTE
 _MS_PER_DAY = 24 * _MS_PER_HOUR
+#: The longest duration: 1000 years of 365 days. Far beyond any wait or
+#: timeout, far inside the clock's range (milliseconds in 64 bits).
+MAX_MILLIS = 1000 * 365 * _MS_PER_DAY
+
+
+def _check_total(name: str, millis: float) -> int:
+    if not millis <= MAX_MILLIS:  # also catches an infinite sum
+        msg = f"Duration {name} must be at most 1000 years in all, got {millis!r:.40} ms"
+        raise ValidationError(msg)
+    return round(millis)
 
 
 def _check_amount(name: str, value: object) -> float:
     # bool is an int, but Duration(seconds=True) is a bug, not one second.
     if isinstance(value, bool) or not isinstance(value, Real):
         msg = f"Duration {name} must be a number, got {type(value).__name__}: {value!r}"
+        raise ValidationError(msg)
+    if cast(float, value) > MAX_MILLIS:  # checked first: an int this large has no float
+        msg = f"Duration {name} must be at most 1000 years in all, got {value!r:.40}"
         raise ValidationError(msg)
     if not math.isfinite(value):
         msg = f"Duration {name} must be finite, got {value!r}"
@@ -60,11 +73,11 @@ class Duration:
             + _check_amount("milliseconds", self.milliseconds)
         )
         # Computed once: timers and comparisons use it on every call.
-        object.__setattr__(self, "_millis", round(total))
+        object.__setattr__(self, "_millis", _check_total("fields", total))
 
     @classmethod
     def _of(cls, name: str, value: float, unit_ms: int) -> Duration:
-        total = round(_check_amount(name, value) * unit_ms)
+        total = _check_total(name, _check_amount(name, value) * unit_ms)
         # Normalise to seconds + milliseconds so that ``.seconds`` of a
         # duration built by a factory is its whole seconds, as in AWS SDK v3.
         seconds, millis = divmod(total, _MS_PER_SECOND)
