@@ -21,10 +21,9 @@ _MS_PER_DAY = 24 * _MS_PER_HOUR
 MAX_MILLIS = 1000 * 365 * _MS_PER_DAY
 
 
-def _check_total(name: str, millis: float) -> int:
+def _check_total(what: str, millis: float) -> int:
     if not millis <= MAX_MILLIS:  # also catches an infinite sum
-        msg = f"Duration {name} must be at most 1000 years in all, got {millis!r:.40} ms"
-        raise ValidationError(msg)
+        raise ValidationError(f"{what} is longer than the longest duration, 1000 years")
     return round(millis)
 
 
@@ -34,7 +33,7 @@ def _check_amount(name: str, value: object) -> float:
         msg = f"Duration {name} must be a number, got {type(value).__name__}: {value!r}"
         raise ValidationError(msg)
     if cast(float, value) > MAX_MILLIS:  # checked first: an int this large has no float
-        msg = f"Duration {name} must be at most 1000 years in all, got {value!r:.40}"
+        msg = f"Duration {name}={value!r:.40} is longer than the longest duration, 1000 years"
         raise ValidationError(msg)
     if not math.isfinite(value):
         msg = f"Duration {name} must be finite, got {value!r}"
@@ -73,11 +72,12 @@ class Duration:
             + _check_amount("milliseconds", self.milliseconds)
         )
         # Computed once: timers and comparisons use it on every call.
-        object.__setattr__(self, "_millis", _check_total("fields", total))
+        object.__setattr__(self, "_millis", _check_total(repr(self), total))
 
     @classmethod
     def _of(cls, name: str, value: float, unit_ms: int) -> Duration:
-        total = _check_total(name, _check_amount(name, value) * unit_ms)
+        amount = _check_amount(name, value)
+        total = _check_total(f"Duration of {amount!r:.40} {name}", amount * unit_ms)
         # Normalise to seconds + milliseconds so that ``.seconds`` of a
         # duration built by a factory is its whole seconds, as in AWS SDK v3.
         seconds, millis = divmod(total, _MS_PER_SECOND)

@@ -160,12 +160,13 @@ mod tests {
 
     #[test]
     fn a_step_back_of_the_system_clock_does_not_stop_the_engine_clock() {
+        let hour = 3_600_000;
         let mut last = None;
-        assert_eq!(SystemClock::read(1_000_000, 50, &mut last), 1_000_000);
-        assert_eq!(SystemClock::read(1_000_100, 150, &mut last), 1_000_100);
+        assert_eq!(SystemClock::read(10_000_000, 50, &mut last), 10_000_000);
+        assert_eq!(SystemClock::read(10_000_100, 150, &mut last), 10_000_100);
         // The system clock steps back an hour; the steady clock moves on.
-        assert_eq!(SystemClock::read(1_000_200 - 3_600_000, 250, &mut last), 1_000_200);
-        assert_eq!(SystemClock::read(1_000_300 - 3_600_000, 350, &mut last), 1_000_300);
+        assert_eq!(SystemClock::read(10_000_200 - hour, 250, &mut last), 10_000_200);
+        assert_eq!(SystemClock::read(10_000_300 - hour, 350, &mut last), 10_000_300);
     }
 
     #[test]
