@@ -51,6 +51,10 @@ def optional_text(value: object, what: str, *, max_bytes: int | None = None) -> 
     """None, or :func:`text` (empty allowed)."""
     if value is None:
         return None
+    if not isinstance(value, str):
+        raise ValidationError(
+            f"{what} must be a str or None, got {type(value).__name__}: {_show(value)}"
+        )
     return text(value, what, max_bytes=max_bytes, empty=True)
 
 

@@ -32,11 +32,15 @@ def _check_amount(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         msg = f"Duration {name} must be a number, got {type(value).__name__}: {value!r}"
         raise ValidationError(msg)
-    if cast(float, value) > MAX_MILLIS:  # checked first: an int this large has no float
-        msg = f"Duration {name}={value!r:.40} is longer than the longest duration, 1000 years"
-        raise ValidationError(msg)
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = True
+    if not finite:
         msg = f"Duration {name} must be finite, got {value!r}"
+        raise ValidationError(msg)
+    if cast(float, value) > MAX_MILLIS:  # more than 1000 years in any unit
+        msg = f"Duration {name}={value!r:.40} is longer than the longest duration, 1000 years"
         raise ValidationError(msg)
     if value < 0:
         msg = f"Duration {name} must not be negative, got {value!r}"
