@@ -103,6 +103,9 @@ def _misuse(ctx: DurableContext) -> dict[str, Callable[[], Any]]:
         "map concurrency": lambda: ctx.map(
             [1], lambda c, i, n, a: i, config=MapConfig(max_concurrency=2**70)
         ),
+        "map item_namer": lambda: ctx.map(
+            [1], lambda c, i, n, a: i, config=MapConfig(item_namer=lambda item, index: index)
+        ),
         "parallel name": lambda: ctx.parallel([lambda c: 1], name=3.5),  # type: ignore[arg-type]
         "invoke surrogate": lambda: ctx.invoke("test_callers.\udcff"),
         "invoke name int": lambda: ctx.invoke("test_callers.double", 1, name=1),  # type: ignore[arg-type]
@@ -509,6 +512,11 @@ BAD_CALLS: dict[str, tuple[Callable[[Engine, str], Any], str]] = {
         "error_data",
     ),
     "close timeout str": (lambda e, c: e.close("soon"), "close timeout"),
+    "replay ids surrogate": (lambda e, c: e.replay(execution_ids=["d\udcff"]), "execution_ids"),
+    "replay ids int": (lambda e, c: e.replay(execution_ids=[1]), "execution_ids"),
+    "replay workers huge": (lambda e, c: e.replay(workers=2**70), "workers"),
+    "replay verify str": (lambda e, c: e.replay(verify="yes"), "verify"),
+    "replay progress int": (lambda e, c: e.replay(progress=3), "progress"),
 }
 
 

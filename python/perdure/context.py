@@ -767,7 +767,10 @@ class DurableContext:
             raise ValidationError(f"map needs a sequence of items, got {type(items).__name__}")
         namer = config.item_namer or (lambda _item, index: f"map-item-{index}")
         branches = [
-            (namer(item, index), _map_branch(func, item, index, items))
+            (
+                _checks.optional_text(namer(item, index), "map item_namer result"),
+                _map_branch(func, item, index, items),
+            )
             for index, item in enumerate(items)
         ]
         return self._run_batch(branches, name, config, R.SUB_MAP, R.SUB_MAP_ITERATION)

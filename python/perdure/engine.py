@@ -398,6 +398,14 @@ class Engine:
         from perdure.verify import replay_executions
 
         self._check_open()
+        if execution_ids is not None and not isinstance(execution_ids, str):
+            execution_ids = [_checks.text(eid, "execution_ids item") for eid in execution_ids]
+        if workers is not None:
+            _checks.integer(workers, "workers", low=1, high=_MAX_WORKERS)
+        if not isinstance(verify, bool):
+            raise ValidationError(f"verify must be a bool, got {type(verify).__name__}")
+        if progress is not None and not callable(progress):
+            raise ValidationError(f"progress must be a callable, got {type(progress).__name__}")
         hook = None if progress is None else (lambda done, total, _ops: progress(done, total))
         return replay_executions(
             self,
