@@ -274,7 +274,9 @@ def test_async_steps_run_on_the_event_loop_given(tmp_path: Path) -> None:
                 await asyncio.sleep(0.002)
         finally:
             engine.close(timeout=5)
-        assert handle.status() in ("PENDING", "SUSPENDED")
+        # A closed engine's handles refuse; a reader shows where it stopped.
+        with Engine(tmp_path / "store", owner=False, durability="none") as reader:
+            assert reader.get(handle.execution_id).status() in ("PENDING", "SUSPENDED")
         return id(loop), probe
 
     loop_id, probe = asyncio.run(main())
@@ -294,7 +296,8 @@ def test_close_leaves_async_executions_in_flight_resumable(tmp_path: Path) -> No
             engine.start(aw.gated, n, execution_id=eid)
         wait_for(lambda: all(aw.GATE.entered[eid] for eid in ids), "every step to block")
         engine.close(timeout=0.2)  # the blocked steps do not finish in time
-        assert {engine.get(eid).status() for eid in ids} <= {"PENDING", "SUSPENDED"}
+    with Engine(store, owner=False, durability="process") as reader:
+        assert {reader.get(eid).status() for eid in ids} <= {"PENDING", "SUSPENDED"}
     assert not [t for t in threading.enumerate() if t.name == "perdure-asyncio"]
     assert sum(aw.GATE.cancelled.values()) == 5
     aw.GATE.open = True

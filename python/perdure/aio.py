@@ -255,6 +255,7 @@ class AsyncDurableContext(DurableContext):
     ) -> Any:
         """Creates a callback, hands its id to ``submitter`` (run as a step;
         sync or async) and waits for the answer."""
+        self._check_live()
         config, prefix, callback_config, step_config = _wait_for_callback_plan(
             submitter, name, config
         )
@@ -461,7 +462,7 @@ class _LoopState(_InvocationState):
         child: tuple[str, str, bytes, str, int | None] | None = None,
     ) -> str | None:
         if self.ended:
-            raise _Abort()
+            raise self.ended_error()
         if self.deferred or self.deferred_timers or wake_at:
             records, wake_at = self.with_deferred(records, wake_at)
         future = self._loop.create_future()
@@ -631,6 +632,8 @@ class EngineLoop:
                 return
             except Exception as exc:
                 ended = (False, exc)
+            finally:
+                state.ended = True
             final, records, timers = engine._ending(state, started_ms, ended)
             try:
                 with contextlib.suppress(*_ENDED):  # cancelled while it ran, taken over, closed

@@ -42,11 +42,18 @@ __all__ = [
 T = TypeVar("T")
 
 
+# Counts travel to the executor as 64-bit numbers.
+_MAX_COUNT = (1 << 63) - 1
+
+
 def _check_count(owner: str, name: str, value: object, *, minimum: int) -> None:
     if value is None:
         return
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValidationError(f"{owner}.{name} must be an int >= {minimum} or None, got {value!r}")
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= _MAX_COUNT:
+        raise ValidationError(
+            f"{owner}.{name} must be an int >= {minimum} (at most 2**63-1) or None, "
+            f"got {value!r:.40}"
+        )
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -21,11 +22,28 @@ def _print_json(value: Any) -> None:
     sys.stdout.write(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode() + "\n")
 
 
+class _UsageError(Exception):
+    """A command line that cannot be served (exit code 2, like argparse's)."""
+
+
+def _existing_store(store: str) -> Path:
+    """The store directory of a command that reads or answers: it must hold
+    a store already. Opening it would create an empty one, and show an empty
+    store where the user mistyped a path."""
+    path = Path(store)
+    if not path.is_dir():
+        raise _UsageError(f"no perdure store at {store}: the directory does not exist")
+    if not (path / "data.mdb").is_file():
+        raise _UsageError(f"no perdure store at {store}: the directory holds no data.mdb")
+    return path
+
+
 def _client(args: argparse.Namespace) -> Any:
     from perdure.engine import Engine
 
+    store = _existing_store(args.store)
     # The CLI never runs executions: it works beside an engine in another process.
-    return Engine(args.store, owner=False, durability=args.durability)
+    return Engine(store, owner=False, durability=args.durability)
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -148,15 +166,12 @@ class _ReplayProgress:
 def _cmd_replay(args: argparse.Namespace) -> int:
     """Exit 0: every execution replays deterministically; 1: some do not (or
     could not be replayed); 2: a usage error."""
-    from pathlib import Path
 
     def usage(message: str) -> int:
         print(f"perdure replay: {message}", file=sys.stderr)
         return 2
 
-    store = Path(args.store)
-    if not (store / "data.mdb").is_file():
-        return usage(f"no perdure store at {store}")
+    store = _existing_store(args.store)
     try:
         _import_user_code(args.imports or [])
     except Exception as exc:
@@ -385,6 +400,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         code: int = args.run(args)
+    except _UsageError as exc:
+        print(f"perdure {args.command}: {exc}", file=sys.stderr)
+        return 2
     except PerdureError as exc:
         print(f"perdure: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -16,6 +16,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, NoReturn, TypeVar, cast
 
+from perdure import _checks
 from perdure import _records as R
 from perdure._core import MISSING, NEW
 from perdure.batch import BatchResult, MapConfig, ParallelConfig, run_batch
@@ -36,6 +37,7 @@ from perdure.errors import (
     ChildContextError,
     EngineClosedError,
     ExecutionFinishedError,
+    InvocationEndedError,
     InvokeError,
     LeaseLostError,
     NonDeterministicExecutionError,
@@ -147,6 +149,16 @@ class _InvocationState:
         self.deferred: list[R.RecordIn] = []
         self.deferred_timers: list[tuple[int, str]] = []
         self._deferred_lock = threading.Lock()
+        #: Set when the invocation ends: a context kept beyond it (in a
+        #: global, a thread, a task) can neither replay nor write.
+        self.ended = False
+
+    def ended_error(self) -> InvocationEndedError:
+        return InvocationEndedError(
+            f"execution {self.execution_id!r}: this durable context belongs to an invocation "
+            "that has ended; use the context handed to the function's current invocation",
+            execution_id=self.execution_id,
+        )
 
     def defer(self, record: R.RecordIn | None = None, timer: tuple[int, str] | None = None) -> None:
         with self._deferred_lock:
@@ -172,6 +184,8 @@ class _InvocationState:
         child: tuple[str, str, bytes, str, int | None] | None = None,
     ) -> str | None:
         """Makes records durable (with anything deferred) before returning."""
+        if self.ended:
+            raise self.ended_error()
         if self.deferred or self.deferred_timers:
             records, timers = self.with_deferred(records, wake_at)
         else:
@@ -320,6 +334,8 @@ class Callback(Generic[T]):
 
     def result(self) -> T:
         state = self._context._state
+        if state.ended:
+            raise state.ended_error()
         op = state.lookup(self.operation_id)
         status = op[R.OP_STATUS] if op is not None else R.STARTED
         if status == R.SUCCEEDED:
@@ -430,6 +446,11 @@ class DurableContext:
         """True while this context is re-running operations the journal already holds."""
         return self._replaying
 
+    def _check_live(self) -> None:
+        """Refuses an operation on a context whose invocation has ended."""
+        if self._state.ended:
+            raise self._state.ended_error()
+
     def _next_id(self) -> str:
         self._counter += 1
         return f"{self._prefix}{self._counter}"
@@ -501,6 +522,8 @@ class DurableContext:
         config: StepConfig | None = None,
     ) -> T:
         """Runs ``func(step_context)`` once and checkpoints its result."""
+        if self._state.ended:
+            raise self._state.ended_error()
         if not callable(func):
             raise ValidationError(f"step needs a callable, got {type(func).__name__}")
         if config is None:
@@ -509,6 +532,8 @@ class DurableContext:
             raise ValidationError(f"step config must be a StepConfig, got {type(config).__name__}")
         if name is None:
             name = getattr(func, "_perdure_name", None)
+        if name is not None and (type(name) is not str or not name.isascii()):
+            name = _checks.optional_text(name, "step name")
         self._counter = counter = self._counter + 1
         op_id = f"{self._prefix}{counter}"
         if config.serdes is None:
@@ -630,11 +655,13 @@ class DurableContext:
 
     def wait(self, duration: Duration, name: str | None = None) -> None:
         """Suspends the execution for ``duration``; no thread waits meanwhile."""
+        self._check_live()
         if not isinstance(duration, Duration):
             raise ValidationError(f"wait needs a Duration, got {type(duration).__name__}")
         millis = duration.to_millis()
         if millis <= 0:
             raise ValidationError(f"wait duration must be positive, got {duration!r}")
+        name = _checks.optional_text(name, "wait name")
         state = self._state
         op_id = self._next_id()
         op = self._recorded(op_id, R.WAIT, R.SUB_WAIT, name)
@@ -654,7 +681,9 @@ class DurableContext:
         self, name: str | None = None, config: CallbackConfig | None = None
     ) -> Callback[Any]:
         """Creates a callback whose id an external party answers with."""
+        self._check_live()
         config = _checked_config(config, CallbackConfig, "create_callback")
+        name = _checks.optional_text(name, "create_callback name")
         return self._create_callback(name, config)
 
     def _create_callback(self, name: str | None, config: CallbackConfig) -> Callback[Any]:
@@ -692,6 +721,7 @@ class DurableContext:
     ) -> Any:
         """Creates a callback, hands its id to ``submitter`` (run as a step) and
         waits for the answer."""
+        self._check_live()
         config, prefix, callback_config, step_config = _wait_for_callback_plan(
             submitter, name, config
         )
@@ -762,13 +792,18 @@ class DurableContext:
     ) -> BatchResult[T]:
         """Runs ``func(ctx, item, index, items)`` for every item, concurrently on
         the executor, each in its own child context; returns a BatchResult."""
+        self._check_live()
         _check_callable(func, "map")
         config = _checked_config(config, MapConfig, "map")
+        name = _checks.optional_text(name, "map name")
         if not isinstance(items, Sequence) or isinstance(items, str | bytes):
             raise ValidationError(f"map needs a sequence of items, got {type(items).__name__}")
         namer = config.item_namer or (lambda _item, index: f"map-item-{index}")
         branches = [
-            (namer(item, index), _map_branch(func, item, index, items))
+            (
+                _checks.optional_text(namer(item, index), "map item_namer result"),
+                _map_branch(func, item, index, items),
+            )
             for index, item in enumerate(items)
         ]
         return self._run_batch(branches, name, config, R.SUB_MAP, R.SUB_MAP_ITERATION)
@@ -781,7 +816,9 @@ class DurableContext:
     ) -> BatchResult[T]:
         """Runs every ``function(ctx)`` concurrently on the executor, each in its
         own child context; returns a BatchResult."""
+        self._check_live()
         config = _checked_config(config, ParallelConfig, "parallel")
+        name = _checks.optional_text(name, "parallel name")
         if not isinstance(functions, Sequence):
             got = type(functions).__name__
             raise ValidationError(f"parallel needs a sequence of functions, got {got}")
@@ -810,10 +847,14 @@ class DurableContext:
         The child has its own id and history; cancelling this execution
         cancels it. A child that fails, times out or is stopped raises
         InvokeError."""
+        self._check_live()
         config = _checked_config(config, InvokeConfig, "invoke")
         if not isinstance(function_name, str) and not callable(function_name):
             got = type(function_name).__name__
             raise ValidationError(f"invoke needs a function name, got {got}")
+        if isinstance(function_name, str):
+            _checks.text(function_name, "invoke function name")
+        name = _checks.optional_text(name, "invoke name")
         state = self._state
         op_id = self._next_id()
         op = self._recorded(op_id, R.CHAINED_INVOKE, R.SUB_CHAINED_INVOKE, name)
@@ -880,10 +921,12 @@ class DurableContext:
     ) -> T:
         """Runs ``func(child_context)`` in its own operation namespace and
         checkpoints its result; a completed child is not run again."""
+        self._check_live()
         _check_callable(func, "run_in_child_context")
         config = _checked_config(config, ChildConfig, "run_in_child_context")
         if name is None:
             name = getattr(func, "_perdure_name", None)
+        name = _checks.optional_text(name, "run_in_child_context name")
         return self._child(func, name, config, R.sub_type_of(config.sub_type, R.SUB_CHILD_CONTEXT))
 
     def _child(
@@ -988,6 +1031,7 @@ def _wait_for_callback_plan(
     names, and the configs of its callback and of its submitter step."""
     _check_callable(submitter, "wait_for_callback submitter")
     config = _checked_config(config, WaitForCallbackConfig, "wait_for_callback")
+    name = _checks.optional_text(name, "wait_for_callback name")
     callback_config = CallbackConfig(
         timeout=config.timeout,
         heartbeat_timeout=config.heartbeat_timeout,

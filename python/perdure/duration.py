@@ -16,6 +16,15 @@ _MS_PER_SECOND = 1000
 _MS_PER_MINUTE = 60 * _MS_PER_SECOND
 _MS_PER_HOUR = 60 * _MS_PER_MINUTE
 _MS_PER_DAY = 24 * _MS_PER_HOUR
+#: The longest duration: 1000 years of 365 days. Far beyond any wait or
+#: timeout, far inside the clock's range (milliseconds in 64 bits).
+MAX_MILLIS = 1000 * 365 * _MS_PER_DAY
+
+
+def _check_total(what: str, millis: float) -> int:
+    if not millis <= MAX_MILLIS:  # also catches an infinite sum
+        raise ValidationError(f"{what} is longer than the longest duration, 1000 years")
+    return round(millis)
 
 
 def _check_amount(name: str, value: object) -> float:
@@ -23,8 +32,15 @@ def _check_amount(name: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, Real):
         msg = f"Duration {name} must be a number, got {type(value).__name__}: {value!r}"
         raise ValidationError(msg)
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = True
+    if not finite:
         msg = f"Duration {name} must be finite, got {value!r}"
+        raise ValidationError(msg)
+    if cast(float, value) > MAX_MILLIS:  # more than 1000 years in any unit
+        msg = f"Duration {name}={value!r:.40} is longer than the longest duration, 1000 years"
         raise ValidationError(msg)
     if value < 0:
         msg = f"Duration {name} must not be negative, got {value!r}"
@@ -60,11 +76,12 @@ class Duration:
             + _check_amount("milliseconds", self.milliseconds)
         )
         # Computed once: timers and comparisons use it on every call.
-        object.__setattr__(self, "_millis", round(total))
+        object.__setattr__(self, "_millis", _check_total(repr(self), total))
 
     @classmethod
     def _of(cls, name: str, value: float, unit_ms: int) -> Duration:
-        total = round(_check_amount(name, value) * unit_ms)
+        amount = _check_amount(name, value)
+        total = _check_total(f"Duration of {amount!r:.40} {name}", amount * unit_ms)
         # Normalise to seconds + milliseconds so that ``.seconds`` of a
         # duration built by a factory is its whole seconds, as in AWS SDK v3.
         seconds, millis = divmod(total, _MS_PER_SECOND)

@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from perdure import _checks
 from perdure import _records as R
 from perdure._core import Core
 from perdure.aio import EngineLoop, is_async
@@ -65,6 +66,12 @@ __all__ = ["Engine", "ExecutionHandle", "ExecutionInfo"]
 log = logging.getLogger("perdure")
 
 DEFAULT_MAX_PAYLOAD = 4 << 20
+# An LMDB map smaller than a few pages cannot hold a store; one larger than
+# the address space cannot be mapped.
+_MIN_MAP_SIZE = 1 << 20
+_MAX_MAP_SIZE = 1 << 46
+# More worker threads than this is a typo, not a configuration.
+_MAX_WORKERS = 4096
 _DURABILITIES = ("full", "process", "none")
 _STATUSES = ("PENDING", "RUNNING", "SUSPENDED", "SUCCEEDED", "FAILED", "CANCELLED", "TIMED_OUT")
 _NO_CONTEXT = SerDesContext("", "")
@@ -132,7 +139,11 @@ class Engine:
         clock: TimeSkippingClock | None = None,
         event_loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        if durability not in _DURABILITIES:
+        if not isinstance(path, str | os.PathLike):
+            raise ValidationError(
+                f"path must be a str or os.PathLike, got {type(path).__name__}: {path!r}"
+            )
+        if not isinstance(durability, str) or durability not in _DURABILITIES:
             raise ValidationError(
                 f"durability must be one of {', '.join(_DURABILITIES)}; got {durability!r}"
             )
@@ -140,11 +151,22 @@ class Engine:
             workers = default_workers(durability)
         if not isinstance(workers, int) or isinstance(workers, bool) or workers < 1:
             raise ValidationError(f"workers must be an int >= 1, got {workers!r}")
-        if not isinstance(max_payload_size, int) or max_payload_size < 1:
+        _checks.integer(workers, "workers", low=1, high=_MAX_WORKERS)
+        if (
+            not isinstance(max_payload_size, int)
+            or isinstance(max_payload_size, bool)
+            or max_payload_size < 1
+        ):
             raise ValidationError(
                 f"max_payload_size must be a positive int, got {max_payload_size!r}"
             )
-        if not isinstance(poll_interval, int | float) or not 0 < poll_interval <= 10:
+        if not isinstance(owner, bool):
+            raise ValidationError(f"owner must be a bool, got {type(owner).__name__}: {owner!r}")
+        if (
+            not isinstance(poll_interval, int | float)
+            or isinstance(poll_interval, bool)
+            or not 0 < poll_interval <= 10
+        ):
             raise ValidationError(
                 f"poll_interval must be in (0, 10] seconds, got {poll_interval!r}"
             )
@@ -163,7 +185,9 @@ class Engine:
             "lease_timeout": float(lease_timeout),
         }
         if map_size is not None:
-            options["map_size"] = map_size
+            options["map_size"] = _checks.integer(
+                map_size, "map_size", low=_MIN_MAP_SIZE, high=_MAX_MAP_SIZE
+            )
         if clock is not None:
             if not isinstance(clock, TimeSkippingClock):
                 raise ValidationError(
@@ -200,6 +224,7 @@ class Engine:
         loop, which it blocks); they too resume where their journal ends."""
         if self._closed:
             return
+        timeout = _checks.seconds(timeout, "close timeout")
         self._closed = True
         self._aio.before_close()
         try:
@@ -207,7 +232,17 @@ class Engine:
         finally:
             self._aio.after_close()
 
+    def __del__(self) -> None:
+        # Dropped without close(): closed now, without waiting for anything
+        # (no invocation runs: each holds a reference to the engine).
+        if not getattr(self, "_closed", True):
+            try:
+                self.close(timeout=0)
+            except Exception:  # nowhere to report it from a finalizer
+                log.debug("perdure: closing a dropped engine failed", exc_info=True)
+
     def __enter__(self) -> Engine:
+        self._check_open()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -221,7 +256,9 @@ class Engine:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise EngineClosedError(f"engine on {self.path} is closed")
+            raise EngineClosedError(
+                f"engine on {self.path} is closed; open a new Engine to use the store"
+            )
 
     # -- executions ---------------------------------------------------------------
 
@@ -240,18 +277,18 @@ class Engine:
         waits included: still running then, it ends TIMED_OUT, its waits are
         cancelled and its child executions stopped."""
         self._check_open()
+        if not isinstance(function, str) and not callable(function):
+            raise ValidationError(
+                f"function must be a durable function or its name, got {type(function).__name__}"
+            )
+        if isinstance(function, str):
+            _checks.text(function, "function name")
         name = function_name(function)
         timeout_ms = _timeout_ms(timeout)
         if execution_id is None:
             execution_id = str(uuid.uuid4())
-        elif (
-            not isinstance(execution_id, str)
-            or not execution_id
-            or len(execution_id.encode()) > 256
-        ):
-            raise ValidationError(
-                f"execution_id must be 1 to 256 bytes of text, got {execution_id!r}"
-            )
+        else:
+            _checks.text(execution_id, "execution_id", max_bytes=256)
         payload = serialize(None, input, SerDesContext("input", execution_id))
         check_payload_size(payload, self.max_payload_size, "execution input")
         exec_key, _created = self._core.start(execution_id, name, payload, timeout_ms)
@@ -268,6 +305,7 @@ class Engine:
     ) -> Any:
         """Starts the execution and waits up to ``timeout`` seconds for its
         result; ``execution_timeout`` is ``start``'s ``timeout``."""
+        _checks.optional_seconds(timeout, "timeout")
         handle = self.start(function, input, execution_id=execution_id, timeout=execution_timeout)
         return handle.result(timeout)
 
@@ -299,12 +337,15 @@ class Engine:
         """:meth:`run` for a caller on an event loop: starts the execution and
         awaits its result (up to ``timeout`` seconds) without blocking the
         loop. The function may be sync or async."""
+        _checks.optional_seconds(timeout, "timeout")
         handle = await self.start_async(
             function, input, execution_id=execution_id, timeout=execution_timeout
         )
         return await handle.result_async(timeout)
 
     def get(self, execution_id: str) -> ExecutionHandle:
+        self._check_open()
+        _checks.text(execution_id, "execution_id")
         row = self._core.execution(execution_id)
         if row is None:
             raise ExecutionNotFoundError(
@@ -316,10 +357,12 @@ class Engine:
         self, *, status: str | None = None, name: str | None = None, limit: int | None = None
     ) -> builtins.list[ExecutionInfo]:
         """Executions in start order, optionally filtered by status and function name."""
-        if status is not None and status not in _STATUSES:
+        self._check_open()
+        if status is not None and (not isinstance(status, str) or status not in _STATUSES):
             raise ValidationError(f"status must be one of {', '.join(_STATUSES)}; got {status!r}")
-        if limit is not None and (not isinstance(limit, int) or limit < 1):
-            raise ValidationError(f"limit must be a positive int, got {limit!r}")
+        name = _checks.optional_text(name, "name")
+        if limit is not None:
+            _checks.integer(limit, "limit", low=1, high=_checks.U64_MAX)
         active = status in ("PENDING", "RUNNING", "SUSPENDED")
         stored = "ACTIVE" if active else status
         rows = self._core.list(stored, name, 0 if active else (limit or 0))
@@ -358,6 +401,15 @@ class Engine:
         """
         from perdure.verify import replay_executions
 
+        self._check_open()
+        if execution_ids is not None and not isinstance(execution_ids, str):
+            execution_ids = [_checks.text(eid, "execution_ids item") for eid in execution_ids]
+        if workers is not None:
+            _checks.integer(workers, "workers", low=1, high=_MAX_WORKERS)
+        if not isinstance(verify, bool):
+            raise ValidationError(f"verify must be a bool, got {type(verify).__name__}")
+        if progress is not None and not callable(progress):
+            raise ValidationError(f"progress must be a callable, got {type(progress).__name__}")
         hook = None if progress is None else (lambda done, total, _ops: progress(done, total))
         return replay_executions(
             self,
@@ -370,12 +422,16 @@ class Engine:
 
     def cancel(self, execution_id: str, reason: str = "Execution stopped by user request") -> None:
         """Ends an active execution as CANCELLED; late callbacks are refused."""
+        self._check_open()
+        _checks.text(execution_id, "execution_id")
+        _checks.text(reason, "cancel reason", empty=True)
         payload = serialize(None, {"ErrorMessage": reason}, _NO_CONTEXT)
         self._core.cancel(execution_id, payload)
 
     def unregistered(self) -> builtins.list[str]:
         """Ids of executions this engine left alone because their function is
         not registered in this process."""
+        self._check_open()
         ids = []
         for exec_key, reason in list(self._left_alone.items()):
             row = self._core.execution_by_key(exec_key)
@@ -389,6 +445,7 @@ class Engine:
         self, callback_id: str, result: Any = None, *, serdes: SerDes[Any] | None = None
     ) -> None:
         """Completes a callback; its execution resumes with ``result``."""
+        self._check_open()
         _check_callback_id(callback_id)
         payload = serialize(serdes, result, SerDesContext("callback", callback_id))
         check_payload_size(payload, self.max_payload_size, "callback result")
@@ -403,7 +460,12 @@ class Engine:
         error_data: str | None = None,
     ) -> None:
         """Fails a callback; the workflow's ``result()`` raises CallbackExternalError."""
+        self._check_open()
         _check_callback_id(callback_id)
+        if not isinstance(error, BaseException):
+            _checks.error_field(error, "error")
+        _checks.error_field(error_type, "error_type")
+        _checks.error_field(error_data, "error_data")
         if isinstance(error, BaseException):
             obj = error_object(error)
         else:
@@ -417,6 +479,7 @@ class Engine:
 
     def send_callback_heartbeat(self, callback_id: str) -> None:
         """Tells perdure the callback's answerer is still working."""
+        self._check_open()
         _check_callback_id(callback_id)
         self._core.heartbeat(callback_id)
 
@@ -522,6 +585,8 @@ class Engine:
             return
         except Exception as exc:
             ended = (False, exc)
+        finally:
+            state.ended = True  # a context kept beyond this point is refused
         final, records, timers = self._ending(state, started_ms, ended)
         try:
             rerun = core.end_invocation(exec_key, invocation.wake, final, records, timers)
@@ -605,6 +670,7 @@ class ExecutionHandle:
         return f"ExecutionHandle({self.execution_id!r}, function={self.function!r})"
 
     def info(self) -> ExecutionInfo:
+        self._engine._check_open()
         row = self._engine._core.execution_by_key(self._exec_key)
         if row is None:
             raise ExecutionNotFoundError(
@@ -616,6 +682,7 @@ class ExecutionHandle:
         return self.info().status
 
     def history(self) -> list[dict[str, Any]]:
+        self._engine._check_open()
         core = self._engine._core
         return build_history(self.execution_id, core.journal(self._exec_key), _function_of(core))
 
@@ -628,6 +695,8 @@ class ExecutionHandle:
         waits, raises StoreFullError (StoreError for a failing disk): the
         execution has not failed, and runs again (every 50 ms to 5 s) until
         its writes succeed; call ``result()`` again to wait for it."""
+        self._engine._check_open()
+        timeout = _checks.optional_seconds(timeout, "timeout")
         row = self._engine._core.wait_finished(self._exec_key, timeout)
         return self._outcome(row, timeout)
 
@@ -635,6 +704,8 @@ class ExecutionHandle:
         """:meth:`result` for a caller on an event loop (any loop): awaits the
         end of the execution without blocking the loop or holding a thread.
         Raises StoreFullError/StoreError as :meth:`result` does."""
+        self._engine._check_open()
+        timeout = _checks.optional_seconds(timeout, "timeout")
         engine = self._engine
         row = await engine._aio.finished(engine._core, self._exec_key, timeout)
         return self._outcome(row, timeout)
@@ -644,6 +715,7 @@ class ExecutionHandle:
         error it ended with; None: it did not finish within ``timeout``."""
         if row is None:
             raise TimeoutError(f"execution {self.execution_id!r} did not finish within {timeout} s")
+        self._engine._check_open()
         core = self._engine._core
         state = row[3]
         last = core.last_record(self._exec_key)
@@ -692,16 +764,24 @@ def _timeout_ms(timeout: Duration | float | None) -> int | None:
     if isinstance(timeout, Duration):
         millis = timeout.to_millis()
     elif isinstance(timeout, int | float) and not isinstance(timeout, bool):
-        millis = math.ceil(timeout * 1000) if math.isfinite(timeout) else -1
+        try:
+            seconds = float(timeout)
+        except OverflowError:
+            seconds = math.inf
+        if math.isnan(seconds) or seconds < 0:
+            millis = -1
+        elif seconds == math.inf:
+            millis = _checks.MAX_DURATION_MS + 1
+        else:
+            millis = math.ceil(seconds * 1000)
     else:
         raise ValidationError(
             f"execution timeout must be a Duration or seconds, got {type(timeout).__name__}"
         )
     if millis <= 0:
         raise ValidationError(f"execution timeout must be positive, got {timeout!r}")
-    return millis
+    return _checks.millis_in_range(millis, "execution timeout")
 
 
 def _check_callback_id(callback_id: object) -> None:
-    if not isinstance(callback_id, str) or not callback_id:
-        raise ValidationError(f"callback id must be a non-empty string, got {callback_id!r}")
+    _checks.text(callback_id, "callback id", max_bytes=1024)

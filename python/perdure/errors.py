@@ -29,6 +29,7 @@ __all__ = [
     "ExecutionFinishedError",
     "ExecutionNotFoundError",
     "ExecutionTimedOutError",
+    "InvocationEndedError",
     "InvokeError",
     "LeaseLostError",
     "NonDeterministicExecutionError",
@@ -242,6 +243,17 @@ class CorruptStoreError(StoreError):
 
 class EngineClosedError(PerdureError):
     """The engine was used after it was closed."""
+
+
+class InvocationEndedError(PerdureError):
+    """A durable context was used after the invocation it was handed to
+    ended (kept in a global, a thread or a task that outlived the function).
+    Nothing is written; the execution goes on in a new invocation with a new
+    context."""
+
+    def __init__(self, message: str, *, execution_id: str | None = None) -> None:
+        super().__init__(message)
+        self.execution_id = execution_id
 
 
 class UnknownFunctionError(PerdureError):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from numbers import Real
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 from perdure.duration import Duration
 from perdure.errors import DurableOperationError, ValidationError, error_type_name
@@ -138,8 +138,9 @@ def _check_backoff_rate(owner: str, rate: object) -> None:
     if isinstance(rate, bool) or not isinstance(rate, Real):
         msg = f"{owner}.backoff_rate must be a number, got {type(rate).__name__}"
         raise ValidationError(msg)
-    if not math.isfinite(rate) or rate < 1:
-        msg = f"{owner}.backoff_rate must be a finite number >= 1, got {rate!r}"
+    # An int too large for a float is refused before math.isfinite meets it.
+    if cast(float, rate) > 1e6 or not math.isfinite(rate) or rate < 1:
+        msg = f"{owner}.backoff_rate must be a finite number >= 1 (at most 1e6), got {rate!r:.40}"
         raise ValidationError(msg)
 
 

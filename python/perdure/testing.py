@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 __all__ = ["TimeSkippingClock"]
 
+# The last moment a datetime can show: the clock is not moved beyond it.
+_LAST_MS = int(datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC).timestamp() * 1000)
+
 
 class TimeSkippingClock:
     """A clock for tests: moved by :meth:`advance`, and (with ``auto_skip``)
@@ -93,6 +96,10 @@ class TimeSkippingClock:
         millis = duration.to_millis()
         if millis < 0:
             raise ValidationError(f"cannot move a clock backwards ({duration!r})")
+        if self._clock.now_ms() + millis > _LAST_MS:
+            raise ValidationError(
+                f"advance: {duration!r} would move the clock past the year 9999 ({self.now()})"
+            )
         self._clock.advance(millis)
         self._poke()
         return self.now()

@@ -38,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast
 
+from perdure import _checks
 from perdure import _records as R
 from perdure.config import _check_serdes
 from perdure.context import DurableContext, _error_payload, defer_retry, run_now
@@ -298,6 +299,7 @@ async def poll_condition(
     (``awaits=False``) nothing in here suspends (its commits are synchronous)
     and :func:`run_now` runs it; the asyncio context (perdure.aio) awaits it,
     and with ``awaits`` an awaitable a check returns is awaited."""
+    ctx._check_live()
     if not callable(check):
         got = type(check).__name__
         raise ValidationError(f"wait_for_condition check needs a callable, got {got}")
@@ -309,9 +311,7 @@ async def poll_condition(
         got = type(config).__name__
         msg = f"wait_for_condition config must be a WaitForConditionConfig, got {got}"
         raise ValidationError(msg)
-    if name is not None and not isinstance(name, str):
-        got = type(name).__name__
-        raise ValidationError(f"wait_for_condition name must be a str or None, got {got}")
+    name = _checks.optional_text(name, "wait_for_condition name")
 
     state = ctx._state
     serdes = config.serdes

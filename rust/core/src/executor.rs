@@ -151,8 +151,9 @@ impl Executor {
     /// worker still inside a task (a step that will not return) is left to
     /// exit when its task ends, rather than hanging the caller.
     pub fn shutdown(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
-        while self.unfinished() > 0 && Instant::now() < deadline {
+        // A timeout beyond what an Instant can hold is no timeout.
+        let deadline = Instant::now().checked_add(timeout);
+        while self.unfinished() > 0 && deadline.is_none_or(|deadline| Instant::now() < deadline) {
             let mut sleepers = self.shared.sleepers.lock();
             sleepers.waiting_on_tasks += 1;
             self.shared.task_done.wait_for(&mut sleepers, Duration::from_millis(5));

@@ -273,7 +273,7 @@ impl CallbackEntry {
         let overall = (self.deadline_ms != 0).then_some((self.deadline_ms, TimerKind::CallbackTimeout));
         let heartbeat = (self.heartbeat_timeout_ms != 0).then(|| {
             (
-                self.last_heartbeat_ms + self.heartbeat_timeout_ms,
+                self.last_heartbeat_ms.saturating_add(self.heartbeat_timeout_ms),
                 TimerKind::CallbackHeartbeat,
             )
         });

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crate::clock::{Clock, SystemClock};
+use crate::clock::{system_ms, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
 use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
@@ -91,6 +91,9 @@ pub struct Runtime {
     owner: Option<Owner>,
     /// Bumped when an execution of this process finishes; wakes `wait_finished`.
     finished: Arc<Finished>,
+    /// Set by `close`: a `wait_finished` still waiting then is answered
+    /// `Error::Closed`, not left to wait on a store nobody runs.
+    closed: AtomicBool,
 }
 
 /// Counts executions finished by this process, so `wait_finished` wakes at once.
@@ -126,6 +129,7 @@ impl Runtime {
             clock: options.clock,
             owner: None,
             finished: Arc::default(),
+            closed: AtomicBool::new(false),
         };
         if options.owner {
             runtime.owner = Some(runtime.start_owner(options.poll_interval, options.lease_timeout)?);
@@ -138,7 +142,7 @@ impl Runtime {
     fn start_owner(&self, poll_interval: Duration, lease_timeout: Duration) -> Result<Owner> {
         let id = new_owner_id()?;
         let lock = OwnerLock::acquire(self.store.path(), id)?;
-        let now = SystemClock.now_ms();
+        let now = system_ms();
         let entry = OwnerEntry {
             pid: std::process::id(),
             started_ms: now,
@@ -354,7 +358,7 @@ impl Runtime {
                 deadline_ms: if callback.timeout_ms == 0 {
                     0
                 } else {
-                    now + callback.timeout_ms
+                    now.saturating_add(callback.timeout_ms)
                 },
                 heartbeat_timeout_ms: callback.heartbeat_timeout_ms,
                 last_heartbeat_ms: now,
@@ -639,10 +643,14 @@ impl Runtime {
     /// invocation of it that stops on a storage failure meanwhile ends the
     /// wait with that failure (the execution runs again later).
     pub fn wait_finished(&self, exec_key: u64, timeout: Option<Duration>) -> Result<Option<ExecSummary>> {
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // A timeout beyond what an Instant can hold is no timeout.
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         let (count, signal) = (&self.finished.count, &self.finished.signal);
         let since = self.stall_seq();
         loop {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::Closed);
+            }
             let seen = *count.lock();
             let summary = self
                 .store
@@ -693,6 +701,10 @@ impl Runtime {
                 let _ = owner.leases.release();
             }
         }
+        // Executions that finished while running invocations drained were
+        // seen; whoever still waits for one now hears that the engine closed.
+        self.closed.store(true, Ordering::SeqCst);
+        self.finished.bump();
         self.writer.close();
         self.store.sync()?;
         if let Some(owner) = &self.owner {
@@ -730,7 +742,7 @@ impl Leases {
     /// Reaps every other owner that crashed (its lock is free) or stopped
     /// renewing its lease (hung); their executions become claimable.
     fn reap_dead(&self) -> Result<()> {
-        let now = SystemClock.now_ms();
+        let now = system_ms();
         let timeout_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
         for (owner, entry) in self.store.owners()? {
             if owner == self.id {
@@ -792,7 +804,7 @@ impl Leases {
     /// hung), it registers again: its old leases are gone, and every write
     /// under them is refused, but it can claim work afresh.
     fn renew(&self) -> Result<()> {
-        let now_ms = SystemClock.now_ms();
+        let now_ms = system_ms();
         match self
             .writer
             .submit(vec![Mutation::RenewOwner { owner: self.id, now_ms }])
@@ -949,7 +961,7 @@ impl AfterCommit {
 fn wake_timers(exec_key: u64, now: u64, wake_at: Vec<(u64, String)>) -> impl Iterator<Item = Mutation> {
     wake_at.into_iter().map(move |(delay_ms, op_id)| {
         Mutation::AddTimer(Timer {
-            due_ms: now + delay_ms,
+            due_ms: now.saturating_add(delay_ms),
             exec_key,
             kind: TimerKind::Wake,
             subject: op_id,

@@ -91,7 +91,7 @@ impl Scheduler {
 
     /// The next execution to run, or `None` on timeout or close.
     pub fn next(&self, timeout: Duration) -> Option<u64> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.state.lock();
         loop {
             if state.closed {
@@ -102,8 +102,13 @@ impl Scheduler {
                 state.running.insert(exec_key);
                 return Some(exec_key);
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.ready.wait_for(&mut state, left);
+            match deadline {
+                Some(deadline) => {
+                    let left = deadline.checked_duration_since(Instant::now())?;
+                    self.ready.wait_for(&mut state, left);
+                }
+                None => self.ready.wait(&mut state),
+            }
         }
     }
 
@@ -198,7 +203,7 @@ impl Scheduler {
 
     /// Stops handing out work and waits up to `timeout` for running invocations.
     pub fn close(&self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Instant::now().checked_add(timeout);
         let mut state = self.state.lock();
         state.closed = true;
         state.queue.clear();
@@ -206,10 +211,15 @@ impl Scheduler {
         state.delayed.clear();
         self.ready.notify_all();
         while !state.running.is_empty() {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                return false;
-            };
-            self.ready.wait_for(&mut state, left);
+            match deadline {
+                Some(deadline) => {
+                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                        return false;
+                    };
+                    self.ready.wait_for(&mut state, left);
+                }
+                None => self.ready.wait(&mut state),
+            }
         }
         true
     }

@@ -29,6 +29,19 @@ pub struct Core {
     runtime: Arc<Runtime>,
 }
 
+/// A store dropped without `close()` (the engine was collected, or the
+/// interpreter exits) is closed here, with the GIL released: its threads
+/// take the GIL to leave their Python thread state, so joining them while
+/// holding it would hang the process.
+impl Drop for Core {
+    fn drop(&mut self) {
+        let runtime = &self.runtime;
+        // Nobody is left to hear of a failure here; every write acknowledged
+        // before is already as durable as the engine's durability promised.
+        let _ = Python::attach(|py| py.detach(|| runtime.close(Duration::ZERO)));
+    }
+}
+
 /// The clock behind `perdure.testing.TimeSkippingClock`: shared by the
 /// engines given it, moved by the test or skipped ahead when they are idle.
 #[pyclass(frozen, module = "perdure._core")]
