@@ -661,21 +661,14 @@ class EngineLoop:
         """Ends a run whose invocation stopped without ending:
         ``retry_later(exec_key, why)`` queues the execution to run again (in
         place of ``core.finish``)."""
-        with self._lock:
-            if run.done:
-                return
-            run.done = True
-            self._runs.discard(run)
-            idle = not self._runs
-        try:
-            retry_later(run.exec_key, why)
-        except Exception:
-            log.exception("perdure: could not queue execution key %s again", run.exec_key)
-        unwound = self._unwound
-        if idle and unwound is not None:
-            unwound.set()
+        self._end_run(run, lambda: retry_later(run.exec_key, why), "queue again")
 
     def _finish(self, run: _Run, rerun: bool) -> None:
+        self._end_run(run, lambda: run.core.finish(run.exec_key, rerun), "finish")
+
+    def _end_run(self, run: _Run, hand_back: Callable[[], None], what: str) -> None:
+        """Ends a run once (``hand_back`` gives the execution back to the
+        core), and tells a waiting close when the last run has ended."""
         with self._lock:
             if run.done:
                 return
@@ -683,9 +676,9 @@ class EngineLoop:
             self._runs.discard(run)
             idle = not self._runs
         try:
-            run.core.finish(run.exec_key, rerun)
+            hand_back()
         except Exception:
-            log.exception("perdure: could not finish execution key %s", run.exec_key)
+            log.exception("perdure: could not %s execution key %s", what, run.exec_key)
         unwound = self._unwound
         if idle and unwound is not None:
             unwound.set()

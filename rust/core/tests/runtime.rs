@@ -466,16 +466,12 @@ fn a_format_1_store_is_upgraded_in_place() {
 
 /// An owner that others took for hung loses its leases; its late writes are
 /// refused, and what it starts before registering again is left for others.
-#[test]
-fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
-    let dir = tempfile::tempdir().unwrap();
-    let (slow, clock) = open(dir.path());
-    let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
-    // This one judges others by a 1 ms lease, so it reaps `slow` (which
-    // renews every 2.5 s) at its first look.
+/// An engine that judges others by a 1 ms lease, so it reaps every other
+/// owner (renewing every 2.5 s) at its first look, and claims `exec`.
+fn reaper_of(dir: &std::path::Path, clock: Arc<ManualClock>, exec: u64) -> Runtime {
     std::thread::sleep(Duration::from_millis(10));
     let eager = Runtime::open(
-        dir.path(),
+        dir,
         RuntimeOptions {
             lease_timeout: Duration::from_millis(1),
             ..options(clock, 1 << 20)
@@ -483,6 +479,15 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     )
     .unwrap();
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    eager
+}
+
+#[test]
+fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
+    let dir = tempfile::tempdir().unwrap();
+    let (slow, clock) = open(dir.path());
+    let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
+    let eager = reaper_of(dir.path(), clock, exec);
     assert_eq!(
         eager.store.lease(exec).unwrap().map(|lease| lease.owner),
         eager.owner_id()
@@ -692,16 +697,7 @@ fn a_reclaimed_execution_fences_the_invocation_from_before() {
     .unwrap();
     let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
     let before = slow.load_invocation(exec).unwrap();
-    std::thread::sleep(Duration::from_millis(10));
-    let eager = Runtime::open(
-        dir.path(),
-        RuntimeOptions {
-            lease_timeout: Duration::from_millis(1),
-            ..options(clock, 1 << 20)
-        },
-    )
-    .unwrap();
-    assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
+    let eager = reaper_of(dir.path(), clock, exec);
     eager.load_invocation(exec).unwrap();
     eager
         .append(exec, vec![step_record("1", b"eager")], vec![], None, None)
