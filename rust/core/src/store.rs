@@ -491,7 +491,10 @@ impl Store {
         self.read(|txn, dbs| {
             let now = counter_in(txn, dbs, META_WAKE_SEQ)?;
             let mut woken = Vec::new();
-            let from = (seen + 1).to_be_bytes();
+            // Nothing comes after the last wake value.
+            let Some(from) = seen.checked_add(1).map(u64::to_be_bytes) else {
+                return Ok((now, woken));
+            };
             for entry in dbs.wakes.range(txn, &(Bound::Included(&from[..]), Bound::Unbounded))? {
                 let (key, value) = entry?;
                 // A damaged wake-up is skipped: the execution it names cannot

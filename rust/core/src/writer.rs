@@ -1020,7 +1020,11 @@ fn set_state(txn: &mut RwTxn, dbs: &Dbs, exec_key: u64, state: ExecState, update
 }
 
 fn bump_counter(txn: &mut RwTxn, dbs: &Dbs, name: &[u8]) -> Result<u64> {
-    let next = store::counter_in(txn, dbs, name)? + 1;
+    // A counter at its limit was never written by a store in use: its
+    // value is damaged, and wrapping would reuse keys and epochs.
+    let next = store::counter_in(txn, dbs, name)?
+        .checked_add(1)
+        .ok_or_else(|| Error::CorruptStore(format!("counter {} is at its limit", String::from_utf8_lossy(name))))?;
     put_sealed(txn, dbs.meta, name, &next.to_be_bytes())?;
     Ok(next)
 }
