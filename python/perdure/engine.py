@@ -34,6 +34,7 @@ from perdure.context import (
 from perdure.duration import Duration
 from perdure.errors import (
     CorruptRecordError,
+    CorruptStoreError,
     EngineClosedError,
     ExecutionCancelledError,
     ExecutionFailedError,
@@ -88,8 +89,17 @@ class ExecutionInfo:
     updated_at: datetime
 
 
-def _timestamp(ms: int) -> datetime:
-    return datetime.fromtimestamp(ms / 1000, tz=UTC)
+def _timestamp(ms: int, execution_id: str) -> datetime:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError, ValueError):
+        # Metadata whose checksum matched but whose time is past the
+        # calendar (years 1 to 9999): damaged, whatever wrote it.
+        raise CorruptStoreError(
+            f"corrupt store: the metadata of execution {execution_id!r} is damaged "
+            f"(time {ms} ms is out of range)",
+            execution_id=execution_id,
+        ) from None
 
 
 def default_workers(durability: str) -> int:
@@ -366,7 +376,13 @@ class Engine:
         active = status in ("PENDING", "RUNNING", "SUSPENDED")
         stored = "ACTIVE" if active else status
         rows = self._core.list(stored, name, 0 if active else (limit or 0))
-        infos = [self._info(row) for row in rows]
+        infos = []
+        for row in rows:
+            try:
+                infos.append(self._info(row))
+            except CorruptStoreError as exc:
+                # As the core does: one damaged execution does not hide the others.
+                log.warning("perdure: not listed: %s", exc)
         if active:
             infos = [info for info in infos if info.status == status]
         return infos[:limit] if limit else infos
@@ -493,7 +509,11 @@ class Engine:
             else:
                 state = "PENDING" if pending else "SUSPENDED"
         return ExecutionInfo(
-            execution_id, function, state, _timestamp(created_ms), _timestamp(updated_ms)
+            execution_id,
+            function,
+            state,
+            _timestamp(created_ms, execution_id),
+            _timestamp(updated_ms, execution_id),
         )
 
     def _run_invocation(self, exec_key: int) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from perdure import _records as R
+from perdure.errors import CorruptRecordError
 from perdure.serdes import error_object_from_payload, payload_to_json_text
 
 __all__ = ["build_history"]
@@ -38,7 +39,11 @@ _CALLBACK_TIMEOUTS = (
 
 
 def _iso(ms: int) -> str:
-    moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    """The ISO 8601 form of ``ms``; ValueError past the calendar (years 1 to 9999)."""
+    try:
+        moment = datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (OverflowError, OSError) as exc:
+        raise ValueError(str(exc)) from None
     return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
 
 
@@ -77,6 +82,20 @@ def build_history(
     started_attempts: dict[str, int] = {}
     function = None
     invocation = 0
+    sequence = 0
+
+    def iso(ms: int) -> str:
+        # A record's numbers are whatever its bytes say: a time past the
+        # calendar is a damaged record, named as the core names one.
+        try:
+            return _iso(ms)
+        except ValueError:
+            raise CorruptRecordError(
+                f"corrupt journal record: execution {execution_id!r}, sequence {sequence}: "
+                f"time {ms} ms is out of range",
+                execution_id=execution_id,
+                sequence=sequence,
+            ) from None
 
     def emit(
         event_type: str,
@@ -97,12 +116,13 @@ def build_history(
                 event["ParentId"] = parent
         if name:
             event["Name"] = name
-        event["EventTimestamp"] = _iso(timestamp)
+        event["EventTimestamp"] = iso(timestamp)
         event[f"{event_type}Details"] = details
         event["_ms"] = timestamp
         events.append(event)
 
-    for kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload, ts in records:
+    for sequence, record in enumerate(records):  # noqa: B007 (read by iso)
+        kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload, ts = record
         if op_type == R.EXECUTION:
             if kind == R.STARTED:
                 function = name
@@ -114,8 +134,8 @@ def build_history(
                     "InvocationCompleted",
                     ts,
                     {
-                        "StartTimestamp": _iso(ts - aux),
-                        "EndTimestamp": _iso(ts),
+                        "StartTimestamp": iso(ts - aux),
+                        "EndTimestamp": iso(ts),
                         "RequestId": f"{execution_id}/{invocation}",
                     },
                 )
@@ -191,7 +211,7 @@ def build_history(
             event_type = "ChainedInvokeStopped"
         if op_type == R.WAIT:
             if kind == R.STARTED:
-                details = {"Duration": _seconds(aux), "ScheduledEndTimestamp": _iso(ts + aux)}
+                details = {"Duration": _seconds(aux), "ScheduledEndTimestamp": iso(ts + aux)}
             elif kind == R.CANCELLED:
                 details = {"Error": _error(payload)}
             else:
