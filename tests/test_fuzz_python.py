@@ -19,6 +19,7 @@ import gc
 import json
 import logging
 import os
+import time
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,7 @@ RAISED: list[Exception] = []
 def double(ctx: DurableContext, x: int) -> int:
     try:
         ctx.wait(Duration.from_milliseconds(10), name="pause")
-        return ctx.step(lambda _: x * 2, name="double")
+        return ctx.step(lambda _: x * 2 if isinstance(x, int) else 0, name="double")
     except Exception as exc:
         RAISED.append(exc)
         raise
@@ -401,6 +402,140 @@ def test_forged_records_and_metadata_read_back_as_values_or_perdure_errors(
     meta = _seal(exec_key, _meta(state, created_ms, updated_ms, "victim", "fuzz.double"))
     _write(store, exec_key, journal, meta)
     _read_everything(store)
+
+
+def _forged_journal(exec_key: bytes, original: dict[bytes, bytes], forged: list[bytes]) -> dict:
+    """The real ExecutionStarted record (its input), then the forged ones."""
+    start_key = min(original)
+    journal = {start_key: original[start_key]}
+    for seq, value in enumerate(forged, start=1):
+        journal[exec_key + seq.to_bytes(4, "big")] = value
+    return journal
+
+
+def _make_runnable(store: Path, exec_key: bytes) -> None:
+    """Leaves the victim as a crashed engine would: active, unowned, due."""
+    wake = (1 << 40).to_bytes(8, "big")
+    env = _open(store)
+    try:
+        with env.begin(write=True) as txn:
+            txn.delete(exec_key, db=env.open_db(b"leases", txn=txn))
+            txn.put(exec_key, _seal(exec_key, b""), db=env.open_db(b"orphans", txn=txn))
+            txn.put(exec_key, _seal(exec_key, wake), db=env.open_db(b"pending", txn=txn))
+            txn.put(wake, _seal(wake, exec_key), db=env.open_db(b"wakes", txn=txn))
+    finally:
+        env.close()
+
+
+def _clear_runnable(store: Path, exec_key: bytes) -> None:
+    env = _open(store)
+    try:
+        with env.begin(write=True) as txn:
+            for name in (b"leases", b"orphans", b"pending"):
+                txn.delete(exec_key, db=env.open_db(name, txn=txn))
+            wakes = env.open_db(b"wakes", txn=txn)
+            stale = [bytes(k) for k, v in txn.cursor(db=wakes) if bytes(v)[:8] == exec_key]
+            for key in stale:
+                txn.delete(key, db=wakes)
+    finally:
+        env.close()
+
+
+class _Errors(logging.Handler):
+    """The exceptions perdure logged (an invocation that failed outside the
+    workflow is logged, not raised)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@settings(_SETTINGS, max_examples=max(10, EXAMPLES // 4))
+@given(forged=journals)
+def test_forged_records_run_by_an_engine_give_perdure_errors(
+    store: Path, victim: tuple[bytes, dict[bytes, bytes], bytes], forged: list[bytes]
+) -> None:
+    """The victim, left runnable with a forged journal, is claimed and run
+    by an engine: its replay feeds the records' numbers back into new
+    records and timers. Every error on that path is a perdure error."""
+    _run_forged(store, victim, forged)
+
+
+def _run_forged(
+    store: Path, victim: tuple[bytes, dict[bytes, bytes], bytes], forged: list[bytes]
+) -> tuple[str | None, list[str]]:
+    """Runs the victim with the forged journal; returns its status after,
+    and what perdure logged."""
+    exec_key, original, _ = victim
+    active = _seal(exec_key, _meta(1, NOW, NOW, "victim", "fuzz.double"))
+    _write(store, exec_key, _forged_journal(exec_key, original, forged), active)
+    _make_runnable(store, exec_key)
+    errors = _Errors()
+    logger = logging.getLogger("perdure")
+    logger.addHandler(errors)
+    RAISED.clear()
+    status = None
+    engine = Engine(store, workers=1, durability="none")
+    try:
+        handle = engine.get("victim")
+        for _ in range(400):
+            with contextlib.suppress(PerdureError):
+                status = handle.status()
+            if status not in ("PENDING", "RUNNING") or errors.records:
+                break
+            time.sleep(0.005)
+    finally:
+        engine.close()
+        logger.removeHandler(errors)
+        gc.collect()
+        _clear_runnable(store, exec_key)
+        _write(store, *victim)
+    strays = [exc for exc in RAISED if not isinstance(exc, PerdureError)]
+    assert not strays, strays
+    logged = [r.exc_info[1] for r in errors.records if r.exc_info and r.exc_info[1] is not None]
+    assert all(isinstance(exc, PerdureError) for exc in logged), logged
+    return status, [r.getMessage() for r in errors.records]
+
+
+def _wait(kind: int, ts: int, aux: int) -> bytes:
+    return _record(kind, 2, 2, ts, "1", "pause", 0, aux, 0, None, None, None)
+
+
+def _step(kind: int, ts: int, attempt: int, aux2: int) -> bytes:
+    error = b'{"ErrorType":"E","ErrorMessage":"m"}'
+    return _record(kind, 1, 1, ts, "2", "double", attempt, 5, aux2, None, None, error)
+
+
+@pytest.mark.parametrize(
+    ("forged", "left_alone"),
+    [
+        pytest.param([_wait(1, NOW, U64)], False, id="wait-ending-past-u64"),
+        pytest.param([_wait(1, U64, 1000)], False, id="wait-started-at-u64"),
+        pytest.param([_wait(2, NOW, 1), _step(4, U64, 1, U64)], False, id="retry-due-past-u64"),
+        pytest.param([_wait(2, NOW, 1), _step(4, NOW, 2**32 - 1, 1)], True, id="attempt-u32-max"),
+    ],
+)
+def test_numbers_at_their_limits_in_a_replayed_journal(
+    store: Path,
+    victim: tuple[bytes, dict[bytes, bytes], bytes],
+    forged: list[bytes],
+    left_alone: bool,
+) -> None:
+    """Found by the fuzzing above: a retry recorded at attempt 2^32-1 made
+    the next attempt's record an OverflowError, recorded as the workflow's
+    failure. Now the record is corrupt: the execution is left alone, as
+    one whose journal does not decode. A wait or retry due past the u64 a
+    timer holds suspends the execution (the timer is never due)."""
+    status, logged = _run_forged(store, victim, forged)
+    if left_alone:
+        assert status == "PENDING"
+        assert any("cannot run" in m and "attempt 4294967295" in m for m in logged), logged
+    else:
+        assert status == "SUSPENDED"
+        assert not logged
 
 
 # endregion

@@ -35,6 +35,7 @@ from perdure.errors import (
     CallbackSubmitterError,
     CallbackTimeoutError,
     ChildContextError,
+    CorruptRecordError,
     EngineClosedError,
     ExecutionFinishedError,
     InvocationEndedError,
@@ -86,6 +87,10 @@ _DEFAULT_RETRY = RetryPresets.default()
 _workflow_logger = logging.getLogger("perdure.workflow")
 # A commit refused with these ends the invocation (see _InvocationState.commit).
 _ABORTING = (ExecutionFinishedError, EngineClosedError, LeaseLostError)
+# The limits of a timer's delay (a u64 of ms: past it is never) and of an
+# attempt number (a u32 in the journal).
+_NEVER_MS = 2**63 - 1
+_MAX_ATTEMPT = 2**32 - 1
 
 
 class _Suspend(BaseException):
@@ -229,8 +234,22 @@ class _InvocationState:
         the clock stepped back since."""
         now = self.now_ms()
         if now < due_ms:
-            self.defer(timer=(due_ms - now, op_id))
+            # ``due_ms`` adds numbers read from the journal: past the u64 a
+            # timer holds, it is simply never.
+            self.defer(timer=(min(due_ms - now, _NEVER_MS), op_id))
             raise _Suspend()
+
+    def next_attempt(self, op: tuple[Any, ...], op_id: str) -> int:
+        """The attempt after the recorded one. The attempt is a u32 in the
+        journal: one recorded at its limit is a damaged record."""
+        attempt: int = op[R.OP_ATTEMPT]
+        if attempt >= _MAX_ATTEMPT:
+            raise CorruptRecordError(
+                f"corrupt journal record: execution {self.execution_id!r}, operation {op_id}: "
+                f"attempt {attempt} is at its limit",
+                execution_id=self.execution_id,
+            )
+        return attempt + 1
 
 
 def defer_retry(
@@ -602,7 +621,7 @@ class DurableContext:
                 raise _step_error(error_object_from_payload(op[R.OP_PAYLOAD]))
             if status == R.RETRY:
                 state.wait_until(op[R.OP_TIMESTAMP] + op[R.OP_AUX2], op_id)
-                attempt = op[R.OP_ATTEMPT] + 1
+                attempt = state.next_attempt(op, op_id)
             elif status == R.STARTED:
                 attempt = op[R.OP_ATTEMPT]
                 interrupted = config.step_semantics is StepSemantics.AT_MOST_ONCE_PER_RETRY

@@ -603,6 +603,17 @@ class Engine:
         except _Stall as stall:
             self._stalled(exec_key, stall.error)
             return
+        except CorruptRecordError as exc:
+            if exc.execution_id != invocation.execution_id:
+                ended = (False, exc)
+            else:
+                # Its own journal is damaged (a record decoded, but holds
+                # what no engine writes): not the workflow's failure. Left
+                # alone, as when a record does not decode at all.
+                log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
+                self._left_alone[exec_key] = "corrupt"
+                core.park(exec_key)
+                return
         except Exception as exc:
             ended = (False, exc)
         finally:

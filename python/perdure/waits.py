@@ -335,7 +335,7 @@ async def poll_condition(
             # The previous poll continued: wait out its delay, then poll
             # again from the state it checkpointed.
             state.wait_until(op[R.OP_TIMESTAMP] + op[R.OP_AUX2], op_id)
-            attempt = op[R.OP_ATTEMPT] + 1
+            attempt = state.next_attempt(op, op_id)
             current = ctx._decode(serdes, op[R.OP_PAYLOAD], op_id)
         elif status == R.STARTED:
             # A poll was cut off before its outcome was written: make it again.

@@ -1298,3 +1298,24 @@ fn a_zstd_frame_claiming_a_gigabyte_allocates_little() {
         bytes.len()
     );
 }
+
+/// A replay re-arms the timers its journal asks for: a delay read from a
+/// damaged record may be anything. Its deadline saturates (it overflowed:
+/// a panic in debug builds, a timer due at once in release builds).
+#[test]
+fn a_wake_delay_past_the_end_of_time_is_never() {
+    watch_panics();
+    let dir = store_with(&[]);
+    let waiting = exec_key(dir.path(), "waiting");
+    let clock = Arc::new(ManualClock::new(NOW));
+    let runtime = Runtime::open(dir.path(), options(clock, true)).unwrap();
+    let data = runtime.load_invocation(waiting).unwrap();
+    runtime
+        .end_invocation(waiting, data.wake, None, suspend(), vec![(u64::MAX, "9".into())])
+        .unwrap();
+    let timers = runtime.store.timers_of(&HashSet::from([waiting])).unwrap().0;
+    let timer = timers.iter().find(|t| t.subject == "9").expect("the timer is stored");
+    assert_eq!(timer.due_ms, u64::MAX);
+    runtime.close(Duration::ZERO).unwrap();
+    assert_eq!(take_thread_panics(), Vec::<String>::new());
+}
