@@ -1235,7 +1235,8 @@ fn no_wake_up_comes_after_the_last_wake_value() {
 
 /// A journal key with the last sequence number (one damaged key) made room
 /// for 2^32 operations before reading: an allocation of hundreds of GB,
-/// and the process aborted. Now it is a hint, capped.
+/// and the process aborted. Now it is a hint, capped, and the gap before
+/// it is reported as damage naming the execution.
 #[test]
 fn a_journal_key_with_the_last_sequence_number_allocates_little() {
     let corpus = corpus();
@@ -1248,23 +1249,25 @@ fn a_journal_key_with_the_last_sequence_number_allocates_little() {
         value: last.encode(),
     }]);
     let store = Store::open(dir.path(), &store_options()).unwrap();
+    // The gap before it is damage, reported naming the execution; what
+    // matters here is that nothing huge was allocated on the way.
     let (loaded, largest) = largest_allocation(|| store.load_invocation(waiting));
-    let loaded = loaded.unwrap();
     assert!(largest <= ALLOCATION_LIMIT, "allocated {largest} bytes at once");
-    assert_eq!(loaded.index.get("9").unwrap().payload.as_deref(), Some(&b"9"[..]));
+    assert!(
+        matches!(&loaded, Err(Error::CorruptExecution { execution_id, .. }) if execution_id == "waiting"),
+        "{:?}",
+        loaded.map(|data| data.index.len())
+    );
     let (journal, largest) = largest_allocation(|| store.journal(waiting));
     assert!(largest <= ALLOCATION_LIMIT, "allocated {largest} bytes at once");
-    assert_eq!(journal.unwrap().last(), Some(&last));
+    assert!(journal.is_err());
     // Nothing can come after it.
     let writer = Writer::new(store.clone());
     let appended = writer.submit(vec![Mutation::Append {
         exec_key: waiting,
         record: last,
     }]);
-    assert!(
-        matches!(appended, Err(Error::InvalidInput(ref m)) if m.contains("journal length limit")),
-        "{appended:?}"
-    );
+    assert!(appended.is_err(), "{appended:?}");
     writer.close();
 }
 
