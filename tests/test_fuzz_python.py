@@ -30,7 +30,7 @@ import perdure
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from perdure import DurableContext, Duration, Engine
+from perdure import AsyncDurableContext, DurableContext, Duration, Engine
 from perdure.errors import CorruptRecordError, CorruptStoreError, PerdureError, SerDesError
 from perdure.serdes import SerDesContext, deserialize, error_object_from_payload, loads
 
@@ -49,6 +49,18 @@ def double(ctx: DurableContext, x: int) -> int:
     try:
         ctx.wait(Duration.from_milliseconds(10), name="pause")
         return ctx.step(lambda _: x * 2 if isinstance(x, int) else 0, name="double")
+    except Exception as exc:
+        RAISED.append((type(exc), repr(exc)))
+        raise
+
+
+@perdure.durable(name="fuzz.double_async")
+async def double_async(ctx: AsyncDurableContext, x: int) -> int:
+    """``double`` as an asyncio workflow: the same operations, run by the
+    engine's event loop."""
+    try:
+        await ctx.wait(Duration.from_milliseconds(10), name="pause")
+        return await ctx.step(lambda _: x * 2 if isinstance(x, int) else 0, name="double")
     except Exception as exc:
         RAISED.append((type(exc), repr(exc)))
         raise
@@ -466,12 +478,15 @@ def test_forged_records_run_by_an_engine_give_perdure_errors(
 
 
 def _run_forged(
-    store: Path, victim: tuple[bytes, dict[bytes, bytes], bytes], forged: list[bytes]
+    store: Path,
+    victim: tuple[bytes, dict[bytes, bytes], bytes],
+    forged: list[bytes],
+    function: str = "fuzz.double",
 ) -> tuple[str | None, list[str]]:
-    """Runs the victim with the forged journal; returns its status after,
-    and what perdure logged."""
+    """Runs the victim with the forged journal (as the workflow registered
+    as ``function``); returns its status after, and what perdure logged."""
     exec_key, original, _ = victim
-    active = _seal(exec_key, _meta(1, NOW, NOW, "victim", "fuzz.double"))
+    active = _seal(exec_key, _meta(1, NOW, NOW, "victim", function))
     _write(store, exec_key, _forged_journal(exec_key, original, forged), active)
     _make_runnable(store, exec_key)
     RAISED.clear()
@@ -536,18 +551,20 @@ def _step(kind: int, ts: int, attempt: int, aux2: int) -> bytes:
         pytest.param([_wait(2, NOW, 1), _step(4, NOW, 2**32 - 1, 1)], True, id="attempt-u32-max"),
     ],
 )
+@pytest.mark.parametrize("function", ["fuzz.double", "fuzz.double_async"])
 def test_numbers_at_their_limits_in_a_replayed_journal(
     store: Path,
     victim: tuple[bytes, dict[bytes, bytes], bytes],
     forged: list[bytes],
     left_alone: bool,
+    function: str,
 ) -> None:
     """Found by the fuzzing above: a retry recorded at attempt 2^32-1 made
     the next attempt's record an OverflowError, recorded as the workflow's
     failure. Now the record is corrupt: the execution is left alone, as
     one whose journal does not decode. A wait or retry due past the u64 a
     timer holds suspends the execution (the timer is never due)."""
-    status, logged = _run_forged(store, victim, forged)
+    status, logged = _run_forged(store, victim, forged, function)
     if left_alone:
         assert status == "PENDING"
         assert any("cannot run" in m and "attempt 4294967295" in m for m in logged), logged

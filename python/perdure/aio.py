@@ -95,6 +95,7 @@ from perdure.context import (
 from perdure.duration import Duration
 from perdure.errors import (
     ChildContextError,
+    CorruptRecordError,
     EngineClosedError,
     ExecutionFinishedError,
     ExecutionNotFoundError,
@@ -630,6 +631,13 @@ class EngineLoop:
             except _Stall as stall:
                 self._stop(run, engine._stalled, stall.error)
                 return
+            except CorruptRecordError as exc:
+                if exc.execution_id != invocation.execution_id:
+                    ended = (False, exc)
+                else:  # its own journal is damaged: left alone, as Engine._invoke does
+                    leave = functools.partial(engine._leave_corrupt, run.exec_key, exc)
+                    self._end_run(run, leave, "park")
+                    return
             except Exception as exc:
                 ended = (False, exc)
             finally:

@@ -559,15 +559,20 @@ class Engine:
         )
         self._aio.poke(exec_key)  # result_async callers learn of it
 
+    def _leave_corrupt(self, exec_key: int, exc: CorruptRecordError) -> None:
+        """Leaves alone an execution whose journal is damaged: it is not run
+        again by this engine, and nothing is recorded as its failure."""
+        log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
+        self._left_alone[exec_key] = "corrupt"
+        self._core.park(exec_key)
+
     def _invoke(self, exec_key: int) -> None:
         """Runs one invocation of an execution, from the top."""
         core = self._core
         try:
             invocation = core.load(exec_key)
         except CorruptRecordError as exc:
-            log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
-            self._left_alone[exec_key] = "corrupt"
-            core.park(exec_key)
+            self._leave_corrupt(exec_key, exc)
             return
         if invocation.wake == 0:
             # Not runnable any more: an invocation that ended after this one was
@@ -608,11 +613,8 @@ class Engine:
                 ended = (False, exc)
             else:
                 # Its own journal is damaged (a record decoded, but holds
-                # what no engine writes): not the workflow's failure. Left
-                # alone, as when a record does not decode at all.
-                log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
-                self._left_alone[exec_key] = "corrupt"
-                core.park(exec_key)
+                # what no engine writes): not the workflow's failure.
+                self._leave_corrupt(exec_key, exc)
                 return
         except Exception as exc:
             ended = (False, exc)
