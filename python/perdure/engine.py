@@ -562,7 +562,9 @@ class Engine:
     def _leave_corrupt(self, exec_key: int, exc: CorruptRecordError) -> None:
         """Leaves alone an execution whose journal is damaged: it is not run
         again by this engine, and nothing is recorded as its failure."""
-        log.error("perdure: execution %r cannot run: %s", exc.execution_id, exc)
+        # The message, not the exception: a log handler that keeps records
+        # would keep the invocation's frames (and this engine) alive.
+        log.error("perdure: execution %r cannot run: %s", exc.execution_id, str(exc))
         self._left_alone[exec_key] = "corrupt"
         self._core.park(exec_key)
 
