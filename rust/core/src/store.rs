@@ -299,8 +299,8 @@ impl Store {
     /// newest meta page counts: it was truncated under the map, and reading
     /// past its end would kill the process (SIGBUS). Call with a transaction
     /// open (after which LMDB reads no newer meta page).
-    pub(crate) fn check_data_len(&self) -> Result<u64> {
-        let pages = (self.env.info().last_page_number as u64).saturating_add(1);
+    fn check_data_len(&self, info: &heed::EnvInfo) -> Result<u64> {
+        let pages = (info.last_page_number as u64).saturating_add(1);
         self.data.check_len(pages.saturating_mul(self.page_size))
     }
 
@@ -308,9 +308,10 @@ impl Store {
     /// every key and value this thread reads until the guard drops to the
     /// part of the map the file backs (see [`crate::mapped`]).
     pub(crate) fn txn_bounds(&self) -> Result<Bounds> {
-        let len = self.check_data_len()?;
+        let info = self.env.info();
+        let len = self.check_data_len(&info)?;
         let map_start = self.map_start.load(Ordering::Acquire);
-        Ok(Bounds::set(map_start, self.env.info().map_size, len))
+        Ok(Bounds::set(map_start, info.map_size, len))
     }
 
     /// Looks up where the map is, after opening and after each resize.
