@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: the system tools some tests drive,
-# the Python test dependencies, then pytest (arguments are passed on).
+# a throwaway PostgreSQL server, the Python test dependencies, then pytest
+# (arguments are passed on).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -12,6 +13,10 @@ if ! ls /usr/lib/*/faketime/libfaketime.so.1 >/dev/null 2>&1; then
         echo "note: libfaketime missing (apt-get install faketime); the clock-step tests will skip" >&2
     fi
 fi
+
+# A throwaway PostgreSQL server for the tests of the PostgreSQL store.
+source scripts/postgres.sh
+start_test_postgres
 
 pip install ".[test]"
 python -m pytest "$@"

@@ -37,6 +37,14 @@ pub enum Error {
     #[error("store {path:?} has format version {found}; this perdure reads version {supported}")]
     FormatVersion { path: PathBuf, found: u32, supported: u32 },
 
+    /// A PostgreSQL store's schema was written by a newer perdure.
+    #[error("store {location} has schema version {found}; this perdure reads version {supported}")]
+    SchemaVersion {
+        location: String,
+        found: u32,
+        supported: u32,
+    },
+
     /// The store directory cannot be created, opened or written.
     #[error("cannot use store directory {path:?}: {source}")]
     StoreAccess {
@@ -84,6 +92,14 @@ pub enum Error {
     /// again later, from what was committed before.
     #[error("{detail}")]
     StorageFailed { full: bool, detail: String },
+
+    /// The PostgreSQL store refused or lost a request (`what` says which).
+    #[error("PostgreSQL store: {what}: {source}")]
+    Postgres {
+        what: String,
+        #[source]
+        source: postgres::Error,
+    },
 
     #[error("LMDB error: {0}")]
     Lmdb(#[from] heed::Error),

@@ -13,6 +13,7 @@ mod files;
 pub mod keys;
 mod lock;
 mod mapped;
+pub mod postgres;
 pub mod record;
 pub mod replay;
 pub mod runtime;

@@ -57,6 +57,18 @@ pub fn to_py(err: Error) -> PyErr {
                     ("supported", obj(py, supported)),
                 ],
             ),
+            Error::SchemaVersion {
+                location,
+                found,
+                supported,
+            } => (
+                "StoreVersionError",
+                vec![
+                    ("path", obj(py, location)),
+                    ("found", obj(py, found)),
+                    ("supported", obj(py, supported)),
+                ],
+            ),
             Error::StoreAccess { path, .. } => {
                 ("StoreAccessError", vec![("path", obj(py, path.display().to_string()))])
             }
@@ -71,7 +83,7 @@ pub fn to_py(err: Error) -> PyErr {
             Error::Closed => ("EngineClosedError", vec![]),
             Error::StorageFailed { full: true, .. } => ("StoreFullError", vec![("storage_failed", obj(py, true))]),
             Error::StorageFailed { full: false, .. } => ("StoreError", vec![("storage_failed", obj(py, true))]),
-            Error::Lmdb(_) | Error::Io(_) => ("StoreError", vec![]),
+            Error::Lmdb(_) | Error::Io(_) | Error::Postgres { .. } => ("StoreError", vec![]),
         };
         perdure_error(py, name, message, &kwargs)
     })

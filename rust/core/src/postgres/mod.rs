@@ -1,0 +1,164 @@
+//! The PostgreSQL store (issue 10, in progress): where a store lives on a
+//! server, how to connect, and the schema perdure creates there. The same
+//! engine will run on it beside LMDB, behind the storage seam.
+
+pub mod schema;
+
+use std::str::FromStr;
+
+use crate::error::{Error, Result};
+
+/// A PostgreSQL store: the server and database (a libpq URL), and the schema
+/// perdure keeps its tables in (`?schema=name`, `perdure` by default), so that
+/// several stores can share one database.
+#[derive(Clone)]
+pub struct PgLocation {
+    config: postgres::Config,
+    schema: String,
+    shown: String,
+}
+
+impl std::fmt::Debug for PgLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown)
+    }
+}
+
+/// Whether a store location names a PostgreSQL server rather than a directory.
+pub fn is_url(location: &str) -> bool {
+    location.starts_with("postgresql://") || location.starts_with("postgres://")
+}
+
+const DEFAULT_SCHEMA: &str = "perdure";
+
+impl PgLocation {
+    /// Parses `postgresql://user[:password]@host[:port]/database[?options]`.
+    /// `schema=` is perdure's own option; every other option is libpq's
+    /// (`host=/socket/dir`, `sslmode`, `application_name`, ...).
+    pub fn parse(url: &str) -> Result<PgLocation> {
+        if !is_url(url) {
+            return Err(Error::InvalidInput(format!(
+                "a PostgreSQL store is named by a postgresql:// URL, not {:?}",
+                shown(url)
+            )));
+        }
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let mut schema = DEFAULT_SCHEMA.to_owned();
+        let mut kept = Vec::new();
+        for option in query.split('&').filter(|option| !option.is_empty()) {
+            match option.strip_prefix("schema=") {
+                Some(name) => schema = name.to_owned(),
+                None => kept.push(option),
+            }
+        }
+        check_schema_name(&schema)?;
+        let libpq_url = if kept.is_empty() {
+            base.to_owned()
+        } else {
+            format!("{base}?{}", kept.join("&"))
+        };
+        let mut config = postgres::Config::from_str(&libpq_url)
+            .map_err(|err| Error::InvalidInput(format!("cannot read the PostgreSQL URL {:?}: {err}", shown(url))))?;
+        if config.get_application_name().is_none() {
+            config.application_name("perdure");
+        }
+        Ok(PgLocation {
+            config,
+            schema,
+            shown: shown(url),
+        })
+    }
+
+    /// The schema that holds this store's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// The URL as given, with any password replaced by `***`: safe to log.
+    pub fn shown(&self) -> &str {
+        &self.shown
+    }
+
+    /// A new connection to the server (no TLS yet: Unix sockets and trusted
+    /// networks).
+    pub fn connect(&self) -> Result<postgres::Client> {
+        self.config.connect(postgres::NoTls).map_err(|source| Error::Postgres {
+            what: format!("cannot connect to {}", self.shown),
+            source,
+        })
+    }
+}
+
+/// A schema name perdure accepts: a plain lower-case SQL identifier, so it is
+/// never quoted wrongly nor folded into another name by the server.
+fn check_schema_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    if first_ok && name.len() <= 63 && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput(format!(
+            "schema {name:?}: a PostgreSQL store's schema is 1 to 63 of a-z, 0-9 and _, not starting with a digit"
+        )))
+    }
+}
+
+/// `url` with the password of its user part, if any, replaced by `***`.
+fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(authority_end);
+    match authority.rsplit_once('@') {
+        Some((user, host)) if user.contains(':') => {
+            let name = user.split(':').next().unwrap_or("");
+            format!("{scheme}://{name}:***@{host}{tail}")
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_schema_option_is_perdures_and_the_rest_goes_to_libpq() {
+        let at = PgLocation::parse("postgresql://me@/db?host=/run/pg&schema=orders_2&port=5439").unwrap();
+        assert_eq!(at.schema(), "orders_2");
+        assert_eq!(at.config.get_dbname(), Some("db"));
+        assert_eq!(at.config.get_ports(), &[5439]);
+        assert_eq!(at.config.get_application_name(), Some("perdure"));
+        assert_eq!(PgLocation::parse("postgres://me@h/db").unwrap().schema(), "perdure");
+    }
+
+    #[test]
+    fn a_password_is_never_shown() {
+        let at = PgLocation::parse("postgresql://me:s3cret@db.example:5432/app?schema=x").unwrap();
+        assert_eq!(at.shown(), "postgresql://me:***@db.example:5432/app?schema=x");
+        assert!(!format!("{at:?}").contains("s3cret"));
+        let err = PgLocation::parse("postgresql://me:s3cret@h/db?schema=Bad").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        let err = PgLocation::parse("postgresql://me:s3cret@h/db?nonsense=1").unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for bad in ["", "Orders", "1x", "a-b", "a\"b", "x;drop", &"a".repeat(64)] {
+            let url = format!("postgresql://h/db?schema={bad}");
+            assert!(
+                matches!(PgLocation::parse(&url), Err(Error::InvalidInput(_))),
+                "{bad:?}"
+            );
+        }
+        for good in ["_", "a", "perdure_2", &"a".repeat(63)] {
+            assert!(PgLocation::parse(&format!("postgresql://h/db?schema={good}")).is_ok());
+        }
+        assert!(matches!(
+            PgLocation::parse("/var/lib/store"),
+            Err(Error::InvalidInput(_))
+        ));
+    }
+}
