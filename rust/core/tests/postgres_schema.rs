@@ -1,47 +1,11 @@
-//! The PostgreSQL store's schema on a real server: `PERDURE_TEST_PG` names
-//! it (scripts/postgres.sh starts a throwaway one). Without it the tests pass
-//! vacuously on a developer's machine, and fail under CI, where a missing
-//! server is a broken setup, not a skip.
+//! The PostgreSQL store's schema on a real server (see `common`).
 
+mod common;
+
+use common::Scratch;
 use perdure_core::error::Error;
 use perdure_core::postgres::schema::{ensure, SCHEMA_VERSION};
 use perdure_core::postgres::PgLocation;
-
-/// A schema of its own for one test, dropped at the end.
-struct Scratch {
-    location: PgLocation,
-}
-
-impl Scratch {
-    fn new() -> Option<Scratch> {
-        let Ok(url) = std::env::var("PERDURE_TEST_PG") else {
-            assert!(
-                std::env::var_os("CI").is_none(),
-                "PERDURE_TEST_PG is not set: .ci/run starts PostgreSQL and sets it"
-            );
-            eprintln!("PERDURE_TEST_PG not set: no PostgreSQL server to test against");
-            return None;
-        };
-        let mut random = [0u8; 6];
-        getrandom::fill(&mut random).unwrap();
-        let name: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let sep = if url.contains('?') { '&' } else { '?' };
-        let location = PgLocation::parse(&format!("{url}{sep}schema=t_{name}")).unwrap();
-        Some(Scratch { location })
-    }
-
-    fn client(&self) -> postgres::Client {
-        self.location.connect().unwrap()
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        if let Ok(mut client) = self.location.connect() {
-            let _ = client.batch_execute(&format!("DROP SCHEMA IF EXISTS {} CASCADE", self.location.schema()));
-        }
-    }
-}
 
 fn tables(client: &mut postgres::Client, schema: &str) -> Vec<String> {
     client
