@@ -58,6 +58,14 @@ impl OwnerSession {
     /// another session holds that owner id.
     pub fn register(location: &PgLocation, owner_id: u64, host: &str, pid: u32) -> Result<OwnerSession> {
         let mut client = location.connect()?;
+        // The server, too, must notice a vanished host to end this session
+        // and release the lock: probe the client after 5 s of silence.
+        client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 5; SET tcp_keepalives_interval = 1; \
+                 SET tcp_keepalives_count = 5; SET tcp_user_timeout = 10000",
+            )
+            .map_err(failed(location, "cannot set the session's keepalives"))?;
         let locked: bool = client
             .query_one("SELECT pg_try_advisory_lock($1)", &[&lock_key(owner_id)])
             .map_err(failed(location, "cannot take the owner's lock"))?

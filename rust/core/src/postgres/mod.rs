@@ -6,6 +6,7 @@ pub mod liveness;
 pub mod schema;
 
 use std::str::FromStr;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 
@@ -62,6 +63,25 @@ impl PgLocation {
             .map_err(|err| Error::InvalidInput(format!("cannot read the PostgreSQL URL {:?}: {err}", shown(url))))?;
         if config.get_application_name().is_none() {
             config.application_name("perdure");
+        }
+        // A host that vanishes (power, partition) leaves no socket to close:
+        // unless the URL says otherwise, notice a dead server within seconds
+        // rather than TCP's hours (Unix sockets ignore these).
+        let given = |name: &str| kept.iter().any(|option| option.starts_with(&format!("{name}=")));
+        if !given("connect_timeout") {
+            config.connect_timeout(Duration::from_secs(10));
+        }
+        if !given("keepalives_idle") {
+            config.keepalives_idle(Duration::from_secs(5));
+        }
+        if !given("keepalives_interval") {
+            config.keepalives_interval(Duration::from_secs(1));
+        }
+        if !given("keepalives_retries") {
+            config.keepalives_retries(5);
+        }
+        if !given("tcp_user_timeout") {
+            config.tcp_user_timeout(Duration::from_secs(10));
         }
         Ok(PgLocation {
             config,
@@ -131,6 +151,10 @@ mod tests {
         assert_eq!(at.config.get_dbname(), Some("db"));
         assert_eq!(at.config.get_ports(), &[5439]);
         assert_eq!(at.config.get_application_name(), Some("perdure"));
+        assert_eq!(at.config.get_keepalives_idle(), Duration::from_secs(5));
+        let given = PgLocation::parse("postgresql://h/db?keepalives_idle=30&tcp_user_timeout=60").unwrap();
+        assert_eq!(given.config.get_keepalives_idle(), Duration::from_secs(30));
+        assert_eq!(given.config.get_tcp_user_timeout(), Some(&Duration::from_secs(60)));
         assert_eq!(PgLocation::parse("postgres://me@h/db").unwrap().schema(), "perdure");
     }
 
