@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::backend::lmdb::{ExecSummary, InvocationData, Lease, Store, StoreOptions};
 use crate::clock::{system_ms, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
@@ -18,7 +19,6 @@ use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLin
 use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
-use crate::store::{ExecSummary, InvocationData, Lease, Store, StoreOptions};
 use crate::timers::{TimerContext, Timers};
 use crate::writer::{Delivery, Done, Mutation, Outcome, Writer};
 

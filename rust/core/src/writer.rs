@@ -12,11 +12,11 @@ use std::sync::Arc;
 
 use heed::{MdbError, RwTxn};
 
+use crate::backend::lmdb::{self as store, Dbs, Lease, Store, META_LEASE_EPOCH, META_NEXT_EXEC, META_WAKE_SEQ};
 use crate::error::{Error, Result};
 use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::sealed;
-use crate::store::{self, Dbs, Lease, Store, META_LEASE_EPOCH, META_NEXT_EXEC, META_WAKE_SEQ};
 
 /// The most batches committed in one transaction; bounds a commit's latency.
 const MAX_GROUP: usize = 4096;

@@ -34,12 +34,12 @@ use std::time::Duration;
 
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
+use perdure_core::backend::lmdb::Lease;
 use perdure_core::clock::ManualClock;
 use perdure_core::keys::{
     self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind,
 };
 use perdure_core::runtime::NewChild;
-use perdure_core::store::Lease;
 use perdure_core::writer::{Mutation, Writer};
 use perdure_core::{
     sealed, Durability, Error, NewCallback, OpType, Record, RecordKind, ReplayIndex, Runtime, RuntimeOptions, Store,

@@ -401,7 +401,7 @@ fn a_newer_format_is_refused_and_left_untouched() {
     match Runtime::open(dir.path(), options(clock, 1 << 20)) {
         Err(Error::FormatVersion {
             found: 99,
-            supported: perdure_core::store::FORMAT_VERSION,
+            supported: perdure_core::backend::lmdb::FORMAT_VERSION,
             ..
         }) => {}
         Err(other) => panic!("expected a format version error, got {other:?}"),
@@ -458,7 +458,7 @@ fn a_format_1_store_is_upgraded_in_place() {
     let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
     assert_eq!(
         meta.get(&txn, b"format_version").unwrap(),
-        Some(&perdure_core::store::FORMAT_VERSION.to_be_bytes()[..])
+        Some(&perdure_core::backend::lmdb::FORMAT_VERSION.to_be_bytes()[..])
     );
     let wakes: Database<Bytes, Bytes> = env.open_database(&txn, Some("wakes")).unwrap().unwrap();
     assert_eq!(wakes.len(&txn).unwrap(), 1, "the pending wake-up is indexed");

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use perdure_core::backend::lmdb::{ExecSummary, DEFAULT_MAP_SIZE};
 use perdure_core::clock::{Clock, SkippingClock as CoreSkippingClock};
 use perdure_core::executor::{Executor, WorkerWrapper};
 use perdure_core::keys::ExecState;
 use perdure_core::runtime::{Invoker, NewChild};
-use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
 use perdure_core::{Durability, NewCallback, Runtime, RuntimeOptions, StoreOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
