@@ -12,7 +12,6 @@ pub mod error;
 pub mod executor;
 mod files;
 pub mod keys;
-mod lock;
 mod mapped;
 pub mod record;
 pub mod replay;
