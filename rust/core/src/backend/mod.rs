@@ -13,6 +13,7 @@ use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, Owner
 use crate::record::Record;
 use crate::replay::ReplayIndex;
 
+mod apply;
 pub mod lmdb;
 
 /// A store the engine runs on: commits groups of batches and answers the
