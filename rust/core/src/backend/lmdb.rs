@@ -1,7 +1,7 @@
 //! The LMDB environment of one store directory: opening (format check, owner-only
 //! files), the named databases, the map that grows by itself, and every read;
 //! its [`Backend`] implementation. The writer's group commit lands in
-//! [`commit`]: one LMDB write transaction per group.
+//! `commit`: one LMDB write transaction per group.
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -358,7 +358,7 @@ impl Store {
 }
 
 impl Backend for Store {
-    /// One write transaction for the group (see [`commit`]).
+    /// One write transaction for the group (see `lmdb/commit.rs`).
     fn commit(&self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
         commit::try_commit(self, group)
     }
