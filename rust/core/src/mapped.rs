@@ -10,7 +10,7 @@
 //! `data.mdb`. Slices outside the map (a write transaction's own dirty
 //! pages, in memory) are left alone.
 //!
-//! [`Store::read`]: crate::store::Store::read
+//! [`Store::read`]: crate::backend::lmdb::Store::read
 
 use std::borrow::Cow;
 use std::cell::Cell;

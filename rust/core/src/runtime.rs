@@ -11,16 +11,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use crate::backend::lmdb::{Store, StoreOptions};
+use crate::backend::{Backend, ExecSummary, InvocationData, Lease, Mutation, Outcome, OwnerHold};
 use crate::clock::{system_ms, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
 use crate::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
-use crate::lock::OwnerLock;
 use crate::record::{OpType, Record, RecordKind, SubType};
 use crate::scheduler::Scheduler;
-use crate::store::{ExecSummary, InvocationData, Lease, Store, StoreOptions};
 use crate::timers::{TimerContext, Timers};
-use crate::writer::{Delivery, Done, Mutation, Outcome, Writer};
+use crate::writer::{Delivery, Done, Writer};
 
 pub struct RuntimeOptions {
     pub store: StoreOptions,
@@ -73,7 +73,7 @@ struct Owner {
     id: u64,
     leases: Arc<Leases>,
     /// Released on close, so another engine may take over at once.
-    lock: Mutex<Option<OwnerLock>>,
+    lock: Mutex<Option<Box<dyn OwnerHold>>>,
     scheduler: Arc<Scheduler>,
     timers: Arc<Timers>,
     stop: Arc<AtomicBool>,
@@ -85,7 +85,7 @@ struct Owner {
 }
 
 pub struct Runtime {
-    pub store: Arc<Store>,
+    pub backend: Arc<dyn Backend>,
     writer: Arc<Writer>,
     clock: Arc<dyn Clock>,
     owner: Option<Owner>,
@@ -120,11 +120,18 @@ impl Finished {
 }
 
 impl Runtime {
+    /// Opens the LMDB store at `path` (see [`Runtime::on`]).
     pub fn open(path: &Path, options: RuntimeOptions) -> Result<Runtime> {
         let store = Store::open(path, &options.store)?;
-        let writer = Arc::new(Writer::new(store.clone()));
+        Runtime::on(store, options)
+    }
+
+    /// Runs on an opened store (`options.store` is the LMDB store's options,
+    /// used only by [`Runtime::open`]).
+    pub fn on(backend: Arc<dyn Backend>, options: RuntimeOptions) -> Result<Runtime> {
+        let writer = Arc::new(Writer::new(backend.clone()));
         let mut runtime = Runtime {
-            store,
+            backend,
             writer,
             clock: options.clock,
             owner: None,
@@ -141,7 +148,7 @@ impl Runtime {
     /// then starts the timer and poller threads.
     fn start_owner(&self, poll_interval: Duration, lease_timeout: Duration) -> Result<Owner> {
         let id = new_owner_id()?;
-        let lock = OwnerLock::acquire(self.store.path(), id)?;
+        let lock = self.backend.hold_owner(id)?;
         let now = system_ms();
         let entry = OwnerEntry {
             pid: std::process::id(),
@@ -153,14 +160,14 @@ impl Runtime {
         let timers = Arc::new(Timers::default());
         let leases = Arc::new(Leases {
             id,
-            store: self.store.clone(),
+            backend: self.backend.clone(),
             writer: self.writer.clone(),
             scheduler: scheduler.clone(),
             timers: timers.clone(),
             lease_timeout,
         });
         // Wake-ups after this value reach the poller; claims cover those before.
-        let seen = self.store.wake_seq()?;
+        let seen = self.backend.wake_seq()?;
         leases.reap_dead()?;
         leases.claim(usize::MAX)?;
         let stop = Arc::new(AtomicBool::new(false));
@@ -402,7 +409,7 @@ impl Runtime {
     /// Loads what an invocation needs, and remembers the lease it runs
     /// under for the fence of its writes.
     pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
-        let data = self.store.load_invocation(exec_key)?;
+        let data = self.backend.load_invocation(exec_key)?;
         if let Some(owner) = &self.owner {
             let lease = data.lease.filter(|lease| lease.owner == owner.id);
             let mut invocations = owner.invocations.lock();
@@ -482,7 +489,7 @@ impl Runtime {
     /// Completes a callback from anywhere; wakes its execution.
     pub fn complete_callback(&self, callback_id: &str, success: bool, payload: Option<Vec<u8>>) -> Result<()> {
         let entry = self
-            .store
+            .backend
             .callback(callback_id)?
             .ok_or_else(|| Error::UnknownCallback(callback_id.into()))?;
         let kind = if success {
@@ -518,7 +525,7 @@ impl Runtime {
     /// Cancels an active execution; its pending callbacks and timers lapse.
     pub fn cancel(&self, execution_id: &str, error_payload: Vec<u8>) -> Result<()> {
         let exec_key = self
-            .store
+            .backend
             .exec_key_of(execution_id)?
             .ok_or_else(|| Error::ExecutionNotFound(execution_id.into()))?;
         let mut record = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
@@ -653,7 +660,7 @@ impl Runtime {
             }
             let seen = *count.lock();
             let summary = self
-                .store
+                .backend
                 .execution(exec_key)?
                 .ok_or_else(|| Error::corrupt_store("execution vanished"))?;
             if summary.meta.state != ExecState::Active {
@@ -706,7 +713,7 @@ impl Runtime {
         self.closed.store(true, Ordering::SeqCst);
         self.finished.bump();
         self.writer.close();
-        self.store.sync()?;
+        self.backend.sync()?;
         if let Some(owner) = &self.owner {
             owner.lock.lock().take();
         }
@@ -731,7 +738,7 @@ const LIVENESS_EVERY: u32 = 20;
 /// owners and claiming the executions nobody runs.
 struct Leases {
     id: u64,
-    store: Arc<Store>,
+    backend: Arc<dyn Backend>,
     writer: Arc<Writer>,
     scheduler: Arc<Scheduler>,
     timers: Arc<Timers>,
@@ -744,17 +751,17 @@ impl Leases {
     fn reap_dead(&self) -> Result<()> {
         let now = system_ms();
         let timeout_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-        for (owner, entry) in self.store.owners()? {
+        for (owner, entry) in self.backend.owners()? {
             if owner == self.id {
                 continue;
             }
-            let crashed = !OwnerLock::is_held(self.store.path(), owner);
+            let crashed = self.backend.owner_crashed(owner);
             let hung = entry.renewed_ms.saturating_add(timeout_ms) < now;
             if crashed || hung {
                 let renewed_ms = (!crashed).then_some(entry.renewed_ms);
                 self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
                 if crashed {
-                    OwnerLock::remove_stale(self.store.path(), owner);
+                    self.backend.forget_owner(owner);
                 }
             }
         }
@@ -784,7 +791,7 @@ impl Leases {
             return Ok(());
         }
         let keys: HashSet<u64> = claimed.iter().map(|(exec_key, _)| *exec_key).collect();
-        let (timers, damaged) = self.store.timers_of(&keys)?;
+        let (timers, damaged) = self.backend.timers_of(&keys)?;
         for timer in timers {
             self.timers.add(timer);
         }
@@ -862,7 +869,7 @@ impl Poller {
             if polls % LIVENESS_EVERY == 0 {
                 let _ = leases.reap_dead();
             }
-            let Ok((current, orphans)) = leases.store.poll_state() else {
+            let Ok((current, orphans)) = leases.backend.poll_state() else {
                 continue;
             };
             if orphans {
@@ -871,7 +878,7 @@ impl Poller {
             if current == seen {
                 continue;
             }
-            if let Ok((now_seen, woken)) = leases.store.woken_since(seen, leases.id) {
+            if let Ok((now_seen, woken)) = leases.backend.woken_since(seen, leases.id) {
                 seen = now_seen;
                 for exec_key in woken {
                     leases.scheduler.schedule(exec_key);

@@ -7,11 +7,12 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::backend::{Mutation, Outcome};
 use crate::clock::Clock;
 use crate::keys::{Timer, TimerKind};
 use crate::runtime::Finished;
 use crate::scheduler::Scheduler;
-use crate::writer::{Mutation, Outcome, Writer};
+use crate::writer::Writer;
 
 /// Re-read the clock at least this often, so a wall-clock jump or a test
 /// clock that skips ahead is noticed.

@@ -34,13 +34,13 @@ use std::time::Duration;
 
 use heed::types::Bytes;
 use heed::{Database, EnvOpenOptions};
+use perdure_core::backend::{Backend, Lease, Mutation};
 use perdure_core::clock::ManualClock;
 use perdure_core::keys::{
     self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind,
 };
 use perdure_core::runtime::NewChild;
-use perdure_core::store::Lease;
-use perdure_core::writer::{Mutation, Writer};
+use perdure_core::writer::Writer;
 use perdure_core::{
     sealed, Durability, Error, NewCallback, OpType, Record, RecordKind, ReplayIndex, Runtime, RuntimeOptions, Store,
     StoreOptions, SubType,
@@ -1173,7 +1173,7 @@ fn a_heartbeat_deadline_past_the_end_of_time_saturates() {
     let timer = timers.into_iter().find(|t| t.subject == callback_id).unwrap();
     let rearmed = writer.submit(vec![Mutation::FireTimer { timer, now_ms: NOW }]).unwrap();
     assert!(
-        matches!(&rearmed[..], [perdure_core::writer::Outcome::Rearmed(next)] if next.due_ms == u64::MAX),
+        matches!(&rearmed[..], [perdure_core::backend::Outcome::Rearmed(next)] if next.due_ms == u64::MAX),
         "{rearmed:?}"
     );
     writer.close();
@@ -1191,7 +1191,7 @@ fn a_counter_at_its_limit_is_a_corrupt_store() {
         let dir = store_with(&[sealed_counter(name, u64::MAX)]);
         let clock = Arc::new(ManualClock::new(NOW));
         let runtime = Runtime::open(dir.path(), options(clock.clone(), false)).unwrap();
-        let store = runtime.store.clone();
+        let store = runtime.backend.clone();
         let writer = Writer::new(store.clone());
         let mut started = record(RecordKind::Started, OpType::Execution, SubType::None, "");
         started.timestamp_ms = NOW;
@@ -1316,7 +1316,7 @@ fn a_wake_delay_past_the_end_of_time_is_never() {
     runtime
         .end_invocation(waiting, data.wake, None, suspend(), vec![(u64::MAX, "9".into())])
         .unwrap();
-    let timers = runtime.store.timers_of(&HashSet::from([waiting])).unwrap().0;
+    let timers = runtime.backend.timers_of(&HashSet::from([waiting])).unwrap().0;
     let timer = timers.iter().find(|t| t.subject == "9").expect("the timer is stored");
     assert_eq!(timer.due_ms, u64::MAX);
     runtime.close(Duration::ZERO).unwrap();

@@ -8,7 +8,7 @@ use heed::{Database, EnvOpenOptions};
 use perdure_core::clock::ManualClock;
 use perdure_core::keys::ExecState;
 use perdure_core::{
-    Durability, Error, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, StoreOptions, SubType,
+    Durability, Error, NewCallback, OpType, Record, RecordKind, Runtime, RuntimeOptions, Store, StoreOptions, SubType,
 };
 
 fn options(clock: Arc<ManualClock>, map_size: usize) -> RuntimeOptions {
@@ -61,12 +61,12 @@ fn start_append_and_suspend() {
     assert!(!rerun, "nothing woke the execution while it ran");
     runtime.finish(exec, false).unwrap();
 
-    let journal = runtime.store.journal(exec).unwrap();
+    let journal = runtime.backend.journal(exec).unwrap();
     assert_eq!(journal.len(), 2);
     assert_eq!(journal[1].payload.as_deref(), Some(&b"42"[..]));
     assert!(
         runtime
-            .store
+            .backend
             .woken_since(0, runtime.owner_id().unwrap())
             .unwrap()
             .1
@@ -107,7 +107,7 @@ fn a_wake_during_an_invocation_makes_it_run_again() {
         runtime.complete_callback("nope", true, None),
         Err(Error::UnknownCallback(_))
     ));
-    let journal = runtime.store.journal(exec).unwrap();
+    let journal = runtime.backend.journal(exec).unwrap();
     assert_eq!(journal.last().unwrap().kind, RecordKind::Succeeded);
     assert_eq!(journal.last().unwrap().op_type, OpType::Callback);
 }
@@ -141,7 +141,7 @@ fn timers_fire_by_the_clock_and_time_out_callbacks() {
     clock.set(1_000_000 + 60_000);
     runtime.poke_timers();
     assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
-    let journal = runtime.store.journal(exec).unwrap();
+    let journal = runtime.backend.journal(exec).unwrap();
     let last = journal.last().unwrap();
     assert_eq!(
         (last.kind, last.op_type, last.op_id.as_str()),
@@ -204,7 +204,7 @@ fn owners_share_a_store_and_each_execution_has_one() {
         .append(exec, vec![step_record("1", b"1")], vec![], None, None)
         .unwrap();
     assert_eq!(
-        second.store.lease(exec).unwrap().map(|lease| lease.owner),
+        second.backend.lease(exec).unwrap().map(|lease| lease.owner),
         first.owner_id()
     );
 
@@ -213,7 +213,7 @@ fn owners_share_a_store_and_each_execution_has_one() {
     first.close(Duration::from_secs(1)).unwrap();
     assert_eq!(second.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
     assert_eq!(
-        second.store.lease(exec).unwrap().map(|lease| lease.owner),
+        second.backend.lease(exec).unwrap().map(|lease| lease.owner),
         second.owner_id()
     );
     second.load_invocation(exec).unwrap();
@@ -221,7 +221,7 @@ fn owners_share_a_store_and_each_execution_has_one() {
         .append(exec, vec![step_record("2", b"2")], vec![], None, None)
         .unwrap();
     assert_eq!(
-        second.store.journal(exec).unwrap().len(),
+        second.backend.journal(exec).unwrap().len(),
         3,
         "nothing lost in the hand-over"
     );
@@ -235,7 +235,7 @@ fn owners_share_a_store_and_each_execution_has_one() {
     )
     .unwrap();
     assert_eq!(client.owner_id(), None);
-    assert_eq!(client.store.list(None, None, 0).unwrap().0.len(), 1);
+    assert_eq!(client.backend.list(None, None, 0).unwrap().0.len(), 1);
 }
 
 #[test]
@@ -267,7 +267,7 @@ fn group_commit_keeps_every_append_of_every_thread() {
         thread.join().unwrap();
     }
     for exec in execs {
-        let journal = runtime.store.journal(exec).unwrap();
+        let journal = runtime.backend.journal(exec).unwrap();
         assert_eq!(journal.len(), 201);
         for (index, record) in journal.iter().enumerate().skip(1) {
             assert_eq!(record.op_id, index.to_string(), "appends of one caller stay in order");
@@ -279,8 +279,10 @@ fn group_commit_keeps_every_append_of_every_thread() {
 fn the_map_grows_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let clock = Arc::new(ManualClock::new(1));
-    let runtime = Runtime::open(dir.path(), options(clock, 64 << 10)).unwrap();
-    let before = runtime.store.map_size();
+    let options = options(clock, 64 << 10);
+    let store = Store::open(dir.path(), &options.store).unwrap();
+    let runtime = Runtime::on(store.clone(), options).unwrap();
+    let before = store.map_size();
     let (exec, _) = runtime.start("e-1", "wf", vec![], None).unwrap();
     runtime.load_invocation(exec).unwrap();
     // Incompressible payloads, several times the initial map.
@@ -298,8 +300,8 @@ fn the_map_grows_by_itself() {
             .append(exec, vec![step_record(&step.to_string(), &payload)], vec![], None, None)
             .unwrap();
     }
-    assert!(runtime.store.map_size() > before);
-    assert_eq!(runtime.store.journal(exec).unwrap().len(), 65);
+    assert!(store.map_size() > before);
+    assert_eq!(runtime.backend.journal(exec).unwrap().len(), 65);
 }
 
 #[test]
@@ -315,7 +317,7 @@ fn cancelled_execution_takes_no_more_records() {
             ..
         })
     ));
-    let summary = runtime.store.execution(exec).unwrap().unwrap();
+    let summary = runtime.backend.execution(exec).unwrap().unwrap();
     assert_eq!(summary.meta.state, ExecState::Cancelled);
     assert!(matches!(
         runtime.cancel("missing", vec![]),
@@ -369,7 +371,7 @@ fn corrupt_records_are_reported_with_execution_and_sequence() {
         txn.commit().unwrap();
     }
     let (runtime, _clock) = open(dir.path());
-    match runtime.store.journal(exec) {
+    match runtime.backend.journal(exec) {
         Err(Error::CorruptRecord {
             execution_id,
             sequence,
@@ -380,7 +382,7 @@ fn corrupt_records_are_reported_with_execution_and_sequence() {
         }
         other => panic!("expected a corrupt record error, got {other:?}"),
     }
-    assert_eq!(runtime.store.journal(other).unwrap().len(), 1);
+    assert_eq!(runtime.backend.journal(other).unwrap().len(), 1);
 }
 
 #[test]
@@ -401,7 +403,7 @@ fn a_newer_format_is_refused_and_left_untouched() {
     match Runtime::open(dir.path(), options(clock, 1 << 20)) {
         Err(Error::FormatVersion {
             found: 99,
-            supported: perdure_core::store::FORMAT_VERSION,
+            supported: perdure_core::backend::lmdb::FORMAT_VERSION,
             ..
         }) => {}
         Err(other) => panic!("expected a format version error, got {other:?}"),
@@ -448,7 +450,7 @@ fn a_format_1_store_is_upgraded_in_place() {
     let (runtime, _clock) = open(dir.path());
     assert_eq!(runtime.next_ready(Duration::from_secs(5)).unwrap(), Some(exec));
     assert_eq!(
-        runtime.store.lease(exec).unwrap().map(|lease| lease.owner),
+        runtime.backend.lease(exec).unwrap().map(|lease| lease.owner),
         runtime.owner_id()
     );
     runtime.close(Duration::from_secs(1)).unwrap();
@@ -458,7 +460,7 @@ fn a_format_1_store_is_upgraded_in_place() {
     let meta: Database<Bytes, Bytes> = env.open_database(&txn, Some("meta")).unwrap().unwrap();
     assert_eq!(
         meta.get(&txn, b"format_version").unwrap(),
-        Some(&perdure_core::store::FORMAT_VERSION.to_be_bytes()[..])
+        Some(&perdure_core::backend::lmdb::FORMAT_VERSION.to_be_bytes()[..])
     );
     let wakes: Database<Bytes, Bytes> = env.open_database(&txn, Some("wakes")).unwrap().unwrap();
     assert_eq!(wakes.len(&txn).unwrap(), 1, "the pending wake-up is indexed");
@@ -489,7 +491,7 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     let (exec, _) = slow.start("e-1", "wf", vec![], None).unwrap();
     let eager = reaper_of(dir.path(), clock, exec);
     assert_eq!(
-        eager.store.lease(exec).unwrap().map(|lease| lease.owner),
+        eager.backend.lease(exec).unwrap().map(|lease| lease.owner),
         eager.owner_id()
     );
     slow.load_invocation(exec).unwrap();
@@ -500,7 +502,7 @@ fn a_reaped_owner_is_fenced_and_takes_no_new_leases() {
     let (later, _) = slow.start("e-2", "wf", vec![], None).unwrap();
     assert_eq!(eager.next_ready(Duration::from_secs(5)).unwrap(), Some(later));
     assert_eq!(
-        eager.store.lease(later).unwrap().map(|lease| lease.owner),
+        eager.backend.lease(later).unwrap().map(|lease| lease.owner),
         eager.owner_id()
     );
 }
@@ -524,11 +526,11 @@ fn child_of(runtime: &Runtime, parent: u64, op_id: &str, timeout_ms: Option<u64>
     runtime
         .append(parent, vec![started], vec![], None, Some(child))
         .unwrap();
-    runtime.store.exec_key_of(&format!("p/{op_id}")).unwrap().unwrap()
+    runtime.backend.exec_key_of(&format!("p/{op_id}")).unwrap().unwrap()
 }
 
 fn kinds(runtime: &Runtime, exec: u64) -> Vec<(RecordKind, OpType)> {
-    let journal = runtime.store.journal(exec).unwrap();
+    let journal = runtime.backend.journal(exec).unwrap();
     journal.iter().map(|r| (r.kind, r.op_type)).collect()
 }
 
@@ -547,7 +549,7 @@ fn a_child_reports_its_result_to_the_parent_and_wakes_it() {
     runtime
         .end_invocation(child, 1, Some(ExecState::Succeeded), vec![done], vec![])
         .unwrap();
-    let journal = runtime.store.journal(parent).unwrap();
+    let journal = runtime.backend.journal(parent).unwrap();
     let reported = journal.last().unwrap();
     assert_eq!(
         (reported.kind, reported.op_type, reported.op_id.as_str()),
@@ -556,7 +558,7 @@ fn a_child_reports_its_result_to_the_parent_and_wakes_it() {
     assert_eq!(reported.payload.as_deref(), Some(&b"14"[..]));
     assert_eq!(reported.extra.as_deref(), Some("p/1"));
     assert!(
-        runtime.store.execution(parent).unwrap().unwrap().pending,
+        runtime.backend.execution(parent).unwrap().unwrap().pending,
         "the parent was woken"
     );
     // A second child under the same id is refused.
@@ -600,7 +602,7 @@ fn stopping_a_parent_cancels_its_waits_and_stops_its_children() {
             (RecordKind::Cancelled, OpType::Execution)
         ]
     );
-    let child_meta = runtime.store.execution(child).unwrap().unwrap().meta;
+    let child_meta = runtime.backend.execution(child).unwrap().unwrap().meta;
     assert_eq!(child_meta.state, ExecState::Cancelled);
     // The stopped child did not report back to the stopped parent.
     assert_eq!(kinds(&runtime, parent).len(), 3);
@@ -619,14 +621,14 @@ fn an_execution_times_out_and_its_parent_hears_of_it() {
         .unwrap()
         .unwrap();
     assert_eq!(summary.meta.state, ExecState::TimedOut);
-    let reported = runtime.store.last_record(parent).unwrap().unwrap();
+    let reported = runtime.backend.last_record(parent).unwrap().unwrap();
     assert_eq!(
         (reported.kind, reported.op_type),
         (RecordKind::TimedOut, OpType::ChainedInvoke)
     );
     assert!(String::from_utf8_lossy(reported.payload.as_deref().unwrap()).contains("timed out after 0.5 seconds"));
     assert_eq!(
-        runtime.store.execution(parent).unwrap().unwrap().meta.state,
+        runtime.backend.execution(parent).unwrap().unwrap().meta.state,
         ExecState::Active
     );
     clock.set(1_000_000 + 10_000);
@@ -660,7 +662,7 @@ fn deferred_commits_answer_through_their_callback() {
         .map(|_| receiver.recv_timeout(Duration::from_secs(5)).unwrap())
         .collect();
     assert!(answers.iter().all(|ok| *ok));
-    assert_eq!(runtime.store.journal(exec).unwrap().len(), 51);
+    assert_eq!(runtime.backend.journal(exec).unwrap().len(), 51);
     runtime.cancel("e-1", b"{}".to_vec()).unwrap();
     runtime.append_later(
         exec,
@@ -705,7 +707,7 @@ fn a_reclaimed_execution_fences_the_invocation_from_before() {
     eager.close(Duration::from_secs(1)).unwrap();
     // `slow` learns it was reaped, registers again and claims the orphan.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while slow.store.lease(exec).unwrap().map(|lease| lease.owner) != slow.owner_id() {
+    while slow.backend.lease(exec).unwrap().map(|lease| lease.owner) != slow.owner_id() {
         assert!(
             std::time::Instant::now() < deadline,
             "slow never claimed the execution back"
@@ -713,7 +715,7 @@ fn a_reclaimed_execution_fences_the_invocation_from_before() {
         std::thread::sleep(Duration::from_millis(5));
     }
     assert_ne!(
-        slow.store.lease(exec).unwrap(),
+        slow.backend.lease(exec).unwrap(),
         before.lease,
         "a new grant, a new epoch"
     );
@@ -726,7 +728,7 @@ fn a_reclaimed_execution_fences_the_invocation_from_before() {
     assert!(fresh.index.get("1").is_some());
     slow.append(exec, vec![step_record("2", b"2")], vec![], None, None)
         .unwrap();
-    let journal = slow.store.journal(exec).unwrap();
+    let journal = slow.backend.journal(exec).unwrap();
     let payloads: Vec<_> = journal.iter().filter_map(|r| r.payload.clone()).collect();
     assert!(!payloads.contains(&b"stale".to_vec()));
     assert_eq!(journal.len(), 3);
@@ -754,7 +756,7 @@ fn damaged_metadata_names_its_execution_and_spares_the_others() {
         txn.commit().unwrap();
     }
     let (runtime, _clock) = open(dir.path());
-    let (rows, damaged) = runtime.store.list(None, None, 0).unwrap();
+    let (rows, damaged) = runtime.backend.list(None, None, 0).unwrap();
     assert_eq!(
         rows.iter().map(|r| r.meta.execution_id.as_str()).collect::<Vec<_>>(),
         ["good"]
@@ -764,7 +766,7 @@ fn damaged_metadata_names_its_execution_and_spares_the_others() {
         [Error::CorruptExecution { execution_id, what: "metadata", .. }] if execution_id == "bad"
     ));
     assert!(matches!(
-        runtime.store.execution_by_id("bad"),
+        runtime.backend.execution_by_id("bad"),
         Err(Error::CorruptExecution { ref execution_id, .. }) if execution_id == "bad"
     ));
     assert!(matches!(
@@ -777,5 +779,5 @@ fn damaged_metadata_names_its_execution_and_spares_the_others() {
     runtime
         .append(good, vec![step_record("1", b"1")], vec![], None, None)
         .unwrap();
-    assert_eq!(runtime.store.journal(good).unwrap().len(), 2);
+    assert_eq!(runtime.backend.journal(good).unwrap().len(), 2);
 }

@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use perdure_core::backend::lmdb::DEFAULT_MAP_SIZE;
+use perdure_core::backend::ExecSummary;
 use perdure_core::clock::{Clock, SkippingClock as CoreSkippingClock};
 use perdure_core::executor::{Executor, WorkerWrapper};
 use perdure_core::keys::ExecState;
 use perdure_core::runtime::{Invoker, NewChild};
-use perdure_core::store::{ExecSummary, DEFAULT_MAP_SIZE};
 use perdure_core::{Durability, NewCallback, Runtime, RuntimeOptions, StoreOptions};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
@@ -190,8 +191,8 @@ impl Core {
     }
 
     #[getter]
-    fn path(&self) -> PathBuf {
-        self.runtime.store.path().to_path_buf()
+    fn path(&self) -> String {
+        self.runtime.backend.describe()
     }
 
     #[getter]
@@ -208,13 +209,13 @@ impl Core {
     /// Reads every stored entry and checks it: (entries read, the damage
     /// found as messages). A damaged file raises CorruptStoreError.
     fn check(&self, py: Python<'_>) -> PyResult<(usize, Vec<String>)> {
-        let (entries, damaged) = py.detach(|| self.runtime.store.check()).py_err()?;
+        let (entries, damaged) = py.detach(|| self.runtime.backend.check()).py_err()?;
         Ok((entries, damaged.iter().map(ToString::to_string).collect()))
     }
 
     /// The owner id of the engine that runs an execution, if any.
     fn lease(&self, py: Python<'_>, exec_key: u64) -> PyResult<Option<u64>> {
-        let lease = py.detach(|| self.runtime.store.lease(exec_key)).py_err()?;
+        let lease = py.detach(|| self.runtime.backend.lease(exec_key)).py_err()?;
         Ok(lease.map(|lease| lease.owner))
     }
 
@@ -462,13 +463,13 @@ impl Core {
 
     fn execution<'py>(&self, py: Python<'py>, execution_id: String) -> PyResult<Option<Bound<'py, PyTuple>>> {
         let summary = py
-            .detach(|| self.runtime.store.execution_by_id(&execution_id))
+            .detach(|| self.runtime.backend.execution_by_id(&execution_id))
             .py_err()?;
         summary.map(|s| summary_to_py(py, &s)).transpose()
     }
 
     fn execution_by_key<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let summary = py.detach(|| self.runtime.store.execution(exec_key)).py_err()?;
+        let summary = py.detach(|| self.runtime.backend.execution(exec_key)).py_err()?;
         summary.map(|s| summary_to_py(py, &s)).transpose()
     }
 
@@ -490,7 +491,7 @@ impl Core {
             Some(other) => return Err(invalid(py, format!("unknown execution state {other:?}"))),
         };
         let (rows, damaged) = py
-            .detach(|| self.runtime.store.list(state, function.as_deref(), limit))
+            .detach(|| self.runtime.backend.list(state, function.as_deref(), limit))
             .py_err()?;
         if !damaged.is_empty() {
             // Listed apart so one damaged execution does not hide the others;
@@ -504,12 +505,12 @@ impl Core {
     }
 
     fn journal<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Vec<Bound<'py, PyTuple>>> {
-        let records = py.detach(|| self.runtime.store.journal(exec_key)).py_err()?;
+        let records = py.detach(|| self.runtime.backend.journal(exec_key)).py_err()?;
         records.iter().map(|record| record_to_py(py, record)).collect()
     }
 
     fn last_record<'py>(&self, py: Python<'py>, exec_key: u64) -> PyResult<Option<Bound<'py, PyTuple>>> {
-        let record = py.detach(|| self.runtime.store.last_record(exec_key)).py_err()?;
+        let record = py.detach(|| self.runtime.backend.last_record(exec_key)).py_err()?;
         record.map(|r| record_to_py(py, &r)).transpose()
     }
 

@@ -2,7 +2,7 @@
 //! answering the Python side's "what happened to operation X" in O(1).
 
 use jiter::PythonParse;
-use perdure_core::store::InvocationData;
+use perdure_core::backend::InvocationData;
 use perdure_core::{OpType, RecordKind, ReplayIndex, SubType};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;

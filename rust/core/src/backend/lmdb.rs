@@ -1,6 +1,7 @@
 //! The LMDB environment of one store directory: opening (format check, owner-only
-//! files), the named databases, the map that grows by itself, and every read.
-//! All writes go through [`crate::writer`].
+//! files), the named databases, the map that grows by itself, and every read;
+//! its [`Backend`] implementation. The writer's group commit lands in
+//! `commit`: one LMDB write transaction per group.
 
 use parking_lot::{Mutex, RwLock};
 use std::collections::{HashMap, HashSet};
@@ -13,6 +14,11 @@ use std::sync::{Arc, Weak};
 
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
+mod commit;
+mod lock;
+
+use self::lock::OwnerLock;
+use super::{Backend, ExecSummary, InvocationData, Lease, Mutation, Outcome, OwnerHold};
 use crate::error::{Error, Result};
 use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
@@ -99,26 +105,6 @@ pub(crate) struct Dbs {
     pub leases: Db,
     /// Execution key -> nothing: active executions no engine runs yet.
     pub orphans: Db,
-}
-
-/// What an invocation needs, read in one transaction.
-pub struct InvocationData {
-    pub exec_key: u64,
-    pub meta: ExecMeta,
-    pub index: ReplayIndex,
-    /// The pending-index value seen; a wake-up after it changes this value.
-    pub wake: u64,
-    /// Who held the execution's lease in this snapshot: the invocation's
-    /// writes are fenced by exactly this grant.
-    pub lease: Option<Lease>,
-}
-
-/// One row of `list`.
-#[derive(Clone, Debug)]
-pub struct ExecSummary {
-    pub exec_key: u64,
-    pub meta: ExecMeta,
-    pub pending: bool,
 }
 
 pub struct Store {
@@ -369,24 +355,48 @@ impl Store {
     pub fn map_size(&self) -> usize {
         self.env.info().map_size
     }
+}
+
+impl Backend for Store {
+    /// One write transaction for the group (see `lmdb/commit.rs`).
+    fn commit(&self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
+        commit::try_commit(self, group)
+    }
+
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+
+    /// The owner's lock file under `owners/`, held while the engine lives.
+    fn hold_owner(&self, owner: u64) -> Result<Box<dyn OwnerHold>> {
+        Ok(Box::new(OwnerLock::acquire(&self.path, owner)?))
+    }
+
+    fn owner_crashed(&self, owner: u64) -> bool {
+        !OwnerLock::is_held(&self.path, owner)
+    }
+
+    fn forget_owner(&self, owner: u64) {
+        OwnerLock::remove_stale(&self.path, owner);
+    }
 
     /// Flushes everything written with `process` durability to the disk.
-    pub fn sync(&self) -> Result<()> {
+    fn sync(&self) -> Result<()> {
         if self.durability == Durability::Process {
             self.env.force_sync()?;
         }
         Ok(())
     }
 
-    pub fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
+    fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
         self.read(|txn, dbs| exec_key_in(txn, dbs, execution_id))
     }
 
-    pub fn execution(&self, exec_key: u64) -> Result<Option<ExecSummary>> {
+    fn execution(&self, exec_key: u64) -> Result<Option<ExecSummary>> {
         self.read(|txn, dbs| summary_in(txn, dbs, exec_key))
     }
 
-    pub fn execution_by_id(&self, execution_id: &str) -> Result<Option<ExecSummary>> {
+    fn execution_by_id(&self, execution_id: &str) -> Result<Option<ExecSummary>> {
         self.read(|txn, dbs| match exec_key_in(txn, dbs, execution_id)? {
             Some(exec_key) => summary_in(txn, dbs, exec_key),
             None => Ok(None),
@@ -394,7 +404,7 @@ impl Store {
     }
 
     /// Everything an invocation of `exec_key` needs, from one snapshot.
-    pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
+    fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
         self.read(|txn, dbs| {
             let meta = meta_in(txn, dbs, exec_key)?
                 .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
@@ -414,7 +424,7 @@ impl Store {
         })
     }
 
-    pub fn journal(&self, exec_key: u64) -> Result<Vec<Record>> {
+    fn journal(&self, exec_key: u64) -> Result<Vec<Record>> {
         self.read(|txn, dbs| {
             let meta = meta_in(txn, dbs, exec_key)?
                 .ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} has no metadata")))?;
@@ -423,7 +433,7 @@ impl Store {
     }
 
     /// The last record of a journal: the outcome of a finished execution.
-    pub fn last_record(&self, exec_key: u64) -> Result<Option<Record>> {
+    fn last_record(&self, exec_key: u64) -> Result<Option<Record>> {
         self.read(|txn, dbs| {
             let upper = keys::journal_key(exec_key, u32::MAX);
             match dbs.journal.get_lower_than_or_equal_to(txn, &upper)? {
@@ -445,7 +455,7 @@ impl Store {
     /// Executions whose metadata is damaged are not listed but returned
     /// apart, each as the error naming it: one damaged value does not hide
     /// the others.
-    pub fn list(
+    fn list(
         &self,
         state: Option<ExecState>,
         function: Option<&str>,
@@ -488,7 +498,7 @@ impl Store {
     /// The wake counter now, and the executions of `owner` woken after `seen`,
     /// from one snapshot: a wake with a value at or below `seen` was already
     /// looked at. Reads only the wake-ups after `seen`, however many wait.
-    pub fn woken_since(&self, seen: u64, owner: u64) -> Result<(u64, Vec<u64>)> {
+    fn woken_since(&self, seen: u64, owner: u64) -> Result<(u64, Vec<u64>)> {
         self.read(|txn, dbs| {
             let now = counter_in(txn, dbs, META_WAKE_SEQ)?;
             let mut woken = Vec::new();
@@ -512,7 +522,7 @@ impl Store {
     }
 
     /// The running engines, by owner id.
-    pub fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>> {
+    fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>> {
         self.read(|txn, dbs| {
             let mut owners = Vec::new();
             for entry in dbs.owners.iter(txn)? {
@@ -526,7 +536,7 @@ impl Store {
 
     /// What the poller looks at every few milliseconds, in one read: the
     /// wake counter, and whether some active execution waits to be claimed.
-    pub fn poll_state(&self) -> Result<(u64, bool)> {
+    fn poll_state(&self) -> Result<(u64, bool)> {
         self.read(|txn, dbs| {
             let wake_seq = counter_in(txn, dbs, META_WAKE_SEQ)?;
             Ok((wake_seq, dbs.orphans.first(txn)?.is_some()))
@@ -534,7 +544,7 @@ impl Store {
     }
 
     /// The engine that runs an execution, and under which grant, if any.
-    pub fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
+    fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
         self.read(|txn, dbs| lease_in(txn, dbs, exec_key))
     }
 
@@ -542,7 +552,7 @@ impl Store {
     /// timers database (it is ordered by deadline, not by execution). A
     /// damaged timer is not armed; its execution is returned apart, so the
     /// caller can run it now (a replay re-arms what it still waits for).
-    pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<(Vec<Timer>, Vec<u64>)> {
+    fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<(Vec<Timer>, Vec<u64>)> {
         self.read(|txn, dbs| {
             let mut timers = Vec::new();
             let mut damaged = Vec::new();
@@ -561,7 +571,7 @@ impl Store {
     }
 
     /// Bumped by every wake-up; lets an engine notice other processes' writes cheaply.
-    pub fn wake_seq(&self) -> Result<u64> {
+    fn wake_seq(&self) -> Result<u64> {
         self.read(|txn, dbs| counter_in(txn, dbs, META_WAKE_SEQ))
     }
 
@@ -571,7 +581,7 @@ impl Store {
     /// damaged values found, each as the error naming it; an error of LMDB
     /// (the file itself is damaged) ends the walk. `entries` counts what was
     /// read.
-    pub fn check(&self) -> Result<(usize, Vec<Error>)> {
+    fn check(&self) -> Result<(usize, Vec<Error>)> {
         self.read(|txn, dbs| {
             let mut entries = 0;
             let mut damaged = Vec::new();
@@ -635,36 +645,8 @@ impl Store {
         })
     }
 
-    pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
+    fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
         self.read(|txn, dbs| callback_in(txn, dbs, callback_id))
-    }
-}
-
-/// A grant of an execution to an owner. The epoch is new with every grant
-/// (a store-wide counter), so an owner that lost an execution and claimed
-/// it again does not pass the fence of an invocation from before.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Lease {
-    pub owner: u64,
-    pub epoch: u64,
-}
-
-impl Lease {
-    pub fn encode(&self) -> [u8; 16] {
-        let mut out = [0u8; 16];
-        out[..8].copy_from_slice(&self.owner.to_be_bytes());
-        out[8..].copy_from_slice(&self.epoch.to_be_bytes());
-        out
-    }
-
-    pub fn decode(bytes: &[u8]) -> Result<Lease, String> {
-        match bytes.len() {
-            16 => Ok(Lease {
-                owner: keys::read_u64(bytes).ok_or("bad lease")?,
-                epoch: keys::read_u64(&bytes[8..]).ok_or("bad lease")?,
-            }),
-            n => Err(format!("lease of {n} bytes, expected 16")),
-        }
     }
 }
 
@@ -768,7 +750,7 @@ fn refuse_live_owners(txn: &RoTxn<WithoutTls>, dbs: &Dbs, path: &Path, found: u3
     for entry in dbs.owners.iter(txn)? {
         let (key, _) = entry?;
         if let Some(owner) = keys::read_u64(key) {
-            if crate::lock::OwnerLock::is_held(path, owner) {
+            if OwnerLock::is_held(path, owner) {
                 return Err(Error::StoreAccess {
                     path: path.to_path_buf(),
                     source: std::io::Error::other(format!(

@@ -94,3 +94,5 @@ impl Drop for OwnerLock {
         let _ = fs::remove_file(&self.path);
     }
 }
+
+impl crate::backend::OwnerHold for OwnerLock {}
