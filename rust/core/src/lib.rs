@@ -13,7 +13,6 @@ pub mod executor;
 mod files;
 pub mod keys;
 mod mapped;
-pub mod postgres;
 pub mod record;
 pub mod replay;
 pub mod runtime;

@@ -8,8 +8,8 @@ use std::io::Write;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use perdure_core::backend::postgres::liveness::{look_at, reap, Liveness, OwnerSession};
 use perdure_core::error::Error;
-use perdure_core::postgres::liveness::{look_at, reap, Liveness, OwnerSession};
 
 const LEASE: Duration = Duration::from_secs(10);
 

@@ -3,9 +3,9 @@
 mod common;
 
 use common::Scratch;
+use perdure_core::backend::postgres::schema::{ensure, SCHEMA_VERSION};
+use perdure_core::backend::postgres::PgLocation;
 use perdure_core::error::Error;
-use perdure_core::postgres::schema::{ensure, SCHEMA_VERSION};
-use perdure_core::postgres::PgLocation;
 
 fn tables(client: &mut postgres::Client, schema: &str) -> Vec<String> {
     client

@@ -15,6 +15,7 @@ use crate::replay::ReplayIndex;
 
 mod apply;
 pub mod lmdb;
+pub mod postgres;
 
 /// A store the engine runs on: commits groups of batches and answers the
 /// reads of the runtime, the poller and the bindings.

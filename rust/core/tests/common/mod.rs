@@ -5,7 +5,7 @@
 
 #![allow(dead_code)] // each test file uses its own part
 
-use perdure_core::postgres::PgLocation;
+use perdure_core::backend::postgres::PgLocation;
 
 /// A schema of its own for one test, dropped at the end.
 pub struct Scratch {
@@ -46,6 +46,6 @@ impl Drop for Scratch {
 /// A scratch schema with the store's tables created.
 pub fn store() -> Option<Scratch> {
     let scratch = Scratch::new()?;
-    perdure_core::postgres::schema::ensure(&mut scratch.client(), &scratch.location).unwrap();
+    perdure_core::backend::postgres::schema::ensure(&mut scratch.client(), &scratch.location).unwrap();
     Some(scratch)
 }
