@@ -276,6 +276,26 @@ def test_invalid_engine_options(store: Path, options: dict[str, Any], field: str
     assert not store.exists(), "nothing is created for a refused configuration"
 
 
+@pytest.mark.parametrize("url", ["postgresql://me@db/app", "postgres://me:pw@db/app?schema=x"])
+def test_a_postgresql_url_is_refused_not_made_a_directory(
+    url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A URL would otherwise become a directory named ``postgresql:`` here."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValidationError, match=r"PostgreSQL stores .* not supported yet"):
+        Engine(url)
+    assert list(tmp_path.iterdir()) == []
+    done = subprocess.run(
+        [sys.executable, "-m", "perdure", "list", "--store", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode != 0 and "not supported yet" in done.stderr, done
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_invalid_calls_in_a_workflow_write_nothing(engine: Engine) -> None:
     assert engine.run(double, 3, execution_id="before", timeout=30) == 6
     result = engine.run(bad_calls, None, execution_id="bad-calls", timeout=30)

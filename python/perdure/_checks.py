@@ -6,6 +6,7 @@ the Rust bindings would raise further in (perhaps after part of the work)."""
 from __future__ import annotations
 
 import math
+import os
 
 from perdure.duration import MAX_MILLIS
 from perdure.errors import ValidationError
@@ -102,3 +103,15 @@ def error_field(value: object, what: str) -> str | None:
     """An error's type, message or data as given to ``send_callback_failure``:
     None or text."""
     return optional_text(value, what)
+
+
+def store_directory(path: str | os.PathLike[str]) -> None:
+    """Refuses a PostgreSQL URL where a store directory is expected: it would
+    become a directory named ``postgresql:``. The PostgreSQL store is being
+    built (docs/design.md §8); this version cannot open one yet. The message
+    leaves the URL out (it may hold a password)."""
+    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
+        raise ValidationError(
+            "store: this version of perdure runs on an LMDB directory only; "
+            "PostgreSQL stores (postgresql://...) are not supported yet"
+        )

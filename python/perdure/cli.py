@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 
+from perdure import _checks
 from perdure.errors import PerdureError
 
 __all__ = ["main"]
@@ -30,6 +31,7 @@ def _existing_store(store: str) -> Path:
     """The store directory of a command that reads or answers: it must hold
     a store already. Opening it would create an empty one, and show an empty
     store where the user mistyped a path."""
+    _checks.store_directory(store)
     path = Path(store)
     if not path.is_dir():
         raise _UsageError(f"no perdure store at {store}: the directory does not exist")

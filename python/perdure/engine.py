@@ -153,6 +153,7 @@ class Engine:
             raise ValidationError(
                 f"path must be a str or os.PathLike, got {type(path).__name__}: {path!r}"
             )
+        _checks.store_directory(path)
         if not isinstance(durability, str) or durability not in _DURABILITIES:
             raise ValidationError(
                 f"durability must be one of {', '.join(_DURABILITIES)}; got {durability!r}"
