@@ -17,7 +17,7 @@
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
-use postgres::{Client, IsolationLevel, Row, Transaction};
+use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
 use crate::backend::{ExecSummary, InvocationData, Lease};
@@ -34,8 +34,8 @@ const EXEC_COLUMNS: &str =
 /// (the count comes from the rows, but a vector grows past it anyway).
 const MAX_PREALLOCATED: usize = 1 << 16;
 
-/// The SQL of every question, with the schema's name filled in once.
-struct Statements {
+/// The SQL of every question, with the schema's name filled in.
+struct Sql {
     exec_key_of: String,
     execution: String,
     execution_by_id: String,
@@ -48,9 +48,9 @@ struct Statements {
     owners: String,
 }
 
-impl Statements {
-    fn new(s: &str) -> Statements {
-        Statements {
+impl Sql {
+    fn new(s: &str) -> Sql {
+        Sql {
             exec_key_of: format!("SELECT exec_key FROM {s}.executions WHERE execution_id = $1"),
             execution: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE exec_key = $1"),
             execution_by_id: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE execution_id = $1"),
@@ -85,6 +85,38 @@ impl Statements {
     }
 }
 
+/// Every question, prepared once on the connection: a read is then one
+/// round trip per statement.
+struct Statements {
+    exec_key_of: Statement,
+    execution: Statement,
+    execution_by_id: Statement,
+    journal: Statement,
+    last_record: Statement,
+    list: Statement,
+    callback: Statement,
+    timers_of: Statement,
+    wake_seq: Statement,
+    owners: Statement,
+}
+
+impl Statements {
+    fn prepare(client: &mut Client, sql: &Sql) -> Result<Statements, postgres::Error> {
+        Ok(Statements {
+            exec_key_of: client.prepare(&sql.exec_key_of)?,
+            execution: client.prepare(&sql.execution)?,
+            execution_by_id: client.prepare(&sql.execution_by_id)?,
+            journal: client.prepare(&sql.journal)?,
+            last_record: client.prepare(&sql.last_record)?,
+            list: client.prepare(&sql.list)?,
+            callback: client.prepare(&sql.callback)?,
+            timers_of: client.prepare(&sql.timers_of)?,
+            wake_seq: client.prepare(&sql.wake_seq)?,
+            owners: client.prepare(&sql.owners)?,
+        })
+    }
+}
+
 /// One connection that answers the read questions of a PostgreSQL store.
 pub struct PgReads {
     client: Mutex<Client>,
@@ -114,16 +146,25 @@ impl PgReads {
     /// A new connection to the store at `location` (its tables must exist:
     /// see `schema::ensure`).
     pub fn connect(location: &PgLocation) -> Result<PgReads> {
-        Ok(PgReads::new(location.connect()?, location.clone()))
+        PgReads::new(location.connect()?, location.clone())
     }
 
-    /// Reads through `client`, a connection to the store at `location`.
-    pub fn new(client: Client, location: PgLocation) -> PgReads {
-        PgReads {
+    /// Reads through `client`, a connection to the store at `location`,
+    /// once every question is prepared on it.
+    pub fn new(mut client: Client, location: PgLocation) -> Result<PgReads> {
+        let sql = Statements::prepare(&mut client, &Sql::new(location.schema())).map_err(|source| Error::Postgres {
+            what: format!(
+                "cannot prepare the store's reads ({} schema {})",
+                location.shown(),
+                location.schema()
+            ),
+            source,
+        })?;
+        Ok(PgReads {
             client: Mutex::new(client),
-            sql: Statements::new(location.schema()),
+            sql,
             location,
-        }
+        })
     }
 
     fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
