@@ -17,6 +17,7 @@
 use std::collections::HashSet;
 
 use parking_lot::Mutex;
+use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
@@ -28,7 +29,7 @@ use crate::replay::ReplayIndex;
 
 /// The columns of `executions` that [`exec_row`] reads, in its order.
 const EXEC_COLUMNS: &str =
-    "exec_key, execution_id, function, state, created_ms, updated_ms, parent_key, parent_op, owner_id, lease_epoch, wake";
+    "exec_key, execution_id, function, state, created_ms, updated_ms, parent_key, parent_op, owner_id, lease_epoch, wake, next_seq";
 
 /// How many records to make room for before reading a journal, at most
 /// (the count comes from the rows, but a vector grows past it anyway).
@@ -130,9 +131,17 @@ struct ExecRow {
     meta: ExecMeta,
     wake: Option<u64>,
     lease: Option<Lease>,
+    /// How many records the journal holds, as the row says.
+    next_seq: i32,
 }
 
 impl ExecRow {
+    /// How many records to make room for before reading the journal: the
+    /// row's count, bounded (it may be wrong; a vector grows anyway).
+    fn capacity(&self) -> usize {
+        usize::try_from(self.next_seq).unwrap_or(0).min(MAX_PREALLOCATED)
+    }
+
     fn summary(self) -> ExecSummary {
         ExecSummary {
             exec_key: self.exec_key,
@@ -223,9 +232,8 @@ impl PgReads {
     pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
         self.snapshot(|txn| {
             let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let rows = self.journal_rows_in(txn, exec_key)?;
-            let mut index = ReplayIndex::with_capacity(rows.len().min(MAX_PREALLOCATED));
-            visit_journal(&rows, &row.meta.execution_id, |record| index.add(record))?;
+            let mut index = ReplayIndex::with_capacity(row.capacity());
+            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| index.add(record))?;
             Ok(InvocationData {
                 exec_key,
                 index,
@@ -239,9 +247,8 @@ impl PgReads {
     pub fn journal(&self, exec_key: u64) -> Result<Vec<Record>> {
         self.snapshot(|txn| {
             let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let rows = self.journal_rows_in(txn, exec_key)?;
-            let mut records = Vec::with_capacity(rows.len().min(MAX_PREALLOCATED));
-            visit_journal(&rows, &row.meta.execution_id, |record| records.push(record))?;
+            let mut records = Vec::with_capacity(row.capacity());
+            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| records.push(record))?;
             Ok(records)
         })
     }
@@ -410,39 +417,44 @@ impl PgReads {
         row.map(|row| exec_row(&row)).transpose()
     }
 
-    /// The journal rows of `exec_key`, in sequence order.
-    fn journal_rows_in(&self, txn: &mut Transaction<'_>, exec_key: u64) -> Result<Vec<Row>> {
+    /// Decodes an execution's records in order, as the rows arrive (a long
+    /// journal is held in memory once, as records); a record that does not
+    /// decode stops the walk with the error naming the execution and the
+    /// sequence number. Sequence numbers must count 0, 1, 2, ... with no
+    /// gap: a record read under the wrong number would replay the wrong
+    /// operation.
+    fn visit_journal_in(
+        &self,
+        txn: &mut Transaction<'_>,
+        exec_key: u64,
+        execution_id: &str,
+        mut visit: impl FnMut(Record),
+    ) -> Result<()> {
         let Some(key) = key_param(exec_key) else {
-            return Ok(Vec::new());
+            return Ok(());
         };
-        txn.query(&self.sql.journal, &[&key])
-            .map_err(self.failed("cannot read a journal"))
-    }
-}
-
-/// Decodes an execution's journal rows in order; a record that does not
-/// decode stops the walk with the error naming the execution and the
-/// sequence number. Sequence numbers must count 0, 1, 2, ... with no gap: a
-/// record read under the wrong number would replay the wrong operation.
-fn visit_journal(rows: &[Row], execution_id: &str, mut visit: impl FnMut(Record)) -> Result<()> {
-    let mut expected: u32 = 0;
-    for row in rows {
-        let sequence = sequence_from(row.get(0), execution_id)?;
-        if sequence != expected {
-            return Err(bad_journal(
-                execution_id,
-                format!("record {sequence} follows record {}", i64::from(expected) - 1),
-            ));
+        let mut rows = txn
+            .query_raw(&self.sql.journal, [key])
+            .map_err(self.failed("cannot read a journal"))?;
+        let mut expected: u32 = 0;
+        while let Some(row) = rows.next().map_err(self.failed("cannot read a journal"))? {
+            let sequence = sequence_from(row.get(0), execution_id)?;
+            if sequence != expected {
+                return Err(bad_journal(
+                    execution_id,
+                    format!("record {sequence} follows record {}", i64::from(expected) - 1),
+                ));
+            }
+            let record = Record::decode(row.get::<_, &[u8]>(1)).map_err(|reason| Error::CorruptRecord {
+                execution_id: execution_id.to_string(),
+                sequence,
+                reason,
+            })?;
+            visit(record);
+            expected = expected.saturating_add(1);
         }
-        let record = Record::decode(row.get::<_, &[u8]>(1)).map_err(|reason| Error::CorruptRecord {
-            execution_id: execution_id.to_string(),
-            sequence,
-            reason,
-        })?;
-        visit(record);
-        expected = expected.saturating_add(1);
+        Ok(())
     }
-    Ok(())
 }
 
 /// An exec key as the bigint it is stored as; `None` for one no execution
@@ -513,6 +525,7 @@ fn exec_row(row: &Row) -> Result<ExecRow> {
         meta,
         wake,
         lease,
+        next_seq: row.get(11),
     })
 }
 
