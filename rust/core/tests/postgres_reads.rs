@@ -591,3 +591,52 @@ fn rows_no_perdure_writes_are_damage_naming_the_execution() {
         .unwrap();
     assert!(matches!(reads.owners(), Err(Error::CorruptStore(_))));
 }
+
+/// An invocation's metadata, wake-up value and journal come from one
+/// snapshot: a writer that appends a record and moves the wake-up value in
+/// one transaction is seen whole or not at all, however the reads and the
+/// commits interleave.
+#[test]
+fn an_invocation_is_loaded_from_one_snapshot() {
+    let Some(scratch) = common::store() else { return };
+    let s = scratch.location.schema().to_owned();
+    let mut client = scratch.client();
+    insert_exec(&mut client, &s, 1, "busy", (1, 10), Some(9), Some(0));
+    insert_record(&mut client, &s, 1, 0, &started("busy"));
+    const WRITES: i64 = 400;
+    let writer = {
+        let mut client = scratch.client();
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for n in 1..=WRITES {
+                let mut txn = client.transaction().unwrap();
+                let record = step(&n.to_string(), b"x").encode();
+                txn.execute(
+                    &format!("INSERT INTO {s}.journal VALUES (1, $1, $2)"),
+                    &[&(n as i32), &record],
+                )
+                .unwrap();
+                txn.execute(
+                    &format!("UPDATE {s}.executions SET wake = $1, next_seq = $2 WHERE exec_key = 1"),
+                    &[&n, &(n as i32 + 1)],
+                )
+                .unwrap();
+                txn.commit().unwrap();
+            }
+        })
+    };
+    let reads = PgReads::connect(&scratch.location).unwrap();
+    let mut seen = HashSet::new();
+    loop {
+        let done = writer.is_finished();
+        let loaded = reads.load_invocation(1).unwrap();
+        // Every step record is one operation: as many as the wake-up value.
+        assert_eq!(loaded.index.len() as u64, loaded.wake, "a torn read");
+        seen.insert(loaded.wake);
+        if done {
+            break;
+        }
+    }
+    writer.join().unwrap();
+    assert!(seen.contains(&(WRITES as u64)));
+}
