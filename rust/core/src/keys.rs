@@ -44,7 +44,7 @@ pub enum TimerKind {
 }
 
 impl TimerKind {
-    fn from_u8(value: u8) -> Option<Self> {
+    pub(crate) fn from_u8(value: u8) -> Option<Self> {
         match value {
             1 => Some(TimerKind::Wake),
             2 => Some(TimerKind::CallbackTimeout),
@@ -202,7 +202,7 @@ pub enum CallbackState {
 }
 
 impl CallbackState {
-    fn from_u8(value: u8) -> Option<Self> {
+    pub(crate) fn from_u8(value: u8) -> Option<Self> {
         match value {
             0 => Some(CallbackState::Pending),
             1 => Some(CallbackState::Succeeded),

@@ -3,6 +3,7 @@
 //! engine will run on it beside LMDB, behind the storage seam.
 
 pub mod liveness;
+pub mod reads;
 pub mod schema;
 
 use std::str::FromStr;
