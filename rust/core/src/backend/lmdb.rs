@@ -18,7 +18,7 @@ mod commit;
 mod lock;
 
 use self::lock::OwnerLock;
-use super::{Backend, ExecSummary, InvocationData, Lease, Mutation, Outcome, OwnerHold};
+use super::{bad_journal, Backend, ExecSummary, InvocationData, JournalOrder, Lease, Mutation, Outcome, OwnerHold};
 use crate::error::{Error, Result};
 use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
@@ -870,23 +870,11 @@ pub(crate) fn visit_journal(
     execution_id: &str,
     mut visit: impl FnMut(Record),
 ) -> Result<()> {
-    let mut expected: u32 = 0;
+    let mut order = JournalOrder::new(execution_id);
     for entry in dbs.journal.prefix_iter(txn, &keys::exec_key_bytes(exec_key))? {
         let (key, value) = entry?;
         let sequence = journal_sequence(key, exec_key, execution_id)?;
-        if sequence != expected {
-            return Err(bad_journal_key(
-                execution_id,
-                format!("record {sequence} follows record {}", i64::from(expected) - 1),
-            ));
-        }
-        let record = Record::decode(value).map_err(|reason| Error::CorruptRecord {
-            execution_id: execution_id.to_string(),
-            sequence,
-            reason,
-        })?;
-        visit(record);
-        expected = expected.saturating_add(1);
+        visit(order.next(sequence, value)?);
     }
     Ok(())
 }
@@ -896,18 +884,10 @@ pub(crate) fn visit_journal(
 pub(crate) fn journal_sequence(key: &[u8], exec_key: u64, execution_id: &str) -> Result<u32> {
     match keys::split_journal_key(key) {
         Some((exec, sequence)) if exec == exec_key => Ok(sequence),
-        _ => Err(bad_journal_key(
+        _ => Err(bad_journal(
             execution_id,
             format!("key {key:02x?} of {} bytes is not a journal key (12 bytes)", key.len()),
         )),
-    }
-}
-
-pub(crate) fn bad_journal_key(execution_id: &str, reason: String) -> Error {
-    Error::CorruptExecution {
-        execution_id: execution_id.to_string(),
-        what: "journal",
-        reason,
     }
 }
 

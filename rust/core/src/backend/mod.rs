@@ -17,6 +17,50 @@ mod apply;
 pub mod lmdb;
 pub mod postgres;
 
+/// The records of one journal as a store hands them out, checked in order:
+/// sequence numbers must count 0, 1, 2, ... with no gap (a record read under
+/// the wrong number would replay the wrong operation), and every record must
+/// decode. Both backends read journals through it.
+pub(crate) struct JournalOrder<'a> {
+    execution_id: &'a str,
+    expected: u32,
+}
+
+impl<'a> JournalOrder<'a> {
+    pub(crate) fn new(execution_id: &'a str) -> Self {
+        JournalOrder {
+            execution_id,
+            expected: 0,
+        }
+    }
+
+    /// The record stored under `sequence`, if it is the next one and decodes.
+    pub(crate) fn next(&mut self, sequence: u32, bytes: &[u8]) -> Result<Record> {
+        if sequence != self.expected {
+            return Err(bad_journal(
+                self.execution_id,
+                format!("record {sequence} follows record {}", i64::from(self.expected) - 1),
+            ));
+        }
+        let record = Record::decode(bytes).map_err(|reason| Error::CorruptRecord {
+            execution_id: self.execution_id.to_string(),
+            sequence,
+            reason,
+        })?;
+        self.expected = self.expected.saturating_add(1);
+        Ok(record)
+    }
+}
+
+/// A journal whose keys or rows are not what perdure writes, naming the execution.
+pub(crate) fn bad_journal(execution_id: &str, reason: String) -> Error {
+    Error::CorruptExecution {
+        execution_id: execution_id.to_string(),
+        what: "journal",
+        reason,
+    }
+}
+
 /// A store the engine runs on: commits groups of batches and answers the
 /// reads of the runtime, the poller and the bindings.
 pub trait Backend: Send + Sync {

@@ -114,10 +114,10 @@ impl TxnView for Txn<'_, '_> {
                 };
                 let Some((_, seq)) = keys::split_journal_key(key) else {
                     let reason = format!("key {key:02x?} of {} bytes is not a journal key (12 bytes)", key.len());
-                    return Err(store::bad_journal_key(&execution_id(), reason));
+                    return Err(crate::backend::bad_journal(&execution_id(), reason));
                 };
                 seq.checked_add(1).ok_or_else(|| {
-                    store::bad_journal_key(
+                    crate::backend::bad_journal(
                         &execution_id(),
                         format!("record {seq} is past the journal length limit"),
                     )

@@ -21,7 +21,7 @@ use postgres::fallible_iterator::FallibleIterator;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
-use crate::backend::{ExecSummary, InvocationData, Lease};
+use crate::backend::{bad_journal, ExecSummary, InvocationData, JournalOrder, Lease};
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::Record;
@@ -436,22 +436,10 @@ impl PgReads {
         let mut rows = txn
             .query_raw(&self.sql.journal, [key])
             .map_err(self.failed("cannot read a journal"))?;
-        let mut expected: u32 = 0;
+        let mut order = JournalOrder::new(execution_id);
         while let Some(row) = rows.next().map_err(self.failed("cannot read a journal"))? {
             let sequence = sequence_from(row.get(0), execution_id)?;
-            if sequence != expected {
-                return Err(bad_journal(
-                    execution_id,
-                    format!("record {sequence} follows record {}", i64::from(expected) - 1),
-                ));
-            }
-            let record = Record::decode(row.get::<_, &[u8]>(1)).map_err(|reason| Error::CorruptRecord {
-                execution_id: execution_id.to_string(),
-                sequence,
-                reason,
-            })?;
-            visit(record);
-            expected = expected.saturating_add(1);
+            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
         }
         Ok(())
     }
@@ -465,14 +453,6 @@ fn key_param(exec_key: u64) -> Option<i64> {
 
 fn no_metadata(exec_key: u64) -> Error {
     Error::corrupt_store(format!("execution key {exec_key} has no metadata"))
-}
-
-fn bad_journal(execution_id: &str, reason: String) -> Error {
-    Error::CorruptExecution {
-        execution_id: execution_id.to_string(),
-        what: "journal",
-        reason,
-    }
 }
 
 fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
