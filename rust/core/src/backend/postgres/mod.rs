@@ -2,6 +2,7 @@
 //! server, how to connect, and the schema perdure creates there. The same
 //! engine will run on it beside LMDB, behind the storage seam.
 
+pub mod commit;
 pub mod liveness;
 pub mod reads;
 pub mod schema;

@@ -28,7 +28,7 @@ use crate::record::Record;
 use crate::replay::ReplayIndex;
 
 /// The columns of `executions` that [`exec_row`] reads, in its order.
-const EXEC_COLUMNS: &str =
+pub(super) const EXEC_COLUMNS: &str =
     "exec_key, execution_id, function, state, created_ms, updated_ms, parent_key, parent_op, owner_id, lease_epoch, wake, next_seq";
 
 /// How many records to make room for before reading a journal, at most
@@ -126,13 +126,13 @@ pub struct PgReads {
 }
 
 /// An `executions` row, read and checked.
-struct ExecRow {
-    exec_key: u64,
-    meta: ExecMeta,
-    wake: Option<u64>,
-    lease: Option<Lease>,
+pub(super) struct ExecRow {
+    pub(super) exec_key: u64,
+    pub(super) meta: ExecMeta,
+    pub(super) wake: Option<u64>,
+    pub(super) lease: Option<Lease>,
     /// How many records the journal holds, as the row says.
-    next_seq: i32,
+    pub(super) next_seq: i32,
 }
 
 impl ExecRow {
@@ -447,11 +447,11 @@ impl PgReads {
 
 /// An exec key as the bigint it is stored as; `None` for one no execution
 /// can have (at or above 2^63), which is then simply not found.
-fn key_param(exec_key: u64) -> Option<i64> {
+pub(super) fn key_param(exec_key: u64) -> Option<i64> {
     i64::try_from(exec_key).ok()
 }
 
-fn no_metadata(exec_key: u64) -> Error {
+pub(super) fn no_metadata(exec_key: u64) -> Error {
     Error::corrupt_store(format!("execution key {exec_key} has no metadata"))
 }
 
@@ -463,7 +463,7 @@ fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
     })
 }
 
-fn sequence_from(value: i32, execution_id: &str) -> Result<u32> {
+pub(super) fn sequence_from(value: i32, execution_id: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| bad_journal(execution_id, format!("sequence number {value} is negative")))
 }
 
@@ -474,7 +474,7 @@ fn unsigned(value: i64, what: &str) -> Result<u64, String> {
 
 /// An `executions` row (columns [`EXEC_COLUMNS`]) as LMDB's values would
 /// hold it; a value no perdure writes is the execution's damage.
-fn exec_row(row: &Row) -> Result<ExecRow> {
+pub(super) fn exec_row(row: &Row) -> Result<ExecRow> {
     let execution_id: String = row.get(1);
     let damaged = |what: &'static str| {
         let execution_id = execution_id.clone();
@@ -533,7 +533,7 @@ fn exec_meta(row: &Row, execution_id: &str) -> Result<ExecMeta, String> {
     })
 }
 
-fn callback_row(row: &Row) -> Result<CallbackEntry, String> {
+pub(super) fn callback_row(row: &Row) -> Result<CallbackEntry, String> {
     let state: i16 = row.get(2);
     Ok(CallbackEntry {
         state: u8::try_from(state)
@@ -548,7 +548,7 @@ fn callback_row(row: &Row) -> Result<CallbackEntry, String> {
     })
 }
 
-fn owner_row(row: &Row) -> Result<OwnerEntry, String> {
+pub(super) fn owner_row(row: &Row) -> Result<OwnerEntry, String> {
     let pid: i64 = row.get(1);
     Ok(OwnerEntry {
         pid: u32::try_from(pid).map_err(|_| format!("pid {pid} out of range"))?,

@@ -1,0 +1,466 @@
+//! The write side of the PostgreSQL store: a group of batches committed in
+//! one transaction, each batch checked then applied by the shared
+//! check-then-apply (`backend::apply`) over [`PgTxn`], this store's
+//! [`TxnView`] of the schema v1 rows (schema.rs, docs/format.md §8).
+//!
+//! Every `executions` row the group reads is locked (`FOR NO KEY UPDATE`)
+//! when first read and stays locked to the commit, as are the callback and
+//! owner rows it reads: what a batch's check saw (a lease, a state, a
+//! callback's state) cannot change under it before its writes commit, which
+//! is the argument LMDB's single writer makes, made by row locks. Each batch
+//! runs under a savepoint, rolled back when the batch is refused, so a
+//! refused batch leaves nothing behind while the rest of the group commits.
+//!
+//! This is the plain version: one statement per read or write. The
+//! array-parameter phase 2 of SCALE-OUT.md §4.3 (one statement per table for
+//! the whole group), locking the group's rows in key order up front, and
+//! retrying a group that met a deadlock are to come.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use postgres::types::ToSql;
+use postgres::{Client, Row, Transaction};
+
+use super::reads::{callback_row, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
+use super::PgLocation;
+use crate::backend::apply::{apply_batch, Counter, TxnView};
+use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
+use crate::error::{Error, Result};
+use crate::keys::{CallbackEntry, ExecMeta, OwnerEntry, Timer};
+use crate::record::Record;
+
+/// Commits a group of batches in one transaction: each batch's answer, or
+/// the error that failed the whole group (nothing of it is stored then; a
+/// failure of the COMMIT itself leaves the group's fate unknown, to be
+/// resolved by reading, never by retrying blind).
+pub fn commit_group(
+    client: &mut Client,
+    location: &PgLocation,
+    group: &[Vec<Mutation>],
+) -> Result<Vec<Result<Vec<Outcome>>>> {
+    let failed = |what: &'static str| {
+        move |source| Error::Postgres {
+            what: format!("{what} ({} schema {})", location.shown(), location.schema()),
+            source,
+        }
+    };
+    let txn = client.transaction().map_err(failed("cannot begin a commit"))?;
+    let mut view = PgTxn {
+        txn: RefCell::new(txn),
+        location,
+        ids: HashMap::new(),
+    };
+    let mut results = Vec::with_capacity(group.len());
+    for batch in group {
+        view.run("SAVEPOINT batch", "cannot begin a batch")?;
+        let result = apply_batch(&mut view, batch)?;
+        match &result {
+            Ok(_) => view.run("RELEASE SAVEPOINT batch", "cannot end a batch")?,
+            Err(_) => view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?,
+        }
+        results.push(result);
+    }
+    view.txn
+        .into_inner()
+        .commit()
+        .map_err(failed("cannot commit (the group may or may not be stored)"))?;
+    Ok(results)
+}
+
+/// One transaction seen by check-then-apply. Its getters take `&self`, a
+/// statement needs the transaction mutably: hence the cell (never borrowed
+/// across a call out).
+struct PgTxn<'a, 'c> {
+    txn: RefCell<Transaction<'c>>,
+    location: &'a PgLocation,
+    /// Execution ids given to new keys whose row `put_meta` has not yet
+    /// inserted (the row needs both).
+    ids: HashMap<u64, String>,
+}
+
+/// A u64 stored as bigint where the value is a time or duration: at most
+/// i64::MAX (about 292 million years of ms).
+fn saturating(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// An exec key as a bigint; one at or above 2^63 is no execution's.
+fn key(exec_key: u64) -> Result<i64> {
+    key_param(exec_key).ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} is out of range")))
+}
+
+impl PgTxn<'_, '_> {
+    fn s(&self) -> &str {
+        self.location.schema()
+    }
+
+    fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
+        let what = format!("{what} ({} schema {})", self.location.shown(), self.location.schema());
+        move |source| Error::Postgres { what, source }
+    }
+
+    fn run(&self, sql: &str, what: &str) -> Result<()> {
+        self.txn.borrow_mut().batch_execute(sql).map_err(self.failed(what))
+    }
+
+    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>> {
+        self.txn.borrow_mut().query(sql, params).map_err(self.failed(what))
+    }
+
+    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<u64> {
+        self.txn.borrow_mut().execute(sql, params).map_err(self.failed(what))
+    }
+
+    /// The execution's row, locked to the commit.
+    fn row(&self, exec_key: u64) -> Result<Option<ExecRow>> {
+        let Some(key) = key_param(exec_key) else {
+            return Ok(None);
+        };
+        let sql = format!(
+            "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = $1 FOR NO KEY UPDATE",
+            self.s()
+        );
+        let rows = self.query(&sql, &[&key], "cannot read an execution")?;
+        rows.first().map(exec_row).transpose()
+    }
+
+    fn update_execution(&self, exec_key: u64, set: &str, params: &[&(dyn ToSql + Sync)]) -> Result<()> {
+        let key = key(exec_key)?;
+        let sql = format!("UPDATE {}.executions SET {set} WHERE exec_key = $1", self.s());
+        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key];
+        all.extend_from_slice(params);
+        self.execute(&sql, &all, "cannot update an execution").map(drop)
+    }
+}
+
+impl TxnView for PgTxn<'_, '_> {
+    /// A server or connection error, or a storage failure: the transaction
+    /// is gone or cannot be trusted, so the whole group fails.
+    fn aborts(err: &Error) -> bool {
+        matches!(err, Error::Postgres { .. } | Error::StorageFailed { .. })
+    }
+
+    fn exec_key(&self, execution_id: &str) -> Result<Option<u64>> {
+        if let Some((&exec_key, _)) = self.ids.iter().find(|(_, id)| id.as_str() == execution_id) {
+            return Ok(Some(exec_key));
+        }
+        let sql = format!("SELECT exec_key FROM {}.executions WHERE execution_id = $1", self.s());
+        let rows = self.query(&sql, &[&execution_id], "cannot look up an execution id")?;
+        rows.first()
+            .map(|row| {
+                let value: i64 = row.get(0);
+                u64::try_from(value).map_err(|_| Error::CorruptExecution {
+                    execution_id: execution_id.to_string(),
+                    what: "id index entry",
+                    reason: format!("execution key {value} is negative"),
+                })
+            })
+            .transpose()
+    }
+
+    /// Kept until `put_meta` inserts the row: a new execution's key comes
+    /// first, its row with its metadata.
+    fn put_exec_id(&mut self, execution_id: &str, exec_key: u64) -> Result<()> {
+        self.ids.insert(exec_key, execution_id.to_string());
+        Ok(())
+    }
+
+    fn meta(&self, exec_key: u64) -> Result<Option<ExecMeta>> {
+        Ok(self.row(exec_key)?.map(|row| row.meta))
+    }
+
+    fn put_meta(&mut self, exec_key: u64, meta: &ExecMeta) -> Result<()> {
+        let key = key(exec_key)?;
+        let execution_id = self.ids.remove(&exec_key).unwrap_or_else(|| meta.execution_id.clone());
+        let parent_key = meta.parent.as_ref().map(|parent| saturating(parent.exec_key));
+        let parent_op = meta.parent.as_ref().map(|parent| parent.op_id.as_str());
+        let sql = format!(
+            "INSERT INTO {}.executions (exec_key, execution_id, function, state, created_ms, updated_ms, \
+             parent_key, parent_op) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+             ON CONFLICT (exec_key) DO UPDATE SET function = $3, state = $4, created_ms = $5, updated_ms = $6, \
+             parent_key = $7, parent_op = $8",
+            self.s()
+        );
+        self.execute(
+            &sql,
+            &[
+                &key,
+                &execution_id,
+                &meta.function,
+                &(meta.state as i16),
+                &saturating(meta.created_ms),
+                &saturating(meta.updated_ms),
+                &parent_key,
+                &parent_op,
+            ],
+            "cannot write an execution",
+        )
+        .map(drop)
+    }
+
+    /// The row's count; a row without it, 0 (as an LMDB journal without keys).
+    fn next_seq(&self, exec_key: u64) -> Result<u32> {
+        match self.row(exec_key)? {
+            Some(row) => sequence_from(row.next_seq, &row.meta.execution_id),
+            None => Ok(0),
+        }
+    }
+
+    fn put_record(&mut self, exec_key: u64, seq: u32, record: &Record) -> Result<()> {
+        let key = key(exec_key)?;
+        let too_long = || Error::corrupt_store(format!("execution key {exec_key}: record {seq} is past the limit"));
+        let at = i32::try_from(seq).map_err(|_| too_long())?;
+        let next = at.checked_add(1).ok_or_else(too_long)?;
+        let sql = format!(
+            "WITH j AS (INSERT INTO {s}.journal (exec_key, seq, record) VALUES ($1, $2, $3)) \
+             UPDATE {s}.executions SET next_seq = $4 WHERE exec_key = $1",
+            s = self.s()
+        );
+        self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")
+            .map(drop)
+    }
+
+    fn visit_journal(&self, exec_key: u64, execution_id: &str, visit: &mut dyn FnMut(Record)) -> Result<()> {
+        let key = key(exec_key)?;
+        let sql = format!(
+            "SELECT seq, record FROM {}.journal WHERE exec_key = $1 ORDER BY seq",
+            self.s()
+        );
+        let rows = self.query(&sql, &[&key], "cannot read a journal")?;
+        let mut order = JournalOrder::new(execution_id);
+        for row in &rows {
+            let sequence = sequence_from(row.get(0), execution_id)?;
+            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
+        }
+        Ok(())
+    }
+
+    fn pending_wake(&self, exec_key: u64) -> Result<Option<u64>> {
+        Ok(self.row(exec_key)?.and_then(|row| row.wake))
+    }
+
+    fn put_pending(&mut self, exec_key: u64, wake: u64) -> Result<()> {
+        self.update_execution(exec_key, "wake = $2", &[&saturating(wake)])
+    }
+
+    fn delete_pending(&mut self, exec_key: u64, _wake: u64) -> Result<()> {
+        self.update_execution(exec_key, "wake = NULL", &[])
+    }
+
+    fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
+        Ok(self.row(exec_key)?.and_then(|row| row.lease))
+    }
+
+    fn put_lease(&mut self, exec_key: u64, lease: Lease) -> Result<()> {
+        // Owner ids are random u64s stored bit for bit.
+        let owner = lease.owner as i64;
+        self.update_execution(
+            exec_key,
+            "owner_id = $2, lease_epoch = $3",
+            &[&owner, &saturating(lease.epoch)],
+        )
+    }
+
+    /// No owner: an active execution is then an orphan, a finished one
+    /// simply unleased.
+    fn delete_lease(&mut self, exec_key: u64) -> Result<()> {
+        self.update_execution(exec_key, "owner_id = NULL", &[])
+    }
+
+    /// A lease with a negative epoch is one no perdure writes: released too.
+    fn release_leases(&mut self, owner: u64) -> Result<()> {
+        let sql = format!(
+            "UPDATE {}.executions SET owner_id = NULL WHERE state = 1 AND owner_id IS NOT NULL \
+             AND (owner_id = $1 OR lease_epoch < 0)",
+            self.s()
+        );
+        self.execute(&sql, &[&(owner as i64)], "cannot release leases")
+            .map(drop)
+    }
+
+    fn put_orphan(&mut self, exec_key: u64) -> Result<()> {
+        self.update_execution(exec_key, "owner_id = NULL", &[])
+    }
+
+    /// An orphan is an active row without owner: check-then-apply removes
+    /// the mark only from an execution it has just finished (no longer
+    /// active) or granted (owned), so there is nothing to write.
+    fn delete_orphan(&mut self, _exec_key: u64) -> Result<()> {
+        Ok(())
+    }
+
+    /// Orphans in key order, locked; those another commit holds are left to
+    /// it. Each stays an orphan until the claim grants it.
+    fn take_orphans(&mut self, max: usize) -> Result<Vec<Option<u64>>> {
+        let sql = format!(
+            "SELECT exec_key FROM {}.executions WHERE state = 1 AND owner_id IS NULL \
+             ORDER BY exec_key LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED",
+            self.s()
+        );
+        let limit = i64::try_from(max).unwrap_or(i64::MAX);
+        let rows = self.query(&sql, &[&limit], "cannot take orphans")?;
+        Ok(rows
+            .iter()
+            .map(|row| u64::try_from(row.get::<_, i64>(0)).ok())
+            .collect())
+    }
+
+    fn has_owner(&self, owner: u64) -> Result<bool> {
+        let sql = format!("SELECT 1 FROM {}.owners WHERE owner_id = $1 FOR UPDATE", self.s());
+        Ok(!self.query(&sql, &[&(owner as i64)], "cannot read an owner")?.is_empty())
+    }
+
+    fn owner(&self, owner: u64) -> Result<Option<OwnerEntry>> {
+        let sql = format!(
+            "SELECT owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
+             floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM {}.owners WHERE owner_id = $1 FOR UPDATE",
+            self.s()
+        );
+        let rows = self.query(&sql, &[&(owner as i64)], "cannot read an owner")?;
+        rows.first()
+            .map(|row| {
+                owner_row(row).map_err(|reason| Error::CorruptStore(format!("owner entry {owner:016x}: {reason}")))
+            })
+            .transpose()
+    }
+
+    /// Times in ms are stored as timestamps (exact: they hold µs). A new
+    /// registration (a row not there, or started at another time) gets a new
+    /// epoch from the store-wide `lease_epoch` sequence, as `liveness` gives
+    /// one; a renewal keeps it. The mutation names no host: ''.
+    fn put_owner(&mut self, owner: u64, entry: &OwnerEntry) -> Result<()> {
+        let s = self.s();
+        let owner = owner as i64;
+        let pid = i64::from(entry.pid);
+        let (started, renewed) = (saturating(entry.started_ms), saturating(entry.renewed_ms));
+        let at = |n: usize| format!("(to_timestamp(0) + ${n}::bigint * interval '1 millisecond')");
+        let updated = self.execute(
+            &format!(
+                "UPDATE {s}.owners SET pid = $2, epoch = CASE WHEN started_at = {started} THEN epoch \
+                 ELSE nextval('{s}.lease_epoch') END, started_at = {started}, renewed_at = {renewed} \
+                 WHERE owner_id = $1",
+                started = at(3),
+                renewed = at(4)
+            ),
+            &[&owner, &pid, &started, &renewed],
+            "cannot write an owner",
+        )?;
+        if updated == 0 {
+            self.execute(
+                &format!(
+                    "INSERT INTO {s}.owners (owner_id, epoch, host, pid, started_at, renewed_at) \
+                     VALUES ($1, nextval('{s}.lease_epoch'), '', $2, {}, {})",
+                    at(3),
+                    at(4)
+                ),
+                &[&owner, &pid, &started, &renewed],
+                "cannot register an owner",
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_owner(&mut self, owner: u64) -> Result<()> {
+        let sql = format!("DELETE FROM {}.owners WHERE owner_id = $1", self.s());
+        self.execute(&sql, &[&(owner as i64)], "cannot delete an owner")
+            .map(drop)
+    }
+
+    fn has_callback(&self, callback_id: &str) -> Result<bool> {
+        let sql = format!("SELECT 1 FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE", self.s());
+        Ok(!self.query(&sql, &[&callback_id], "cannot read a callback")?.is_empty())
+    }
+
+    fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
+        let sql = format!(
+            "SELECT exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms \
+             FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
+            self.s()
+        );
+        let rows = self.query(&sql, &[&callback_id], "cannot read a callback")?;
+        rows.first()
+            .map(|row| {
+                callback_row(row).map_err(|reason| Error::CorruptStore(format!("callback {callback_id:?}: {reason}")))
+            })
+            .transpose()
+    }
+
+    fn put_callback(&mut self, callback_id: &str, entry: &CallbackEntry) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {}.callbacks (callback_id, exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, \
+             last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (callback_id) DO UPDATE SET \
+             exec_key = $2, op_id = $3, state = $4, deadline_ms = $5, heartbeat_timeout_ms = $6, \
+             last_heartbeat_ms = $7",
+            self.s()
+        );
+        self.execute(
+            &sql,
+            &[
+                &callback_id,
+                &key(entry.exec_key)?,
+                &entry.op_id,
+                &(entry.state as i16),
+                &saturating(entry.deadline_ms),
+                &saturating(entry.heartbeat_timeout_ms),
+                &saturating(entry.last_heartbeat_ms),
+            ],
+            "cannot write a callback",
+        )
+        .map(drop)
+    }
+
+    fn put_timer(&mut self, timer: &Timer) -> Result<()> {
+        let sql = format!(
+            "INSERT INTO {}.timers (due_ms, exec_key, kind, subject) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+            self.s()
+        );
+        self.execute(
+            &sql,
+            &[
+                &saturating(timer.due_ms),
+                &key(timer.exec_key)?,
+                &(timer.kind as i16),
+                &timer.subject,
+            ],
+            "cannot write a timer",
+        )
+        .map(drop)
+    }
+
+    fn delete_timer(&mut self, timer: &Timer) -> Result<bool> {
+        let sql = format!(
+            "DELETE FROM {}.timers WHERE due_ms = $1 AND exec_key = $2 AND kind = $3 AND subject = $4",
+            self.s()
+        );
+        let deleted = self.execute(
+            &sql,
+            &[
+                &saturating(timer.due_ms),
+                &key(timer.exec_key)?,
+                &(timer.kind as i16),
+                &timer.subject,
+            ],
+            "cannot delete a timer",
+        )?;
+        Ok(deleted > 0)
+    }
+
+    /// The next value of the counter's sequence (1 first, as LMDB's
+    /// counters). A value handed out by a transaction that does not commit
+    /// is not given again: keys and wake values may skip, never repeat.
+    fn bump(&mut self, counter: Counter) -> Result<u64> {
+        let name = match counter {
+            Counter::NextExec => "executions_exec_key_seq",
+            Counter::WakeSeq => "wake_seq",
+            Counter::LeaseEpoch => "lease_epoch",
+        };
+        let sql = format!("SELECT nextval('{}.{name}')", self.s());
+        let rows = self.query(&sql, &[], "cannot bump a counter")?;
+        let value: i64 = rows
+            .first()
+            .map(|row| row.get(0))
+            .ok_or_else(|| Error::corrupt_store(format!("counter {name} gave no value")))?;
+        u64::try_from(value).map_err(|_| Error::CorruptStore(format!("counter {name}: {value} is negative")))
+    }
+}

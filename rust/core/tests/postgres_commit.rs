@@ -1,0 +1,519 @@
+//! The write side of the PostgreSQL store against a real server: the same
+//! groups of mutations committed through the LMDB store and through
+//! `commit_group` give the same answers, batch by batch, and leave stores
+//! that answer every read question alike (the same journal bytes,
+//! executions, leases, callbacks, timers, owners and lists).
+
+mod common;
+
+use std::collections::HashSet;
+
+use perdure_core::backend::postgres::commit::commit_group;
+use perdure_core::backend::postgres::reads::PgReads;
+use perdure_core::backend::postgres::PgLocation;
+use perdure_core::backend::{Backend, Lease, Mutation, Outcome};
+use perdure_core::keys::{CallbackEntry, CallbackState, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
+use perdure_core::{Durability, OpType, Record, RecordKind, Result, Store, StoreOptions, SubType};
+use postgres::Client;
+
+const A: u64 = 0xA1;
+/// An owner id with its top bit set: stored bit for bit as a negative bigint.
+const B: u64 = 0xF000_0000_0000_00B2;
+/// Owner registrations before the first lease: PostgreSQL gives each one an
+/// epoch from the sequence that lease epochs come from, LMDB does not.
+const REGISTRATIONS_FIRST: u64 = 2;
+
+/// What a group's builder may ask of the store it will be committed to.
+trait Look {
+    fn lease(&self, exec_key: u64) -> Lease;
+    fn wake(&self, exec_key: u64) -> u64;
+}
+
+struct Lmdb<'a>(&'a Store);
+struct Pg<'a>(&'a PgReads);
+
+impl Look for Lmdb<'_> {
+    fn lease(&self, exec_key: u64) -> Lease {
+        self.0.lease(exec_key).unwrap().unwrap()
+    }
+    fn wake(&self, exec_key: u64) -> u64 {
+        self.0.load_invocation(exec_key).unwrap().wake
+    }
+}
+
+impl Look for Pg<'_> {
+    fn lease(&self, exec_key: u64) -> Lease {
+        self.0.lease(exec_key).unwrap().unwrap()
+    }
+    fn wake(&self, exec_key: u64) -> u64 {
+        self.0.load_invocation(exec_key).unwrap().wake
+    }
+}
+
+struct Both {
+    lmdb: std::sync::Arc<Store>,
+    _dir: tempfile::TempDir,
+    client: Client,
+    location: PgLocation,
+    reads: PgReads,
+}
+
+/// A batch's answer, comparable across stores (errors by their message).
+fn answer(result: &Result<Vec<Outcome>>) -> std::result::Result<Vec<String>, String> {
+    match result {
+        Ok(outcomes) => Ok(outcomes.iter().map(|o| format!("{o:?}")).collect()),
+        Err(err) => Err(err.to_string()),
+    }
+}
+
+impl Both {
+    /// Commits the group `build` makes for each store on both; asserts the
+    /// answers are the same and returns them.
+    fn commit(&mut self, build: impl Fn(&dyn Look) -> Vec<Vec<Mutation>>) -> Vec<Result<Vec<Outcome>>> {
+        let on_lmdb = self.lmdb.commit(&build(&Lmdb(&self.lmdb))).unwrap();
+        let on_pg = commit_group(&mut self.client, &self.location, &build(&Pg(&self.reads))).unwrap();
+        let (lmdb, pg): (Vec<_>, Vec<_>) = (on_lmdb.iter().map(answer).collect(), on_pg.iter().map(answer).collect());
+        assert_eq!(lmdb, pg);
+        on_pg
+    }
+
+    /// Every read question, asked of both stores, answered alike.
+    fn compare(&self, callback_ids: &[&str]) {
+        let (lmdb_all, lmdb_damaged) = self.lmdb.list(None, None, 0).unwrap();
+        let (pg_all, pg_damaged) = self.reads.list(None, None, 0).unwrap();
+        assert!(lmdb_damaged.is_empty() && pg_damaged.is_empty());
+        assert_eq!(format!("{lmdb_all:?}"), format!("{pg_all:?}"));
+        let keys: Vec<u64> = lmdb_all.iter().map(|s| s.exec_key).collect();
+        assert!(keys.len() >= 6, "{keys:?}");
+        for state in [
+            None,
+            Some(ExecState::Active),
+            Some(ExecState::Succeeded),
+            Some(ExecState::Cancelled),
+        ] {
+            for (function, limit) in [(None, 0), (Some("wf"), 0), (None, 2)] {
+                let lmdb = self.lmdb.list(state, function, limit).unwrap().0;
+                let pg = self.reads.list(state, function, limit).unwrap().0;
+                assert_eq!(format!("{lmdb:?}"), format!("{pg:?}"));
+            }
+        }
+        for &key in &keys {
+            let summary = self.lmdb.execution(key).unwrap();
+            let id = summary.as_ref().unwrap().meta.execution_id.clone();
+            assert_eq!(
+                format!("{summary:?}"),
+                format!("{:?}", self.reads.execution(key).unwrap())
+            );
+            assert_eq!(
+                self.lmdb.exec_key_of(&id).unwrap(),
+                self.reads.exec_key_of(&id).unwrap()
+            );
+            assert_eq!(
+                format!("{:?}", self.lmdb.execution_by_id(&id).unwrap()),
+                format!("{:?}", self.reads.execution_by_id(&id).unwrap())
+            );
+            let (lmdb_journal, pg_journal) = (self.lmdb.journal(key).unwrap(), self.reads.journal(key).unwrap());
+            assert_eq!(lmdb_journal, pg_journal, "journal of {id}");
+            let bytes = |journal: &[Record]| journal.iter().map(Record::encode).collect::<Vec<_>>();
+            assert_eq!(bytes(&lmdb_journal), bytes(&pg_journal));
+            assert_eq!(
+                self.lmdb.last_record(key).unwrap(),
+                self.reads.last_record(key).unwrap()
+            );
+            let (lmdb_lease, pg_lease) = (self.lmdb.lease(key).unwrap(), self.reads.lease(key).unwrap());
+            assert_eq!(
+                lmdb_lease.map(|l| Lease {
+                    owner: l.owner,
+                    epoch: l.epoch + REGISTRATIONS_FIRST
+                }),
+                pg_lease,
+                "lease of {id}"
+            );
+            let (lmdb_inv, pg_inv) = (
+                self.lmdb.load_invocation(key).unwrap(),
+                self.reads.load_invocation(key).unwrap(),
+            );
+            assert_eq!(lmdb_inv.wake, pg_inv.wake);
+            assert_eq!(format!("{:?}", lmdb_inv.meta), format!("{:?}", pg_inv.meta));
+        }
+        let set: HashSet<u64> = keys.iter().copied().collect();
+        assert_eq!(self.lmdb.timers_of(&set).unwrap(), self.reads.timers_of(&set).unwrap());
+        for id in callback_ids {
+            let lmdb: Option<CallbackEntry> = self.lmdb.callback(id).unwrap();
+            assert!(lmdb.is_some(), "{id}");
+            assert_eq!(format!("{lmdb:?}"), format!("{:?}", self.reads.callback(id).unwrap()));
+        }
+        assert_eq!(self.lmdb.wake_seq().unwrap(), self.reads.wake_seq().unwrap());
+        assert_eq!(self.lmdb.owners().unwrap(), self.reads.owners().unwrap());
+    }
+}
+
+fn started(payload: &[u8]) -> Record {
+    let mut record = Record::new(RecordKind::Started, OpType::Execution, SubType::None, "");
+    record.payload = Some(payload.to_vec());
+    record.timestamp_ms = 1_000;
+    record
+}
+
+fn step(op_id: &str, payload: &[u8]) -> Record {
+    let mut record = Record::new(RecordKind::Succeeded, OpType::Step, SubType::Step, op_id);
+    record.payload = Some(payload.to_vec());
+    record.timestamp_ms = 2_000;
+    record
+}
+
+fn create(
+    id: &str,
+    function: &str,
+    owner: Option<u64>,
+    parent: Option<ParentLink>,
+    deadline_ms: Option<u64>,
+) -> Mutation {
+    Mutation::CreateExecution {
+        execution_id: id.into(),
+        function: function.into(),
+        started: started(id.as_bytes()),
+        owner,
+        parent,
+        deadline_ms,
+    }
+}
+
+fn fence(look: &dyn Look, exec_key: u64) -> Mutation {
+    Mutation::Fence {
+        exec_key,
+        lease: look.lease(exec_key),
+    }
+}
+
+fn owner_entry(pid: u32, renewed_ms: u64) -> OwnerEntry {
+    OwnerEntry {
+        pid,
+        started_ms: 1_000,
+        renewed_ms,
+    }
+}
+
+fn callback(exec_key: u64, op_id: &str, deadline_ms: u64, heartbeat_timeout_ms: u64) -> CallbackEntry {
+    CallbackEntry {
+        state: CallbackState::Pending,
+        exec_key,
+        deadline_ms,
+        heartbeat_timeout_ms,
+        last_heartbeat_ms: 2_000,
+        op_id: op_id.into(),
+    }
+}
+
+fn open() -> Option<(Both, common::Scratch)> {
+    let scratch = common::store()?;
+    let dir = tempfile::tempdir().unwrap();
+    let lmdb = Store::open(
+        dir.path(),
+        &StoreOptions {
+            durability: Durability::None,
+            map_size: 4 << 20,
+        },
+    )
+    .unwrap();
+    let both = Both {
+        lmdb,
+        _dir: dir,
+        client: scratch.client(),
+        location: scratch.location.clone(),
+        reads: PgReads::connect(&scratch.location).unwrap(),
+    };
+    Some((both, scratch))
+}
+
+#[test]
+fn the_same_groups_give_the_same_answers_and_the_same_stores() {
+    let Some((mut both, _scratch)) = open() else {
+        return;
+    };
+    // Owners.
+    both.commit(|_| {
+        vec![
+            vec![Mutation::RegisterOwner {
+                owner: A,
+                entry: owner_entry(11, 1_000),
+            }],
+            vec![Mutation::RegisterOwner {
+                owner: B,
+                entry: owner_entry(22, 1_000),
+            }],
+        ]
+    });
+    // Executions with and without owner, a child, a repeated start, a conflict.
+    let created = both.commit(|_| {
+        vec![
+            vec![create("e1", "wf", Some(A), None, Some(50_000))],
+            vec![create("e2", "other", None, None, None)],
+            vec![create("e3", "wf", Some(B), None, None)],
+            vec![create(
+                "c1",
+                "wf",
+                Some(A),
+                Some(ParentLink {
+                    exec_key: 1,
+                    op_id: "child".into(),
+                }),
+                None,
+            )],
+            vec![create("e1", "wf", Some(A), None, None)],
+            vec![create("e1", "other", Some(A), None, None)],
+            vec![create("e5", "wf", Some(A), None, Some(9_000))],
+            vec![create("e6", "wf", Some(0x77), None, None)], // an owner never registered: orphan
+        ]
+    });
+    assert!(
+        matches!(created[0], Ok(ref o) if o[0] == Outcome::Created { exec_key: 1, created: true, timer: Some(Timer { due_ms: 50_000, exec_key: 1, kind: TimerKind::ExecutionTimeout, subject: String::new() }) })
+    );
+    assert!(matches!(created[4], Ok(ref o) if matches!(o[0], Outcome::Created { exec_key: 1, created: false, .. })));
+    assert!(created[5].is_err());
+    both.compare(&[]);
+
+    // Fenced appends, a refused fence with a stale epoch, callbacks, a timer.
+    let results = both.commit(|look| {
+        let stale = Lease {
+            owner: A,
+            epoch: look.lease(1).epoch - 1,
+        };
+        vec![
+            vec![
+                fence(look, 1),
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1", b"one"),
+                },
+                Mutation::AddTimer(Timer {
+                    due_ms: 5_000,
+                    exec_key: 1,
+                    kind: TimerKind::Wake,
+                    subject: "sleep".into(),
+                }),
+            ],
+            vec![
+                Mutation::Fence {
+                    exec_key: 1,
+                    lease: stale,
+                },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("stale", b"never"),
+                },
+            ],
+            vec![
+                fence(look, 3),
+                Mutation::Append {
+                    exec_key: 3,
+                    record: Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "wait1"),
+                },
+                Mutation::CreateCallback {
+                    callback_id: "cb1".into(),
+                    entry: callback(3, "wait1", 90_000, 1_000),
+                },
+            ],
+            vec![Mutation::CreateCallback {
+                callback_id: "cb2".into(),
+                entry: callback(1, "wait2", 0, 0),
+            }],
+            // Refused by its last mutation: its append must not be stored.
+            vec![
+                fence(look, 1),
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("lost", b"never"),
+                },
+                Mutation::CreateCallback {
+                    callback_id: "cb1".into(),
+                    entry: callback(1, "again", 0, 0),
+                },
+            ],
+        ]
+    });
+    assert!(results[0].is_ok() && results[2].is_ok() && results[3].is_ok());
+    assert!(results[1].is_err() && results[4].is_err());
+    both.compare(&["cb1", "cb2"]);
+
+    // Heartbeat, completions, timers fired (once), a rearm.
+    let mut completed = Record::new(RecordKind::Succeeded, OpType::Callback, SubType::Callback, "wait2");
+    completed.payload = Some(b"answer".to_vec());
+    let results = both.commit(|_| {
+        vec![
+            vec![Mutation::Heartbeat {
+                callback_id: "cb1".into(),
+                now_ms: 2_500,
+            }],
+            vec![Mutation::CompleteCallback {
+                callback_id: "cb2".into(),
+                state: CallbackState::Succeeded,
+                record: completed.clone(),
+            }],
+            vec![Mutation::CompleteCallback {
+                callback_id: "cb2".into(),
+                state: CallbackState::Failed,
+                record: completed.clone(),
+            }],
+            vec![Mutation::Heartbeat {
+                callback_id: "nope".into(),
+                now_ms: 2_600,
+            }],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    due_ms: 5_000,
+                    exec_key: 1,
+                    kind: TimerKind::Wake,
+                    subject: "sleep".into(),
+                },
+                now_ms: 5_000,
+            }],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    due_ms: 5_000,
+                    exec_key: 1,
+                    kind: TimerKind::Wake,
+                    subject: "sleep".into(),
+                },
+                now_ms: 5_001,
+            }],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    due_ms: 3_000,
+                    exec_key: 3,
+                    kind: TimerKind::CallbackHeartbeat,
+                    subject: "cb1".into(),
+                },
+                now_ms: 3_000,
+            }],
+        ]
+    });
+    assert!(results[2].is_err() && results[3].is_err());
+    assert!(
+        matches!(results[6], Ok(ref o) if matches!(o[0], Outcome::Rearmed(_))),
+        "{:?}",
+        results[6]
+    );
+    both.compare(&["cb1", "cb2"]);
+
+    // End of invocations: a rerun, a suspend, a child finishing into its parent.
+    let mut done = Record::new(RecordKind::Succeeded, OpType::Execution, SubType::None, "");
+    done.payload = Some(b"child result".to_vec());
+    done.timestamp_ms = 6_000;
+    let results = both.commit(|look| {
+        vec![
+            vec![
+                fence(look, 3),
+                Mutation::EndInvocation {
+                    exec_key: 3,
+                    seen_wake: 0,
+                    final_state: None,
+                    records: vec![],
+                },
+            ],
+            vec![
+                fence(look, 2 + 3),
+                Mutation::EndInvocation {
+                    exec_key: 5,
+                    seen_wake: look.wake(5),
+                    final_state: None,
+                    records: vec![step("s5", b"five")],
+                },
+            ],
+            vec![
+                fence(look, 4),
+                Mutation::EndInvocation {
+                    exec_key: 4,
+                    seen_wake: look.wake(4),
+                    final_state: Some(ExecState::Succeeded),
+                    records: vec![done.clone()],
+                },
+            ],
+        ]
+    });
+    assert!(matches!(results[0], Ok(ref o) if o[1] == Outcome::Ended { rerun: true, parent: None }));
+    assert!(matches!(results[2], Ok(ref o) if matches!(o[1], Outcome::Ended { parent: Some(_), .. })));
+    both.compare(&["cb1", "cb2"]);
+
+    // Owners: renew, a reap refused by a renewal seen, a reap, a claim of orphans.
+    let results = both.commit(|_| {
+        vec![
+            vec![Mutation::RenewOwner {
+                owner: A,
+                now_ms: 7_000,
+            }],
+            vec![Mutation::Reap {
+                owner: A,
+                renewed_ms: Some(1_000),
+            }],
+            vec![Mutation::Reap {
+                owner: B,
+                renewed_ms: Some(1_000),
+            }],
+            vec![Mutation::RenewOwner {
+                owner: B,
+                now_ms: 7_000,
+            }],
+        ]
+    });
+    assert!(results[3].is_err(), "a reaped owner cannot renew");
+    both.compare(&["cb1", "cb2"]);
+    let results = both.commit(|_| {
+        vec![
+            vec![Mutation::Claim { owner: A, max: 2 }],
+            vec![Mutation::Claim { owner: A, max: 10 }],
+        ]
+    });
+    let claimed: Vec<u64> = results
+        .iter()
+        .flat_map(|r| match r.as_ref().unwrap().first() {
+            Some(Outcome::Claimed(keys)) => keys.iter().map(|(key, _)| *key).collect::<Vec<u64>>(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(claimed, vec![2, 3, 6]);
+    both.compare(&["cb1", "cb2"]);
+
+    // Cancel (with its open wait), a timeout, then writes to finished executions refused.
+    let mut cancelled = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
+    cancelled.timestamp_ms = 8_000;
+    let results = both.commit(|look| {
+        vec![
+            vec![Mutation::Cancel {
+                exec_key: 3,
+                record: cancelled.clone(),
+            }],
+            vec![Mutation::Cancel {
+                exec_key: 1,
+                record: cancelled.clone(),
+            }],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    due_ms: 9_000,
+                    exec_key: 5,
+                    kind: TimerKind::ExecutionTimeout,
+                    subject: String::new(),
+                },
+                now_ms: 9_000,
+            }],
+            vec![
+                fence(look, 2),
+                Mutation::Append {
+                    exec_key: 2,
+                    record: step("s2", b"two"),
+                },
+            ],
+            vec![Mutation::Append {
+                exec_key: 1,
+                record: step("late", b"never"),
+            }],
+            vec![Mutation::RegisterOwner {
+                owner: B,
+                entry: owner_entry(33, 9_000),
+            }],
+        ]
+    });
+    assert!(results[..4].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(results[4].is_err());
+    both.compare(&["cb1", "cb2"]);
+}
