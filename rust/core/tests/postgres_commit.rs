@@ -517,3 +517,183 @@ fn the_same_groups_give_the_same_answers_and_the_same_stores() {
     assert!(results[4].is_err());
     both.compare(&["cb1", "cb2"]);
 }
+
+/// Creates executions "x1" (leased to A) and "x2", "x3" (orphans) on PostgreSQL alone.
+fn pg_only() -> Option<(Client, PgReads, common::Scratch)> {
+    let scratch = common::store()?;
+    let mut client = scratch.client();
+    let reads = PgReads::connect(&scratch.location).unwrap();
+    let results = commit_group(
+        &mut client,
+        &scratch.location,
+        &[
+            vec![Mutation::RegisterOwner {
+                owner: A,
+                entry: owner_entry(11, 1_000),
+            }],
+            vec![create("x1", "wf", Some(A), None, None)],
+            vec![create("x2", "wf", None, None, None)],
+            vec![create("x3", "wf", None, None, None)],
+        ],
+    )
+    .unwrap();
+    assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
+    Some((client, reads, scratch))
+}
+
+#[test]
+fn a_group_failed_by_the_server_stores_nothing_of_any_batch() {
+    let Some((mut client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    // A constraint of the test's own makes the server fail the second batch's write.
+    client
+        .batch_execute(&format!("ALTER TABLE {schema}.timers ADD CHECK (due_ms < 100000)"))
+        .unwrap();
+    let lease = reads.lease(1).unwrap().unwrap();
+    let wake_before = reads.wake_seq().unwrap();
+    let failed = commit_group(
+        &mut client,
+        &scratch.location,
+        &[
+            vec![
+                Mutation::Fence { exec_key: 1, lease },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1", b"one"),
+                },
+            ],
+            vec![Mutation::CreateCallback {
+                callback_id: "cb".into(),
+                entry: callback(2, "wait", 0, 0),
+            }],
+            vec![Mutation::AddTimer(Timer {
+                due_ms: 200_000,
+                exec_key: 1,
+                kind: TimerKind::Wake,
+                subject: String::new(),
+            })],
+        ],
+    );
+    assert!(
+        matches!(failed, Err(perdure_core::Error::Postgres { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(reads.journal(1).unwrap().len(), 1, "only the start record");
+    assert!(reads.callback("cb").unwrap().is_none());
+    assert_eq!(reads.wake_seq().unwrap(), wake_before);
+    // The connection is fit for the next group.
+    let results = commit_group(
+        &mut client,
+        &scratch.location,
+        &[vec![
+            Mutation::Fence { exec_key: 1, lease },
+            Mutation::Append {
+                exec_key: 1,
+                record: step("s1", b"one"),
+            },
+        ]],
+    )
+    .unwrap();
+    assert!(results[0].is_ok());
+    assert_eq!(reads.journal(1).unwrap().len(), 2);
+}
+
+/// Waits until a session waits on a lock in a statement naming `schema`.
+fn until_blocked(client: &mut Client, schema: &str) {
+    for _ in 0..2_000 {
+        let waiting: i64 = client
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' \
+                 AND datname = current_database() AND strpos(query, $1) > 0",
+                &[&schema],
+            )
+            .unwrap()
+            .get(0);
+        if waiting > 0 {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    panic!("no session ever waited on a lock");
+}
+
+#[test]
+fn a_fence_checks_the_lease_as_committed_by_a_claim_it_waited_for() {
+    let Some((_client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    let lease = reads.lease(1).unwrap().unwrap();
+    // Another host moves the lease of x1 (as its claim would), holding the row meanwhile.
+    let mut other = scratch.client();
+    let mut moving = other.transaction().unwrap();
+    moving
+        .execute(
+            &format!(
+                "UPDATE {schema}.executions SET owner_id = $1, lease_epoch = nextval('{schema}.lease_epoch') \
+                 WHERE exec_key = 1"
+            ),
+            &[&(B as i64)],
+        )
+        .unwrap();
+    let location = scratch.location.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = location.connect().unwrap();
+        commit_group(
+            &mut client,
+            &location,
+            &[vec![
+                Mutation::Fence { exec_key: 1, lease },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("stale", b"never"),
+                },
+            ]],
+        )
+        .unwrap()
+    });
+    until_blocked(&mut scratch.client(), &schema);
+    moving.commit().unwrap();
+    let results = writer.join().unwrap();
+    assert!(
+        matches!(results[0], Err(perdure_core::Error::LeaseLost { .. })),
+        "{results:?}"
+    );
+    assert_eq!(reads.journal(1).unwrap().len(), 1);
+    assert_eq!(reads.lease(1).unwrap().unwrap().owner, B);
+}
+
+#[test]
+fn a_claim_skips_orphans_another_commit_holds() {
+    let Some((mut client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    let mut other = scratch.client();
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute(
+            &format!("SELECT 1 FROM {schema}.executions WHERE exec_key = 2 FOR NO KEY UPDATE"),
+            &[],
+        )
+        .unwrap();
+    let results = commit_group(
+        &mut client,
+        &scratch.location,
+        &[vec![Mutation::Claim { owner: A, max: 10 }]],
+    )
+    .unwrap();
+    assert_eq!(results[0].as_ref().unwrap(), &vec![Outcome::Claimed(vec![(3, true)])]);
+    holding.commit().unwrap();
+    assert!(reads.lease(2).unwrap().is_none(), "x2 is still an orphan");
+    assert_eq!(reads.lease(3).unwrap().unwrap().owner, A);
+    let results = commit_group(
+        &mut client,
+        &scratch.location,
+        &[vec![Mutation::Claim { owner: A, max: 10 }]],
+    )
+    .unwrap();
+    assert_eq!(results[0].as_ref().unwrap(), &vec![Outcome::Claimed(vec![(2, true)])]);
+}
