@@ -697,3 +697,55 @@ fn a_claim_skips_orphans_another_commit_holds() {
     .unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &vec![Outcome::Claimed(vec![(2, true)])]);
 }
+
+#[test]
+fn a_group_failed_to_break_a_deadlock_is_run_again() {
+    let Some((_client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    let lease = reads.lease(1).unwrap().unwrap();
+    // Another session holds x2's row, then asks for x1's, which the group
+    // holds while it waits for x2's: a deadlock. This session waits long
+    // before looking for one, so the server breaks it by failing the group.
+    let mut other = scratch.client();
+    other.batch_execute("SET deadlock_timeout = '60s'").unwrap();
+    let mut holding = other.transaction().unwrap();
+    holding
+        .execute(
+            &format!("SELECT 1 FROM {schema}.executions WHERE exec_key = 2 FOR NO KEY UPDATE"),
+            &[],
+        )
+        .unwrap();
+    let location = scratch.location.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = location.connect().unwrap();
+        commit_group(
+            &mut client,
+            &location,
+            &[vec![
+                Mutation::Fence { exec_key: 1, lease },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1", b"one"),
+                },
+                Mutation::Append {
+                    exec_key: 2,
+                    record: step("s1", b"two"),
+                },
+            ]],
+        )
+    });
+    until_blocked(&mut scratch.client(), &schema);
+    holding
+        .execute(
+            &format!("SELECT 1 FROM {schema}.executions WHERE exec_key = 1 FOR NO KEY UPDATE"),
+            &[],
+        )
+        .unwrap();
+    holding.commit().unwrap();
+    let results = writer.join().unwrap().unwrap();
+    assert!(results[0].is_ok(), "{results:?}");
+    assert_eq!(reads.journal(1).unwrap().len(), 2);
+    assert_eq!(reads.journal(2).unwrap().len(), 2);
+}

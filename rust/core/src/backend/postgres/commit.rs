@@ -13,8 +13,9 @@
 //!
 //! This is the plain version: one statement per read or write. The
 //! array-parameter phase 2 of SCALE-OUT.md §4.3 (one statement per table for
-//! the whole group), locking the group's rows in key order up front, and
-//! retrying a group that met a deadlock are to come.
+//! the whole group) and locking the group's rows in key order up front are
+//! to come; meanwhile two groups that lock rows in opposite orders may meet
+//! in a deadlock, which the server breaks by failing one, run again here.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -33,12 +34,42 @@ use crate::record::Record;
 /// Commits a group of batches in one transaction: each batch's answer, or
 /// the error that failed the whole group (nothing of it is stored then; a
 /// failure of the COMMIT itself leaves the group's fate unknown, to be
-/// resolved by reading, never by retrying blind).
+/// resolved by reading, never by retrying blind). A group the server rolled
+/// back for a deadlock with another group is run again, a few times.
 pub fn commit_group(
     client: &mut Client,
     location: &PgLocation,
     group: &[Vec<Mutation>],
 ) -> Result<Vec<Result<Vec<Outcome>>>> {
+    let mut tries = 1;
+    loop {
+        match try_group(client, location, group) {
+            Err(err) if tries < MAX_TRIES && rolled_back_to_retry(&err) => tries += 1,
+            other => return other,
+        }
+    }
+}
+
+/// How many times a group that met a deadlock is run before its error is
+/// returned.
+const MAX_TRIES: u32 = 8;
+
+/// Whether the server ended the group's transaction for a reason that
+/// running it again may not meet: a deadlock with another group (which
+/// locked the same rows in another order), or a serialization failure. The
+/// server answered, so nothing of the group is stored.
+fn rolled_back_to_retry(err: &Error) -> bool {
+    use postgres::error::SqlState;
+    match err {
+        Error::Postgres { source, .. } => matches!(
+            source.code(),
+            Some(&SqlState::T_R_DEADLOCK_DETECTED | &SqlState::T_R_SERIALIZATION_FAILURE)
+        ),
+        _ => false,
+    }
+}
+
+fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
     let failed = |what: &'static str| {
         move |source| Error::Postgres {
             what: format!("{what} ({} schema {})", location.shown(), location.schema()),
