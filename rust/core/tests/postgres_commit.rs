@@ -280,11 +280,20 @@ fn the_same_groups_give_the_same_answers_and_the_same_stores() {
             epoch: look.lease(1).epoch - 1,
         };
         vec![
+            // Several records of one execution in a batch, then in the next batch.
             vec![
                 fence(look, 1),
                 Mutation::Append {
                     exec_key: 1,
                     record: step("s1", b"one"),
+                },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1b", b"one b"),
+                },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "sleep"),
                 },
                 Mutation::AddTimer(Timer {
                     due_ms: 5_000,
@@ -314,10 +323,17 @@ fn the_same_groups_give_the_same_answers_and_the_same_stores() {
                     entry: callback(3, "wait1", 90_000, 1_000),
                 },
             ],
-            vec![Mutation::CreateCallback {
-                callback_id: "cb2".into(),
-                entry: callback(1, "wait2", 0, 0),
-            }],
+            vec![
+                fence(look, 1),
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1c", b"one c"),
+                },
+                Mutation::CreateCallback {
+                    callback_id: "cb2".into(),
+                    entry: callback(1, "wait2", 0, 0),
+                },
+            ],
             // Refused by its last mutation: its append must not be stored.
             vec![
                 fence(look, 1),

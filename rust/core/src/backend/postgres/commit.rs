@@ -20,7 +20,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 
-use postgres::types::ToSql;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
 
 use super::reads::{callback_row, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
@@ -81,6 +81,7 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         txn: RefCell::new(txn),
         location,
         ids: HashMap::new(),
+        rows: RefCell::new(HashMap::new()),
     };
     let mut results = Vec::with_capacity(group.len());
     for batch in group {
@@ -88,7 +89,10 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         let result = apply_batch(&mut view, batch)?;
         match &result {
             Ok(_) => view.run("RELEASE SAVEPOINT batch", "cannot end a batch")?,
-            Err(_) => view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?,
+            Err(_) => {
+                view.rows.borrow_mut().clear();
+                view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?
+            }
         }
         results.push(result);
     }
@@ -108,6 +112,52 @@ struct PgTxn<'a, 'c> {
     /// Execution ids given to new keys whose row `put_meta` has not yet
     /// inserted (the row needs both).
     ids: HashMap<u64, String>,
+    /// The `executions` rows read (and so locked) and not written since:
+    /// nobody else can change a locked row, so a batch's checks and writes
+    /// read each once. `None`: no such row.
+    rows: RefCell<HashMap<u64, Option<ExecRow>>>,
+}
+
+/// A statement parameter with its SQL type, so that a statement goes to
+/// the server in one round trip (no separate prepare).
+trait Param: ToSql + Sync {
+    fn sql_type(&self) -> Type;
+}
+
+macro_rules! param {
+    ($($t:ty => $sql:expr),* $(,)?) => {$(
+        impl Param for $t {
+            fn sql_type(&self) -> Type {
+                $sql
+            }
+        }
+        impl Param for Option<$t> {
+            fn sql_type(&self) -> Type {
+                $sql
+            }
+        }
+    )*};
+}
+
+param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, String => Type::TEXT, Vec<u8> => Type::BYTEA);
+
+impl Param for &str {
+    fn sql_type(&self) -> Type {
+        Type::TEXT
+    }
+}
+
+impl Param for Option<&str> {
+    fn sql_type(&self) -> Type {
+        Type::TEXT
+    }
+}
+
+fn typed<'p>(params: &[&'p dyn Param]) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
+    params
+        .iter()
+        .map(|&param| (param as &(dyn ToSql + Sync), param.sql_type()))
+        .collect()
 }
 
 /// A u64 stored as bigint where the value is a time or duration: at most
@@ -135,31 +185,47 @@ impl PgTxn<'_, '_> {
         self.txn.borrow_mut().batch_execute(sql).map_err(self.failed(what))
     }
 
-    fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>> {
-        self.txn.borrow_mut().query(sql, params).map_err(self.failed(what))
+    fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
+        self.txn
+            .borrow_mut()
+            .query_typed(sql, &typed(params))
+            .map_err(self.failed(what))
     }
 
-    fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<u64> {
-        self.txn.borrow_mut().execute(sql, params).map_err(self.failed(what))
+    fn execute(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<u64> {
+        let mut txn = self.txn.borrow_mut();
+        txn.execute_typed(sql, &typed(params)).map_err(self.failed(what))
     }
 
-    /// The execution's row, locked to the commit.
-    fn row(&self, exec_key: u64) -> Result<Option<ExecRow>> {
+    /// What `f` makes of the execution's row, locked to the commit.
+    fn row<T>(&self, exec_key: u64, f: impl FnOnce(Option<&ExecRow>) -> Result<T>) -> Result<T> {
+        if let Some(row) = self.rows.borrow().get(&exec_key) {
+            return f(row.as_ref());
+        }
         let Some(key) = key_param(exec_key) else {
-            return Ok(None);
+            return f(None);
         };
         let sql = format!(
             "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = $1 FOR NO KEY UPDATE",
             self.s()
         );
         let rows = self.query(&sql, &[&key], "cannot read an execution")?;
-        rows.first().map(exec_row).transpose()
+        let row = rows.first().map(exec_row).transpose()?;
+        let value = f(row.as_ref());
+        self.rows.borrow_mut().insert(exec_key, row);
+        value
     }
 
-    fn update_execution(&self, exec_key: u64, set: &str, params: &[&(dyn ToSql + Sync)]) -> Result<()> {
+    /// Forgets a row read before a write to it.
+    fn written(&self, exec_key: u64) {
+        self.rows.borrow_mut().remove(&exec_key);
+    }
+
+    fn update_execution(&self, exec_key: u64, set: &str, params: &[&dyn Param]) -> Result<()> {
         let key = key(exec_key)?;
+        self.written(exec_key);
         let sql = format!("UPDATE {}.executions SET {set} WHERE exec_key = $1", self.s());
-        let mut all: Vec<&(dyn ToSql + Sync)> = vec![&key];
+        let mut all: Vec<&dyn Param> = vec![&key];
         all.extend_from_slice(params);
         self.execute(&sql, &all, "cannot update an execution").map(drop)
     }
@@ -198,11 +264,12 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     fn meta(&self, exec_key: u64) -> Result<Option<ExecMeta>> {
-        Ok(self.row(exec_key)?.map(|row| row.meta))
+        self.row(exec_key, |row| Ok(row.map(|row| row.meta.clone())))
     }
 
     fn put_meta(&mut self, exec_key: u64, meta: &ExecMeta) -> Result<()> {
         let key = key(exec_key)?;
+        self.written(exec_key);
         let execution_id = self.ids.remove(&exec_key).unwrap_or_else(|| meta.execution_id.clone());
         let parent_key = meta.parent.as_ref().map(|parent| saturating(parent.exec_key));
         let parent_op = meta.parent.as_ref().map(|parent| parent.op_id.as_str());
@@ -232,10 +299,10 @@ impl TxnView for PgTxn<'_, '_> {
 
     /// The row's count; a row without it, 0 (as an LMDB journal without keys).
     fn next_seq(&self, exec_key: u64) -> Result<u32> {
-        match self.row(exec_key)? {
+        self.row(exec_key, |row| match row {
             Some(row) => sequence_from(row.next_seq, &row.meta.execution_id),
             None => Ok(0),
-        }
+        })
     }
 
     fn put_record(&mut self, exec_key: u64, seq: u32, record: &Record) -> Result<()> {
@@ -243,6 +310,7 @@ impl TxnView for PgTxn<'_, '_> {
         let too_long = || Error::corrupt_store(format!("execution key {exec_key}: record {seq} is past the limit"));
         let at = i32::try_from(seq).map_err(|_| too_long())?;
         let next = at.checked_add(1).ok_or_else(too_long)?;
+        self.written(exec_key);
         let sql = format!(
             "WITH j AS (INSERT INTO {s}.journal (exec_key, seq, record) VALUES ($1, $2, $3)) \
              UPDATE {s}.executions SET next_seq = $4 WHERE exec_key = $1",
@@ -268,7 +336,7 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     fn pending_wake(&self, exec_key: u64) -> Result<Option<u64>> {
-        Ok(self.row(exec_key)?.and_then(|row| row.wake))
+        self.row(exec_key, |row| Ok(row.and_then(|row| row.wake)))
     }
 
     fn put_pending(&mut self, exec_key: u64, wake: u64) -> Result<()> {
@@ -280,7 +348,7 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
-        Ok(self.row(exec_key)?.and_then(|row| row.lease))
+        self.row(exec_key, |row| Ok(row.and_then(|row| row.lease)))
     }
 
     fn put_lease(&mut self, exec_key: u64, lease: Lease) -> Result<()> {
@@ -306,6 +374,7 @@ impl TxnView for PgTxn<'_, '_> {
              AND (owner_id = $1 OR lease_epoch < 0)",
             self.s()
         );
+        self.rows.borrow_mut().clear();
         self.execute(&sql, &[&(owner as i64)], "cannot release leases")
             .map(drop)
     }
