@@ -765,3 +765,53 @@ fn a_group_failed_to_break_a_deadlock_is_run_again() {
     assert_eq!(reads.journal(1).unwrap().len(), 2);
     assert_eq!(reads.journal(2).unwrap().len(), 2);
 }
+
+#[test]
+fn an_execution_another_session_creates_meanwhile_is_found_not_duplicated() {
+    let Some((_client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    // Another host's commit inserts "dup" and has not committed yet.
+    let mut other = scratch.client();
+    let mut creating = other.transaction().unwrap();
+    let key: i64 = creating
+        .query_one(
+            &format!(
+                "INSERT INTO {schema}.executions (execution_id, function, state, created_ms, updated_ms) \
+                 VALUES ('dup', 'wf', 1, 0, 0) RETURNING exec_key"
+            ),
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    creating
+        .execute(
+            &format!("INSERT INTO {schema}.journal VALUES ($1, 0, $2)"),
+            &[&key, &started(b"dup").encode()],
+        )
+        .unwrap();
+    let location = scratch.location.clone();
+    let writer = std::thread::spawn(move || {
+        let mut client = location.connect().unwrap();
+        commit_group(
+            &mut client,
+            &location,
+            &[
+                vec![create("dup", "wf", Some(A), None, None)],
+                vec![create("other", "wf", Some(A), None, None)],
+            ],
+        )
+    });
+    until_blocked(&mut scratch.client(), &schema);
+    creating.commit().unwrap();
+    let results = writer.join().unwrap().unwrap();
+    let outcomes: Vec<_> = results.into_iter().map(|r| r.unwrap()).collect();
+    assert!(
+        matches!(outcomes[0][0], Outcome::Created { exec_key, created: false, .. } if exec_key == key as u64),
+        "{outcomes:?}"
+    );
+    assert!(matches!(outcomes[1][0], Outcome::Created { created: true, .. }));
+    assert_eq!(reads.journal(key as u64).unwrap().len(), 1);
+    assert_eq!(reads.list(None, None, 0).unwrap().0.len(), 5);
+}

@@ -56,14 +56,17 @@ const MAX_TRIES: u32 = 8;
 
 /// Whether the server ended the group's transaction for a reason that
 /// running it again may not meet: a deadlock with another group (which
-/// locked the same rows in another order), or a serialization failure. The
+/// locked the same rows in another order), a serialization failure, or a
+/// row another transaction inserted meanwhile under the same key (an
+/// execution id, a callback id, an owner: checked absent, then taken by a
+/// commit that was not yet visible; run again, the check sees it). The
 /// server answered, so nothing of the group is stored.
 fn rolled_back_to_retry(err: &Error) -> bool {
     use postgres::error::SqlState;
     match err {
         Error::Postgres { source, .. } => matches!(
             source.code(),
-            Some(&SqlState::T_R_DEADLOCK_DETECTED | &SqlState::T_R_SERIALIZATION_FAILURE)
+            Some(&SqlState::T_R_DEADLOCK_DETECTED | &SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::UNIQUE_VIOLATION)
         ),
         _ => false,
     }
@@ -486,28 +489,46 @@ impl TxnView for PgTxn<'_, '_> {
             .transpose()
     }
 
+    /// An update, or an insert when there is no row: never an upsert, so
+    /// that a callback another commit created after this one checked it
+    /// absent fails this group (run again) rather than being overwritten.
     fn put_callback(&mut self, callback_id: &str, entry: &CallbackEntry) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO {}.callbacks (callback_id, exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, \
-             last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (callback_id) DO UPDATE SET \
-             exec_key = $2, op_id = $3, state = $4, deadline_ms = $5, heartbeat_timeout_ms = $6, \
-             last_heartbeat_ms = $7",
-            self.s()
+        let s = self.s();
+        let exec_key = key(entry.exec_key)?;
+        let state = entry.state as i16;
+        let (deadline, heartbeat, last) = (
+            saturating(entry.deadline_ms),
+            saturating(entry.heartbeat_timeout_ms),
+            saturating(entry.last_heartbeat_ms),
         );
-        self.execute(
-            &sql,
-            &[
-                &callback_id,
-                &key(entry.exec_key)?,
-                &entry.op_id,
-                &(entry.state as i16),
-                &saturating(entry.deadline_ms),
-                &saturating(entry.heartbeat_timeout_ms),
-                &saturating(entry.last_heartbeat_ms),
-            ],
+        let params: [&dyn Param; 7] = [
+            &callback_id,
+            &exec_key,
+            &entry.op_id,
+            &state,
+            &deadline,
+            &heartbeat,
+            &last,
+        ];
+        let updated = self.execute(
+            &format!(
+                "UPDATE {s}.callbacks SET exec_key = $2, op_id = $3, state = $4, deadline_ms = $5, \
+                 heartbeat_timeout_ms = $6, last_heartbeat_ms = $7 WHERE callback_id = $1"
+            ),
+            &params,
             "cannot write a callback",
-        )
-        .map(drop)
+        )?;
+        if updated == 0 {
+            self.execute(
+                &format!(
+                    "INSERT INTO {s}.callbacks (callback_id, exec_key, op_id, state, deadline_ms, \
+                     heartbeat_timeout_ms, last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+                ),
+                &params,
+                "cannot write a callback",
+            )?;
+        }
+        Ok(())
     }
 
     fn put_timer(&mut self, timer: &Timer) -> Result<()> {
