@@ -86,16 +86,21 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         ids: HashMap::new(),
         rows: RefCell::new(HashMap::new()),
     };
-    let mut results = Vec::with_capacity(group.len());
+    // One savepoint before each batch, one round trip per batch: a rollback
+    // to it keeps it for the next batch; after a batch that stays, it is
+    // released and taken again in one go (released, so that savepoints do
+    // not pile up as nested subtransactions).
+    let mut results: Vec<Result<Vec<Outcome>>> = Vec::with_capacity(group.len());
     for batch in group {
-        view.run("SAVEPOINT batch", "cannot begin a batch")?;
+        match results.last() {
+            None => view.run("SAVEPOINT batch", "cannot begin a batch")?,
+            Some(Ok(_)) => view.run("RELEASE SAVEPOINT batch; SAVEPOINT batch", "cannot begin a batch")?,
+            Some(Err(_)) => {}
+        }
         let result = apply_batch(&mut view, batch)?;
-        match &result {
-            Ok(_) => view.run("RELEASE SAVEPOINT batch", "cannot end a batch")?,
-            Err(_) => {
-                view.rows.borrow_mut().clear();
-                view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?
-            }
+        if result.is_err() {
+            view.rows.borrow_mut().clear();
+            view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?;
         }
         results.push(result);
     }
