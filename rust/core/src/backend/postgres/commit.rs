@@ -11,11 +11,13 @@
 //! runs under a savepoint, rolled back when the batch is refused, so a
 //! refused batch leaves nothing behind while the rest of the group commits.
 //!
-//! This is the plain version: one statement per read or write. The
-//! array-parameter phase 2 of SCALE-OUT.md §4.3 (one statement per table for
-//! the whole group) and locking the group's rows in key order up front are
-//! to come; meanwhile two groups that lock rows in opposite orders may meet
-//! in a deadlock, which the server breaks by failing one, run again here.
+//! The rows of the executions the group names are locked and read first, in
+//! one statement and in key order (phase 1 of SCALE-OUT.md §4.3); a row
+//! found only on the way (a parent, a callback's execution, a child) is
+//! locked when read, so two groups may still meet in a deadlock, which the
+//! server breaks by failing one, run again here. Writes are one statement
+//! each for now: the array-parameter phase 2 of §4.3 (one statement per
+//! table for the whole group) is to come.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -86,6 +88,7 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         ids: HashMap::new(),
         rows: RefCell::new(HashMap::new()),
     };
+    view.lock_rows(group)?;
     // One savepoint before each batch, one round trip per batch: a rollback
     // to it keeps it for the next batch; after a batch that stays, it is
     // released and taken again in one go (released, so that savepoints do
@@ -147,7 +150,7 @@ macro_rules! param {
     )*};
 }
 
-param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, String => Type::TEXT, Vec<u8> => Type::BYTEA);
+param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
 
 impl Param for &str {
     fn sql_type(&self) -> Type {
@@ -222,6 +225,50 @@ impl PgTxn<'_, '_> {
         let value = f(row.as_ref());
         self.rows.borrow_mut().insert(exec_key, row);
         value
+    }
+
+    /// Locks and reads, in one statement and in key order, the rows of the
+    /// executions the group's mutations name: two groups then lock those
+    /// rows in the same order (rows found only on the way, a parent, a
+    /// callback's execution, a child, are locked when read).
+    fn lock_rows(&self, group: &[Vec<Mutation>]) -> Result<()> {
+        let mut keys: Vec<i64> = group
+            .iter()
+            .flatten()
+            .filter_map(|mutation| match mutation {
+                Mutation::Fence { exec_key, .. }
+                | Mutation::Append { exec_key, .. }
+                | Mutation::EndInvocation { exec_key, .. }
+                | Mutation::Cancel { exec_key, .. } => Some(*exec_key),
+                Mutation::CreateCallback { entry, .. } => Some(entry.exec_key),
+                Mutation::FireTimer { timer, .. } => Some(timer.exec_key),
+                _ => None,
+            })
+            .filter_map(key_param)
+            .collect();
+        if keys.is_empty() {
+            return Ok(());
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let sql = format!(
+            "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = ANY($1) ORDER BY exec_key FOR NO KEY UPDATE",
+            self.s()
+        );
+        let found = self.query(&sql, &[&keys], "cannot lock executions")?;
+        let mut rows = self.rows.borrow_mut();
+        for &key in &keys {
+            rows.insert(key as u64, None);
+        }
+        for row in &found {
+            // A damaged row is read again, and reported, where it is used.
+            let key: i64 = row.get(0);
+            match exec_row(row) {
+                Ok(parsed) => rows.insert(key as u64, Some(parsed)),
+                Err(_) => rows.remove(&(key as u64)),
+            };
+        }
+        Ok(())
     }
 
     /// Forgets a row read before a write to it.
