@@ -4,7 +4,7 @@
 //! it commits before the invocation ends, and by `again` when it commits
 //! after: the execution is queued once more when it finishes.
 
-use parking_lot::{Condvar, Mutex};
+use parking_lot::{Condvar, Mutex, MutexGuard};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -102,14 +102,25 @@ impl Scheduler {
                 state.running.insert(exec_key);
                 return Some(exec_key);
             }
-            match deadline {
-                Some(deadline) => {
-                    let left = deadline.checked_duration_since(Instant::now())?;
-                    self.ready.wait_for(&mut state, left);
-                }
-                None => self.ready.wait(&mut state),
+            if !self.wait_until(&mut state, deadline) {
+                return None;
             }
         }
+    }
+
+    /// Waits for a signal, or until `deadline` (`None`: none). False,
+    /// without waiting, once the deadline has passed.
+    fn wait_until(&self, state: &mut MutexGuard<'_, State>, deadline: Option<Instant>) -> bool {
+        match deadline {
+            Some(deadline) => {
+                let Some(left) = deadline.checked_duration_since(Instant::now()) else {
+                    return false;
+                };
+                self.ready.wait_for(state, left);
+            }
+            None => self.ready.wait(state),
+        }
+        true
     }
 
     /// The invocation ended; `rerun` queues the execution again at once.
@@ -211,14 +222,8 @@ impl Scheduler {
         state.delayed.clear();
         self.ready.notify_all();
         while !state.running.is_empty() {
-            match deadline {
-                Some(deadline) => {
-                    let Some(left) = deadline.checked_duration_since(Instant::now()) else {
-                        return false;
-                    };
-                    self.ready.wait_for(&mut state, left);
-                }
-                None => self.ready.wait(&mut state),
+            if !self.wait_until(&mut state, deadline) {
+                return false;
             }
         }
         true
