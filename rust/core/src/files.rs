@@ -42,14 +42,14 @@ fn euid() -> u32 {
     unsafe { libc::geteuid() }
 }
 
-fn refused(path: &Path, reason: String) -> Error {
+pub(crate) fn refused(path: &Path, reason: String) -> Error {
     Error::StoreAccess {
         path: path.to_path_buf(),
         source: std::io::Error::new(ErrorKind::PermissionDenied, reason),
     }
 }
 
-fn access(path: &Path, source: std::io::Error) -> Error {
+pub(crate) fn access(path: &Path, source: std::io::Error) -> Error {
     Error::StoreAccess {
         path: path.to_path_buf(),
         source,

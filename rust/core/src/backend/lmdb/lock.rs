@@ -10,6 +10,7 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+use crate::files::{access, refused, OWNERS};
 
 pub struct OwnerLock {
     /// Holds the lock for as long as it is open.
@@ -18,7 +19,7 @@ pub struct OwnerLock {
 }
 
 fn lock_path(store_dir: &Path, owner: u64) -> PathBuf {
-    store_dir.join("owners").join(format!("{owner:016x}.lock"))
+    store_dir.join(OWNERS).join(format!("{owner:016x}.lock"))
 }
 
 fn open(path: &Path, create: bool) -> std::io::Result<File> {
@@ -41,11 +42,7 @@ fn try_lock(file: &File) -> bool {
 impl OwnerLock {
     /// Takes the lock of a new owner id (fresh and random, so never held).
     pub fn acquire(store_dir: &Path, owner: u64) -> Result<OwnerLock> {
-        let dir = store_dir.join("owners");
-        let access = |path: &Path, source: std::io::Error| Error::StoreAccess {
-            path: path.to_path_buf(),
-            source,
-        };
+        let dir = store_dir.join(OWNERS);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -54,13 +51,7 @@ impl OwnerLock {
         // The folder must be the store's own, not a link to somewhere else.
         let folder = fs::symlink_metadata(&dir).map_err(|source| access(&dir, source))?;
         if !folder.is_dir() {
-            return Err(access(
-                &dir,
-                std::io::Error::new(
-                    std::io::ErrorKind::PermissionDenied,
-                    "is not a directory (a symbolic link?)",
-                ),
-            ));
+            return Err(refused(&dir, "is not a directory (a symbolic link?)".into()));
         }
         let path = lock_path(store_dir, owner);
         let mut file = open(&path, true).map_err(|source| access(&path, source))?;
