@@ -47,3 +47,15 @@ def copy_store(base: Path, tmp_path: Path) -> Path:
     copy = tmp_path / "store"
     shutil.copytree(base, copy)
     return copy
+
+
+def perdure_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Runs ``python -m perdure *args``; its exit status and output, text."""
+    return subprocess.run(
+        [sys.executable, "-m", "perdure", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        cwd=cwd,
+    )

@@ -30,7 +30,7 @@ import lmdb
 import pytest
 from perdure.check import check_store
 from perdure.errors import CorruptStoreError
-from support import STORE_CHILD, copy_store, store_child
+from support import STORE_CHILD, copy_store, perdure_cli, store_child
 
 
 @pytest.fixture(scope="module")
@@ -307,13 +307,7 @@ def test_byte_flips_across_every_page(base: Path, tmp_path: Path) -> None:
 
 def test_perdure_check_command(base: Path, store: Path, tmp_path: Path) -> None:
     def check(path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "perdure", "check", "--store", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return perdure_cli("check", "--store", str(path))
 
     sound = check(store)
     assert sound.returncode == 0 and "ok" in sound.stdout, sound

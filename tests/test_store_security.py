@@ -12,12 +12,10 @@ as root and hand files to the user nobody (uid 65534) with chown.
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from support import copy_store, store_child
+from support import copy_store, perdure_cli, store_child
 
 NOBODY = 65534
 
@@ -118,12 +116,6 @@ def test_owners_folder_replaced_by_a_link_is_refused(store: Path, tmp_path: Path
 
 def test_cli_refuses_a_loose_store(store: Path) -> None:
     store.chmod(0o777)
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", "list", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = perdure_cli("list", "--store", str(store))
     assert done.returncode == 1
     assert "StoreAccessError" in done.stderr and "writable by other users" in done.stderr
