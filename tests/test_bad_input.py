@@ -45,7 +45,7 @@ from perdure import (
     ValidationError,
     WaitForCallbackConfig,
 )
-from support import wait_for
+from support import perdure_cli, wait_for
 
 # region workflows
 
@@ -285,13 +285,7 @@ def test_a_postgresql_url_is_refused_not_made_a_directory(
     with pytest.raises(ValidationError, match=r"PostgreSQL stores .* not supported yet"):
         Engine(url)
     assert list(tmp_path.iterdir()) == []
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", "list", "--store", url],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = perdure_cli("list", "--store", url)
     assert done.returncode != 0 and "not supported yet" in done.stderr, done
     assert list(tmp_path.iterdir()) == []
 

@@ -44,7 +44,7 @@ from perdure import (
     WaitForCallbackConfig,
 )
 from perdure.testing import TimeSkippingClock
-from support import wait_for
+from support import perdure_cli, wait_for
 
 # region workflows
 
@@ -609,14 +609,7 @@ def test_cli_refuses_a_missing_store(tmp_path: Path, argv: list[str], kind: str)
     store = tmp_path / "no-store"
     if kind == "empty":
         store.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", *argv, "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-    )
+    done = perdure_cli(*argv, "--store", str(store), cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert f"no perdure store at {store}" in done.stderr
     if kind == "missing":
@@ -630,13 +623,7 @@ def test_cli_refuses_a_missing_store(tmp_path: Path, argv: list[str], kind: str)
 
 def test_cli_reads_an_existing_store(seeded: tuple[Path, str]) -> None:
     store, _ = seeded
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", "list", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = perdure_cli("list", "--store", str(store))
     assert done.returncode == 0, done.stderr
     assert "done\tSUCCEEDED" in done.stdout and "waiting\tSUSPENDED" in done.stdout
 

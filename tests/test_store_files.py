@@ -30,37 +30,19 @@ import lmdb
 import pytest
 from perdure.check import check_store
 from perdure.errors import CorruptStoreError
-
-CHILD = str(Path(__file__).with_name("store_files_child.py"))
-
-
-def _child(*args: str, stdin: str | None = None) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, CHILD, *args],
-        capture_output=True,
-        text=True,
-        input=stdin,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, (
-        f"child {args[0]} ended with {done.returncode} (negative: a signal)\n{done.stderr}"
-    )
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+from support import STORE_CHILD, copy_store, perdure_cli, store_child
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("files") / "store"
-    assert _child("build", str(path))["outcome"] == "ok"
+    assert store_child("build", str(path))["outcome"] == "ok"
     return path
 
 
 @pytest.fixture
 def store(base: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "store"
-    shutil.copytree(base, copy)
-    return copy
+    return copy_store(base, tmp_path)
 
 
 def _page_size(store: Path) -> int:
@@ -80,7 +62,7 @@ SOUND = {"outcome": "ok", "histories": {"e0": 5, "e1": 5, "e2": 5, "waiter": 6}}
 
 
 def test_the_sound_store_reads(store: Path) -> None:
-    assert _child("walk", str(store)) == SOUND
+    assert store_child("walk", str(store)) == SOUND
 
 
 def _truncation_sizes(base: Path) -> list[int]:
@@ -97,7 +79,7 @@ def test_truncated_data_file_is_corrupt_not_a_crash(base: Path, tmp_path: Path) 
         copy = tmp_path / f"cut{size}"
         shutil.copytree(base, copy)
         os.truncate(copy / "data.mdb", size)
-        report = _child("walk", str(copy))
+        report = store_child("walk", str(copy))
         outcomes[size] = report["outcome"]
         if report["outcome"] == "ok":
             # Only free pages were cut (LMDB's unwritten tail, or pages no
@@ -114,7 +96,7 @@ def test_truncated_data_file_is_corrupt_not_a_crash(base: Path, tmp_path: Path) 
 
 def test_data_file_truncated_while_open_is_corrupt_not_sigbus(store: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, CHILD, "hold", str(store)],
+        [sys.executable, STORE_CHILD, "hold", str(store)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,7 +120,7 @@ def test_data_file_truncated_while_open_is_corrupt_not_sigbus(store: Path) -> No
 def test_deleted_data_file_of_a_created_store_is_corrupt(store: Path) -> None:
     assert (store / "perdure.store").is_file()
     (store / "data.mdb").unlink()
-    report = _child("walk", str(store))
+    report = store_child("walk", str(store))
     _assert_names_data(report, store)
     assert "missing" in report["message"]
     assert not (store / "data.mdb").exists()
@@ -146,12 +128,12 @@ def test_deleted_data_file_of_a_created_store_is_corrupt(store: Path) -> None:
 
 def test_store_from_before_the_marker_opens_and_gets_it(store: Path) -> None:
     (store / "perdure.store").unlink()
-    assert _child("walk", str(store))["outcome"] == "ok"
+    assert store_child("walk", str(store))["outcome"] == "ok"
     assert (store / "perdure.store").read_bytes() == b"perdure store\n"
     assert stat_mode(store / "perdure.store") == 0o600
     # From now on an emptied data.mdb is damage, not a new store.
     os.truncate(store / "data.mdb", 0)
-    _assert_names_data(_child("walk", str(store)), store)
+    _assert_names_data(store_child("walk", str(store)), store)
 
 
 def test_new_store_without_marker_and_empty_data_file_is_new(tmp_path: Path) -> None:
@@ -159,7 +141,7 @@ def test_new_store_without_marker_and_empty_data_file_is_new(tmp_path: Path) -> 
     path = tmp_path / "new"
     path.mkdir(mode=0o700)
     (path / "data.mdb").touch(mode=0o600)
-    assert _child("walk", str(path)) == {"outcome": "ok", "histories": {}}
+    assert store_child("walk", str(path)) == {"outcome": "ok", "histories": {}}
     assert (path / "perdure.store").exists()
 
 
@@ -190,7 +172,7 @@ def test_damaged_meta_page_is_corrupt(base: Path, tmp_path: Path, meta_page: int
         with open(copy / "data.mdb", "r+b") as file:
             file.seek(meta_page * page + offset)
             file.write(damage)
-        report = _child("walk", str(copy))
+        report = store_child("walk", str(copy))
         _assert_names_data(report, copy)
         shutil.rmtree(copy)
 
@@ -244,11 +226,11 @@ JOURNAL_DAMAGE: dict[str, Callable[[Any, list[bytes]], None]] = {
 def test_bad_journal_key_names_the_execution(store: Path, damage: str) -> None:
     victim = _exec_key(store, "e1")
     _journal_keys(store, lambda txn, keys: JOURNAL_DAMAGE[damage](txn, _of(keys, victim)))
-    report = _child("walk", str(store))
+    report = store_child("walk", str(store))
     assert report["outcome"] == "error" and report["type"] == "CorruptStoreError", report
     assert report["execution_id"] == "e1" and "journal" in report["message"], report
     # The other executions still read.
-    others = _child("history", str(store), "e0", "e2", "waiter")
+    others = store_child("history", str(store), "e0", "e2", "waiter")
     assert others == {"outcome": "ok", "histories": {"e0": 5, "e2": 5, "waiter": 6}}
 
 
@@ -272,7 +254,7 @@ def test_answer_after_a_bad_last_key_errs_and_keeps_record_zero(store: Path) -> 
         _move(txn, mine[-1], mine[-1] + b"x")
 
     _journal_keys(store, cut_last)
-    report = _child("answer", str(store), base_callback_id(store))
+    report = store_child("answer", str(store), base_callback_id(store))
     assert report["outcome"] == "error" and report["type"] == "CorruptStoreError", report
     assert report["execution_id"] == "waiter", report
     after: dict[bytes, bytes] = {}
@@ -288,7 +270,7 @@ def test_answer_after_a_bad_last_key_errs_and_keeps_record_zero(store: Path) -> 
 
 
 def _sweep(base: Path, scratch: Path, positions: list[tuple[int, int]]) -> dict[str, Any]:
-    return _child("sweep", str(base), str(scratch), json.dumps(positions))
+    return store_child("sweep", str(base), str(scratch), json.dumps(positions))
 
 
 def test_byte_flips_across_every_page(base: Path, tmp_path: Path) -> None:
@@ -325,13 +307,7 @@ def test_byte_flips_across_every_page(base: Path, tmp_path: Path) -> None:
 
 def test_perdure_check_command(base: Path, store: Path, tmp_path: Path) -> None:
     def check(path: Path) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "perdure", "check", "--store", str(path)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        return perdure_cli("check", "--store", str(path))
 
     sound = check(store)
     assert sound.returncode == 0 and "ok" in sound.stdout, sound
@@ -372,7 +348,7 @@ def test_damaged_value_size_is_corrupt_not_a_read_past_the_file(store: Path) -> 
         at = data.find(first + value, at + 1)
     assert found >= 1
     (store / "data.mdb").write_bytes(bytes(data))
-    report = _child("walk", str(store))
+    report = store_child("walk", str(store))
     _assert_names_data(report, store)
     assert "past the end of the file" in report["message"]
 
@@ -384,7 +360,7 @@ def test_an_open_store_keeps_lmdbs_lock(store: Path) -> None:
     lock.mdb drops a process's fcntl locks on it): the next process would
     reset the lock file under the running writer and lose its commits."""
     proc = subprocess.Popen(
-        [sys.executable, CHILD, "hold", str(store)],
+        [sys.executable, STORE_CHILD, "hold", str(store)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

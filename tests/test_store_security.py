@@ -11,17 +11,12 @@ as root and hand files to the user nobody (uid 65534) with chown.
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support import copy_store, perdure_cli, store_child
 
-CHILD = str(Path(__file__).with_name("store_files_child.py"))
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(
@@ -29,20 +24,8 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _walk(path: Path) -> dict[str, Any]:
-    done = subprocess.run(
-        [sys.executable, CHILD, "walk", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
-
-
 def _refused(path: Path, names: str, *words: str) -> None:
-    report = _walk(path)
+    report = store_child("walk", str(path))
     assert report["outcome"] == "error" and report["type"] == "StoreAccessError", report
     assert report["path"] == names, report
     for word in words:
@@ -52,22 +35,17 @@ def _refused(path: Path, names: str, *words: str) -> None:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("security") / "store"
-    done = subprocess.run(
-        [sys.executable, CHILD, "build", str(path)], capture_output=True, timeout=120, check=False
-    )
-    assert done.returncode == 0, done.stderr
+    assert store_child("build", str(path))["outcome"] == "ok"
     return path
 
 
 @pytest.fixture
 def store(base: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "store"
-    shutil.copytree(base, copy)
-    return copy
+    return copy_store(base, tmp_path)
 
 
 def test_own_store_opens(store: Path) -> None:
-    assert _walk(store)["outcome"] == "ok"
+    assert store_child("walk", str(store))["outcome"] == "ok"
 
 
 def test_directory_of_another_user_is_refused(store: Path) -> None:
@@ -83,13 +61,13 @@ def test_directory_writable_by_others_is_refused(store: Path, mode: int) -> None
 
 def test_sticky_directory_is_accepted(store: Path) -> None:
     store.chmod(0o1777)
-    assert _walk(store)["outcome"] == "ok"
+    assert store_child("walk", str(store))["outcome"] == "ok"
 
 
 def test_store_reached_through_a_link_opens(store: Path, tmp_path: Path) -> None:
     link = tmp_path / "link"
     link.symlink_to(store)
-    assert _walk(link)["outcome"] == "ok"
+    assert store_child("walk", str(link))["outcome"] == "ok"
 
 
 @pytest.mark.parametrize("name", ["data.mdb", "lock.mdb", "perdure.store"])
@@ -138,12 +116,6 @@ def test_owners_folder_replaced_by_a_link_is_refused(store: Path, tmp_path: Path
 
 def test_cli_refuses_a_loose_store(store: Path) -> None:
     store.chmod(0o777)
-    done = subprocess.run(
-        [sys.executable, "-m", "perdure", "list", "--store", str(store)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    done = perdure_cli("list", "--store", str(store))
     assert done.returncode == 1
     assert "StoreAccessError" in done.stderr and "writable by other users" in done.stderr

@@ -11,10 +11,6 @@ import os
 from perdure.duration import MAX_MILLIS
 from perdure.errors import ValidationError
 
-#: The longest span perdure accepts for a wait, timeout or delay
-#: (:data:`perdure.duration.MAX_MILLIS`).
-MAX_DURATION_MS = MAX_MILLIS
-MAX_DURATION_TEXT = "1000 years"
 #: Limits of what the store holds as unsigned 64-bit numbers.
 U64_MAX = (1 << 64) - 1
 
@@ -69,7 +65,7 @@ def integer(value: object, what: str, *, low: int = 0, high: int = U64_MAX) -> i
 
 
 def seconds(
-    value: object, what: str, *, positive: bool = False, high: float = MAX_DURATION_MS / 1000
+    value: object, what: str, *, positive: bool = False, high: float = MAX_MILLIS / 1000
 ) -> float:
     """A finite, non-negative number of seconds (not a bool), at most ``high``."""
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -93,16 +89,10 @@ def optional_seconds(value: object, what: str) -> float | None:
 
 
 def millis_in_range(millis: int, what: str) -> int:
-    """A span in milliseconds no longer than :data:`MAX_DURATION_MS`."""
-    if millis > MAX_DURATION_MS:
-        raise ValidationError(f"{what} must be at most {MAX_DURATION_TEXT}, got {millis} ms")
+    """A span in milliseconds no longer than :data:`perdure.duration.MAX_MILLIS`."""
+    if millis > MAX_MILLIS:
+        raise ValidationError(f"{what} must be at most 1000 years, got {millis} ms")
     return millis
-
-
-def error_field(value: object, what: str) -> str | None:
-    """An error's type, message or data as given to ``send_callback_failure``:
-    None or text."""
-    return optional_text(value, what)
 
 
 def store_directory(path: str | os.PathLike[str]) -> None:

@@ -90,7 +90,6 @@ from perdure.context import (
     _step_error,
     _Suspend,
     _wait_for_callback_plan,
-    storage_stall,
 )
 from perdure.duration import Duration
 from perdure.errors import (
@@ -476,10 +475,9 @@ class _LoopState(_InvocationState):
             raise _Abort() from None
         except StoreError as exc:
             # As in commit: a full or failing disk stops the invocation.
-            stall = storage_stall(exc)
-            if stall is None:
+            if not exc.storage_failed:
                 raise
-            raise stall from None
+            raise _Stall(exc) from None
 
     async def end_async(
         self,

@@ -100,8 +100,6 @@ def _cmd_callback(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from perdure.check import check_store
 
     if not Path(args.store).is_dir():
@@ -122,7 +120,6 @@ def _import_user_code(targets: Sequence[str]) -> None:
     import importlib
     import importlib.util
     import os
-    from pathlib import Path
 
     # As ``python -m`` does: modules of the current directory are importable.
     if os.getcwd() not in sys.path:

@@ -124,13 +124,6 @@ class _Stall(BaseException):
 INTERRUPTS = (KeyboardInterrupt, SystemExit, GeneratorExit)
 
 
-def storage_stall(exc: BaseException) -> _Stall | None:
-    """The _Stall for a commit's error when it is a storage failure."""
-    if isinstance(exc, StoreError) and exc.storage_failed:
-        return _Stall(exc)
-    return None
-
-
 class _InvocationState:
     """What one invocation shares across its contexts."""
 
@@ -204,10 +197,9 @@ class _InvocationState:
             raise _Abort() from None
         except StoreError as exc:
             # A full or failing disk: the invocation stops, and runs again later.
-            stall = storage_stall(exc)
-            if stall is None:
+            if not exc.storage_failed:
                 raise
-            raise stall from None
+            raise _Stall(exc) from None
 
     def with_deferred(
         self, records: list[R.RecordIn], wake_at: list[tuple[int, str]] | None

@@ -31,7 +31,7 @@ from perdure.context import (
     _Suspend,
     check_payload_size,
 )
-from perdure.duration import Duration
+from perdure.duration import MAX_MILLIS, Duration
 from perdure.errors import (
     CorruptRecordError,
     CorruptStoreError,
@@ -480,9 +480,9 @@ class Engine:
         self._check_open()
         _check_callback_id(callback_id)
         if not isinstance(error, BaseException):
-            _checks.error_field(error, "error")
-        _checks.error_field(error_type, "error_type")
-        _checks.error_field(error_data, "error_data")
+            _checks.optional_text(error, "error")
+        _checks.optional_text(error_type, "error_type")
+        _checks.optional_text(error_data, "error_data")
         if isinstance(error, BaseException):
             obj = error_object(error)
         else:
@@ -807,7 +807,7 @@ def _timeout_ms(timeout: Duration | float | None) -> int | None:
         if math.isnan(seconds) or seconds < 0:
             millis = -1
         elif seconds == math.inf:
-            millis = _checks.MAX_DURATION_MS + 1
+            millis = MAX_MILLIS + 1
         else:
             millis = math.ceil(seconds * 1000)
     else:
