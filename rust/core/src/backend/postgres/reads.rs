@@ -18,6 +18,7 @@ use std::collections::HashSet;
 
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
@@ -196,12 +197,26 @@ impl PgReads {
         Ok(value)
     }
 
-    pub fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
-        let row = self
-            .client
+    /// The one row (or none) a prepared question answers, outside any
+    /// snapshot.
+    fn row(&self, statement: &Statement, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Option<Row>> {
+        self.client
             .lock()
-            .query_opt(&self.sql.exec_key_of, &[&execution_id])
-            .map_err(self.failed("cannot look up an execution id"))?;
+            .query_opt(statement, params)
+            .map_err(self.failed(what))
+    }
+
+    /// Every row a prepared question answers, outside any snapshot.
+    fn rows(&self, statement: &Statement, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>> {
+        self.client.lock().query(statement, params).map_err(self.failed(what))
+    }
+
+    pub fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
+        let row = self.row(
+            &self.sql.exec_key_of,
+            &[&execution_id],
+            "cannot look up an execution id",
+        )?;
         row.map(|row| exec_key_from(row.get(0), execution_id)).transpose()
     }
 
@@ -209,20 +224,12 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read an execution"))?;
+        let row = self.row(&self.sql.execution, &[&key], "cannot read an execution")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.map(ExecRow::summary))
     }
 
     pub fn execution_by_id(&self, execution_id: &str) -> Result<Option<ExecSummary>> {
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution_by_id, &[&execution_id])
-            .map_err(self.failed("cannot read an execution"))?;
+        let row = self.row(&self.sql.execution_by_id, &[&execution_id], "cannot read an execution")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.map(ExecRow::summary))
     }
 
@@ -258,12 +265,7 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.last_record, &[&key])
-            .map_err(self.failed("cannot read a journal"))?;
-        let Some(row) = row else {
+        let Some(row) = self.row(&self.sql.last_record, &[&key], "cannot read a journal")? else {
             return Ok(None);
         };
         let execution_id: Option<String> = row.get(2);
@@ -315,11 +317,7 @@ impl PgReads {
     }
 
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.callback, &[&callback_id])
-            .map_err(self.failed("cannot read a callback"))?;
+        let row = self.row(&self.sql.callback, &[&callback_id], "cannot read a callback")?;
         row.map(|row| {
             callback_row(&row).map_err(|reason| Error::CorruptStore(format!("callback {callback_id:?}: {reason}")))
         })
@@ -331,11 +329,7 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read a lease"))?;
+        let row = self.row(&self.sql.execution, &[&key], "cannot read a lease")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.and_then(|row| row.lease))
     }
 
@@ -344,11 +338,7 @@ impl PgReads {
     /// re-arms what it still waits for).
     pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<(Vec<Timer>, Vec<u64>)> {
         let keys: Vec<i64> = exec_keys.iter().filter_map(|&key| key_param(key)).collect();
-        let found = self
-            .client
-            .lock()
-            .query(&self.sql.timers_of, &[&keys])
-            .map_err(self.failed("cannot read timers"))?;
+        let found = self.rows(&self.sql.timers_of, &[&keys], "cannot read timers")?;
         let mut timers = Vec::new();
         let mut damaged = Vec::new();
         for row in &found {
@@ -390,11 +380,7 @@ impl PgReads {
     /// The registered engines, by owner id (in the unsigned order of LMDB's
     /// keys). Times are the server's, in ms since the Unix epoch.
     pub fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>> {
-        let found = self
-            .client
-            .lock()
-            .query(&self.sql.owners, &[])
-            .map_err(self.failed("cannot read the owners"))?;
+        let found = self.rows(&self.sql.owners, &[], "cannot read the owners")?;
         let mut owners = Vec::with_capacity(found.len());
         for row in &found {
             // Owner ids are random u64s stored bit for bit.
