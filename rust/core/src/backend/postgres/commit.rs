@@ -25,7 +25,7 @@ use std::collections::HashMap;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
 
-use super::reads::{callback_row, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
+use super::reads::{callback_row, exec_key_from, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
 use super::PgLocation;
 use crate::backend::apply::{apply_batch, Counter, TxnView};
 use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
@@ -300,14 +300,7 @@ impl TxnView for PgTxn<'_, '_> {
         let sql = format!("SELECT exec_key FROM {}.executions WHERE execution_id = $1", self.s());
         let rows = self.query(&sql, &[&execution_id], "cannot look up an execution id")?;
         rows.first()
-            .map(|row| {
-                let value: i64 = row.get(0);
-                u64::try_from(value).map_err(|_| Error::CorruptExecution {
-                    execution_id: execution_id.to_string(),
-                    what: "id index entry",
-                    reason: format!("execution key {value} is negative"),
-                })
-            })
+            .map(|row| exec_key_from(row.get(0), execution_id))
             .transpose()
     }
 

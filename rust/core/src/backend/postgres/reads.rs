@@ -441,7 +441,7 @@ pub(super) fn no_metadata(exec_key: u64) -> Error {
     Error::corrupt_store(format!("execution key {exec_key} has no metadata"))
 }
 
-fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
+pub(super) fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| Error::CorruptExecution {
         execution_id: execution_id.to_string(),
         what: "id index entry",
