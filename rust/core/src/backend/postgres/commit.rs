@@ -75,13 +75,7 @@ fn rolled_back_to_retry(err: &Error) -> bool {
 }
 
 fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
-    let failed = |what: &'static str| {
-        move |source| Error::Postgres {
-            what: format!("{what} ({} schema {})", location.shown(), location.schema()),
-            source,
-        }
-    };
-    let txn = client.transaction().map_err(failed("cannot begin a commit"))?;
+    let txn = client.transaction().map_err(location.failed("cannot begin a commit"))?;
     let mut view = PgTxn {
         txn: RefCell::new(txn),
         location,
@@ -110,7 +104,7 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
     view.txn
         .into_inner()
         .commit()
-        .map_err(failed("cannot commit (the group may or may not be stored)"))?;
+        .map_err(location.failed("cannot commit (the group may or may not be stored)"))?;
     Ok(results)
 }
 
@@ -188,8 +182,7 @@ impl PgTxn<'_, '_> {
     }
 
     fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
-        let what = format!("{what} ({} schema {})", self.location.shown(), self.location.schema());
-        move |source| Error::Postgres { what, source }
+        self.location.failed(what)
     }
 
     fn run(&self, sql: &str, what: &str) -> Result<()> {

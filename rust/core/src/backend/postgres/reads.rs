@@ -162,14 +162,8 @@ impl PgReads {
     /// Reads through `client`, a connection to the store at `location`,
     /// once every question is prepared on it.
     pub fn new(mut client: Client, location: PgLocation) -> Result<PgReads> {
-        let sql = Statements::prepare(&mut client, &Sql::new(location.schema())).map_err(|source| Error::Postgres {
-            what: format!(
-                "cannot prepare the store's reads ({} schema {})",
-                location.shown(),
-                location.schema()
-            ),
-            source,
-        })?;
+        let sql = Statements::prepare(&mut client, &Sql::new(location.schema()))
+            .map_err(location.failed("cannot prepare the store's reads"))?;
         Ok(PgReads {
             client: Mutex::new(client),
             sql,
@@ -177,9 +171,8 @@ impl PgReads {
         })
     }
 
-    fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
-        let what = format!("{what} ({} schema {})", self.location.shown(), self.location.schema());
-        move |source| Error::Postgres { what, source }
+    fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
+        self.location.failed(what)
     }
 
     /// Runs `f` in a read-only REPEATABLE READ transaction: every statement
