@@ -25,7 +25,10 @@ use std::collections::HashMap;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
 
-use super::reads::{callback_row, exec_key_from, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
+use super::reads::{
+    callback_row, exec_key_from, exec_row, key_param, owner_row, sequence_from, ExecRow, CALLBACK_COLUMNS,
+    EXEC_COLUMNS, OWNER_COLUMNS,
+};
 use super::PgLocation;
 use crate::backend::apply::{apply_batch, Counter, TxnView};
 use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
@@ -454,8 +457,7 @@ impl TxnView for PgTxn<'_, '_> {
 
     fn owner(&self, owner: u64) -> Result<Option<OwnerEntry>> {
         let sql = format!(
-            "SELECT owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
-             floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM {}.owners WHERE owner_id = $1 FOR UPDATE",
+            "SELECT {OWNER_COLUMNS} FROM {}.owners WHERE owner_id = $1 FOR UPDATE",
             self.s()
         );
         let rows = self.query(&sql, &[&(owner as i64)], "cannot read an owner")?;
@@ -515,8 +517,7 @@ impl TxnView for PgTxn<'_, '_> {
 
     fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
         let sql = format!(
-            "SELECT exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms \
-             FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
+            "SELECT {CALLBACK_COLUMNS} FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
             self.s()
         );
         let rows = self.query(&sql, &[&callback_id], "cannot read a callback")?;

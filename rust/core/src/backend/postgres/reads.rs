@@ -32,6 +32,15 @@ use crate::replay::ReplayIndex;
 pub(super) const EXEC_COLUMNS: &str =
     "exec_key, execution_id, function, state, created_ms, updated_ms, parent_key, parent_op, owner_id, lease_epoch, wake, next_seq";
 
+/// The columns of `callbacks` that [`callback_row`] reads, in its order.
+pub(super) const CALLBACK_COLUMNS: &str =
+    "exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms";
+
+/// The columns of `owners` that [`owner_row`] reads, in its order (times in
+/// ms since the Unix epoch).
+pub(super) const OWNER_COLUMNS: &str = "owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
+     floor(extract(epoch FROM renewed_at) * 1000)::bigint";
+
 /// How many records to make room for before reading a journal, at most
 /// (the count comes from the rows, but a vector grows past it anyway).
 const MAX_PREALLOCATED: usize = 1 << 16;
@@ -69,20 +78,14 @@ impl Sql {
                  WHERE exec_key > $1 AND ($2::smallint IS NULL OR state = $2) \
                  AND ($3::text IS NULL OR function = $3) ORDER BY exec_key LIMIT $4"
             ),
-            callback: format!(
-                "SELECT exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms \
-                 FROM {s}.callbacks WHERE callback_id = $1"
-            ),
+            callback: format!("SELECT {CALLBACK_COLUMNS} FROM {s}.callbacks WHERE callback_id = $1"),
             // LMDB's order: the key's bytes, the subject compared as bytes.
             timers_of: format!(
                 "SELECT due_ms, exec_key, kind, subject FROM {s}.timers WHERE exec_key = ANY($1) \
                  ORDER BY due_ms, exec_key, kind, subject COLLATE \"C\""
             ),
             wake_seq: format!("SELECT last_value, is_called FROM {s}.wake_seq"),
-            owners: format!(
-                "SELECT owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
-                 floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM {s}.owners"
-            ),
+            owners: format!("SELECT {OWNER_COLUMNS} FROM {s}.owners"),
         }
     }
 }
