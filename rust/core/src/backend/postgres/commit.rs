@@ -354,14 +354,21 @@ impl TxnView for PgTxn<'_, '_> {
         let too_long = || Error::corrupt_store(format!("execution key {exec_key}: record {seq} is past the limit"));
         let at = i32::try_from(seq).map_err(|_| too_long())?;
         let next = at.checked_add(1).ok_or_else(too_long)?;
-        self.written(exec_key);
         let sql = format!(
             "WITH j AS (INSERT INTO {s}.journal (exec_key, seq, record) VALUES ($1, $2, $3)) \
              UPDATE {s}.executions SET next_seq = $4 WHERE exec_key = $1",
             s = self.s()
         );
-        self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")
-            .map(drop)
+        let updated = self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")?;
+        // The statement changed the row's count and nothing else: a row read
+        // before is kept, counted on, rather than read again by the next
+        // append (a batch of appends to one execution reads its row once).
+        let mut rows = self.rows.borrow_mut();
+        match rows.get_mut(&exec_key) {
+            Some(Some(row)) if updated == 1 => row.next_seq = next,
+            _ => drop(rows.remove(&exec_key)),
+        }
+        Ok(())
     }
 
     fn visit_journal(&self, exec_key: u64, execution_id: &str, visit: &mut dyn FnMut(Record)) -> Result<()> {
