@@ -26,7 +26,7 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
 
 use super::reads::{
-    callback_row, exec_key_from, exec_row, key_param, owner_row, sequence_from, ExecRow, CALLBACK_COLUMNS,
+    callback_row, exec_key_from, exec_row, journal_row, key_param, owner_row, sequence_from, ExecRow, CALLBACK_COLUMNS,
     EXEC_COLUMNS, OWNER_COLUMNS,
 };
 use super::PgLocation;
@@ -380,8 +380,7 @@ impl TxnView for PgTxn<'_, '_> {
         let rows = self.query(&sql, &[&key], "cannot read a journal")?;
         let mut order = JournalOrder::new(execution_id);
         for row in &rows {
-            let sequence = sequence_from(row.get(0), execution_id)?;
-            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
+            visit(journal_row(&mut order, row, execution_id)?);
         }
         Ok(())
     }

@@ -420,8 +420,7 @@ impl PgReads {
             .map_err(self.failed("cannot read a journal"))?;
         let mut order = JournalOrder::new(execution_id);
         while let Some(row) = rows.next().map_err(self.failed("cannot read a journal"))? {
-            let sequence = sequence_from(row.get(0), execution_id)?;
-            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
+            visit(journal_row(&mut order, &row, execution_id)?);
         }
         Ok(())
     }
@@ -447,6 +446,13 @@ pub(super) fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
 
 pub(super) fn sequence_from(value: i32, execution_id: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| bad_journal(execution_id, format!("sequence number {value} is negative")))
+}
+
+/// A journal row (`seq, record`) as the record it holds, checked to come
+/// next in `order`.
+pub(super) fn journal_row(order: &mut JournalOrder<'_>, row: &Row, execution_id: &str) -> Result<Record> {
+    let sequence = sequence_from(row.get(0), execution_id)?;
+    order.next(sequence, row.get::<_, &[u8]>(1))
 }
 
 /// A stored number perdure holds as u64, or why it cannot be one.
