@@ -147,19 +147,7 @@ macro_rules! param {
     )*};
 }
 
-param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
-
-impl Param for &str {
-    fn sql_type(&self) -> Type {
-        Type::TEXT
-    }
-}
-
-impl Param for Option<&str> {
-    fn sql_type(&self) -> Type {
-        Type::TEXT
-    }
-}
+param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, &str => Type::TEXT, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
 
 fn typed<'p>(params: &[&'p dyn Param]) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
     params
