@@ -672,25 +672,19 @@ fn a_fence_checks_the_lease_as_committed_by_a_claim_it_waited_for() {
             &[&(B as i64)],
         )
         .unwrap();
-    let location = scratch.location.clone();
-    let writer = std::thread::spawn(move || {
-        let mut client = location.connect().unwrap();
-        commit_group(
-            &mut client,
-            &location,
-            &[vec![
-                Mutation::Fence { exec_key: 1, lease },
-                Mutation::Append {
-                    exec_key: 1,
-                    record: step("stale", b"never"),
-                },
-            ]],
-        )
-        .unwrap()
-    });
+    let writer = commit_elsewhere(
+        &scratch.location,
+        vec![vec![
+            Mutation::Fence { exec_key: 1, lease },
+            Mutation::Append {
+                exec_key: 1,
+                record: step("stale", b"never"),
+            },
+        ]],
+    );
     until_blocked(&mut scratch.client(), &schema);
     moving.commit().unwrap();
-    let results = writer.join().unwrap();
+    let results = writer.join().unwrap().unwrap();
     assert!(
         matches!(results[0], Err(perdure_core::Error::LeaseLost { .. })),
         "{results:?}"
@@ -751,25 +745,20 @@ fn a_group_failed_to_break_a_deadlock_is_run_again() {
             &[],
         )
         .unwrap();
-    let location = scratch.location.clone();
-    let writer = std::thread::spawn(move || {
-        let mut client = location.connect().unwrap();
-        commit_group(
-            &mut client,
-            &location,
-            &[vec![
-                Mutation::Fence { exec_key: 1, lease },
-                Mutation::Append {
-                    exec_key: 1,
-                    record: step("s1", b"one"),
-                },
-                Mutation::Append {
-                    exec_key: 2,
-                    record: step("s1", b"two"),
-                },
-            ]],
-        )
-    });
+    let writer = commit_elsewhere(
+        &scratch.location,
+        vec![vec![
+            Mutation::Fence { exec_key: 1, lease },
+            Mutation::Append {
+                exec_key: 1,
+                record: step("s1", b"one"),
+            },
+            Mutation::Append {
+                exec_key: 2,
+                record: step("s1", b"two"),
+            },
+        ]],
+    );
     until_blocked(&mut scratch.client(), &schema);
     holding
         .execute(
@@ -809,18 +798,13 @@ fn an_execution_another_session_creates_meanwhile_is_found_not_duplicated() {
             &[&key, &started(b"dup").encode()],
         )
         .unwrap();
-    let location = scratch.location.clone();
-    let writer = std::thread::spawn(move || {
-        let mut client = location.connect().unwrap();
-        commit_group(
-            &mut client,
-            &location,
-            &[
-                vec![create("dup", "wf", Some(A), None, None)],
-                vec![create("other", "wf", Some(A), None, None)],
-            ],
-        )
-    });
+    let writer = commit_elsewhere(
+        &scratch.location,
+        vec![
+            vec![create("dup", "wf", Some(A), None, None)],
+            vec![create("other", "wf", Some(A), None, None)],
+        ],
+    );
     until_blocked(&mut scratch.client(), &schema);
     creating.commit().unwrap();
     let results = writer.join().unwrap().unwrap();
@@ -833,6 +817,15 @@ fn an_execution_another_session_creates_meanwhile_is_found_not_duplicated() {
     assert_eq!(reads.journal(key as u64).unwrap().len(), 1);
     assert_eq!(reads.list(None, None, 0).unwrap().0.len(), 5);
 }
+
+/// Commits `group` on a thread of its own, over a connection of its own
+/// (to be blocked by a transaction the test holds open).
+fn commit_elsewhere(location: &PgLocation, group: Vec<Vec<Mutation>>) -> std::thread::JoinHandle<GroupResults> {
+    let location = location.clone();
+    std::thread::spawn(move || commit_group(&mut location.connect()?, &location, &group))
+}
+
+type GroupResults = Result<Vec<Result<Vec<Outcome>>>>;
 
 /// A small deterministic generator (xorshift), so a failing seed can be rerun.
 struct Dice(u64);

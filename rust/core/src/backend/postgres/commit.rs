@@ -25,7 +25,10 @@ use std::collections::HashMap;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
 
-use super::reads::{callback_row, exec_row, key_param, owner_row, sequence_from, ExecRow, EXEC_COLUMNS};
+use super::reads::{
+    callback_row, exec_key_from, exec_row, journal_row, key_param, owner_row, sequence_from, ExecRow, CALLBACK_COLUMNS,
+    EXEC_COLUMNS, OWNER_COLUMNS,
+};
 use super::PgLocation;
 use crate::backend::apply::{apply_batch, Counter, TxnView};
 use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
@@ -75,13 +78,7 @@ fn rolled_back_to_retry(err: &Error) -> bool {
 }
 
 fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
-    let failed = |what: &'static str| {
-        move |source| Error::Postgres {
-            what: format!("{what} ({} schema {})", location.shown(), location.schema()),
-            source,
-        }
-    };
-    let txn = client.transaction().map_err(failed("cannot begin a commit"))?;
+    let txn = client.transaction().map_err(location.failed("cannot begin a commit"))?;
     let mut view = PgTxn {
         txn: RefCell::new(txn),
         location,
@@ -110,7 +107,7 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
     view.txn
         .into_inner()
         .commit()
-        .map_err(failed("cannot commit (the group may or may not be stored)"))?;
+        .map_err(location.failed("cannot commit (the group may or may not be stored)"))?;
     Ok(results)
 }
 
@@ -150,19 +147,7 @@ macro_rules! param {
     )*};
 }
 
-param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
-
-impl Param for &str {
-    fn sql_type(&self) -> Type {
-        Type::TEXT
-    }
-}
-
-impl Param for Option<&str> {
-    fn sql_type(&self) -> Type {
-        Type::TEXT
-    }
-}
+param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, &str => Type::TEXT, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
 
 fn typed<'p>(params: &[&'p dyn Param]) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
     params
@@ -188,8 +173,7 @@ impl PgTxn<'_, '_> {
     }
 
     fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
-        let what = format!("{what} ({} schema {})", self.location.shown(), self.location.schema());
-        move |source| Error::Postgres { what, source }
+        self.location.failed(what)
     }
 
     fn run(&self, sql: &str, what: &str) -> Result<()> {
@@ -300,14 +284,7 @@ impl TxnView for PgTxn<'_, '_> {
         let sql = format!("SELECT exec_key FROM {}.executions WHERE execution_id = $1", self.s());
         let rows = self.query(&sql, &[&execution_id], "cannot look up an execution id")?;
         rows.first()
-            .map(|row| {
-                let value: i64 = row.get(0);
-                u64::try_from(value).map_err(|_| Error::CorruptExecution {
-                    execution_id: execution_id.to_string(),
-                    what: "id index entry",
-                    reason: format!("execution key {value} is negative"),
-                })
-            })
+            .map(|row| exec_key_from(row.get(0), execution_id))
             .transpose()
     }
 
@@ -365,14 +342,21 @@ impl TxnView for PgTxn<'_, '_> {
         let too_long = || Error::corrupt_store(format!("execution key {exec_key}: record {seq} is past the limit"));
         let at = i32::try_from(seq).map_err(|_| too_long())?;
         let next = at.checked_add(1).ok_or_else(too_long)?;
-        self.written(exec_key);
         let sql = format!(
             "WITH j AS (INSERT INTO {s}.journal (exec_key, seq, record) VALUES ($1, $2, $3)) \
              UPDATE {s}.executions SET next_seq = $4 WHERE exec_key = $1",
             s = self.s()
         );
-        self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")
-            .map(drop)
+        let updated = self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")?;
+        // The statement changed the row's count and nothing else: a row read
+        // before is kept, counted on, rather than read again by the next
+        // append (a batch of appends to one execution reads its row once).
+        let mut rows = self.rows.borrow_mut();
+        match rows.get_mut(&exec_key) {
+            Some(Some(row)) if updated == 1 => row.next_seq = next,
+            _ => drop(rows.remove(&exec_key)),
+        }
+        Ok(())
     }
 
     fn visit_journal(&self, exec_key: u64, execution_id: &str, visit: &mut dyn FnMut(Record)) -> Result<()> {
@@ -384,8 +368,7 @@ impl TxnView for PgTxn<'_, '_> {
         let rows = self.query(&sql, &[&key], "cannot read a journal")?;
         let mut order = JournalOrder::new(execution_id);
         for row in &rows {
-            let sequence = sequence_from(row.get(0), execution_id)?;
-            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
+            visit(journal_row(&mut order, row, execution_id)?);
         }
         Ok(())
     }
@@ -468,8 +451,7 @@ impl TxnView for PgTxn<'_, '_> {
 
     fn owner(&self, owner: u64) -> Result<Option<OwnerEntry>> {
         let sql = format!(
-            "SELECT owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
-             floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM {}.owners WHERE owner_id = $1 FOR UPDATE",
+            "SELECT {OWNER_COLUMNS} FROM {}.owners WHERE owner_id = $1 FOR UPDATE",
             self.s()
         );
         let rows = self.query(&sql, &[&(owner as i64)], "cannot read an owner")?;
@@ -529,8 +511,7 @@ impl TxnView for PgTxn<'_, '_> {
 
     fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
         let sql = format!(
-            "SELECT exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms \
-             FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
+            "SELECT {CALLBACK_COLUMNS} FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
             self.s()
         );
         let rows = self.query(&sql, &[&callback_id], "cannot read a callback")?;

@@ -102,6 +102,12 @@ impl PgLocation {
         &self.shown
     }
 
+    /// The error of a statement on this store: `what` failed, and where.
+    pub(crate) fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
+        let what = format!("{what} ({} schema {})", self.shown, self.schema);
+        move |source| Error::Postgres { what, source }
+    }
+
     /// A new connection to the server (no TLS yet: Unix sockets and trusted
     /// networks).
     pub fn connect(&self) -> Result<postgres::Client> {

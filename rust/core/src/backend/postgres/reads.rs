@@ -18,6 +18,7 @@ use std::collections::HashSet;
 
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
+use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
@@ -30,6 +31,15 @@ use crate::replay::ReplayIndex;
 /// The columns of `executions` that [`exec_row`] reads, in its order.
 pub(super) const EXEC_COLUMNS: &str =
     "exec_key, execution_id, function, state, created_ms, updated_ms, parent_key, parent_op, owner_id, lease_epoch, wake, next_seq";
+
+/// The columns of `callbacks` that [`callback_row`] reads, in its order.
+pub(super) const CALLBACK_COLUMNS: &str =
+    "exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms";
+
+/// The columns of `owners` that [`owner_row`] reads, in its order (times in
+/// ms since the Unix epoch).
+pub(super) const OWNER_COLUMNS: &str = "owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
+     floor(extract(epoch FROM renewed_at) * 1000)::bigint";
 
 /// How many records to make room for before reading a journal, at most
 /// (the count comes from the rows, but a vector grows past it anyway).
@@ -68,20 +78,14 @@ impl Sql {
                  WHERE exec_key > $1 AND ($2::smallint IS NULL OR state = $2) \
                  AND ($3::text IS NULL OR function = $3) ORDER BY exec_key LIMIT $4"
             ),
-            callback: format!(
-                "SELECT exec_key, op_id, state, deadline_ms, heartbeat_timeout_ms, last_heartbeat_ms \
-                 FROM {s}.callbacks WHERE callback_id = $1"
-            ),
+            callback: format!("SELECT {CALLBACK_COLUMNS} FROM {s}.callbacks WHERE callback_id = $1"),
             // LMDB's order: the key's bytes, the subject compared as bytes.
             timers_of: format!(
                 "SELECT due_ms, exec_key, kind, subject FROM {s}.timers WHERE exec_key = ANY($1) \
                  ORDER BY due_ms, exec_key, kind, subject COLLATE \"C\""
             ),
             wake_seq: format!("SELECT last_value, is_called FROM {s}.wake_seq"),
-            owners: format!(
-                "SELECT owner_id, pid, floor(extract(epoch FROM started_at) * 1000)::bigint, \
-                 floor(extract(epoch FROM renewed_at) * 1000)::bigint FROM {s}.owners"
-            ),
+            owners: format!("SELECT {OWNER_COLUMNS} FROM {s}.owners"),
         }
     }
 }
@@ -161,14 +165,8 @@ impl PgReads {
     /// Reads through `client`, a connection to the store at `location`,
     /// once every question is prepared on it.
     pub fn new(mut client: Client, location: PgLocation) -> Result<PgReads> {
-        let sql = Statements::prepare(&mut client, &Sql::new(location.schema())).map_err(|source| Error::Postgres {
-            what: format!(
-                "cannot prepare the store's reads ({} schema {})",
-                location.shown(),
-                location.schema()
-            ),
-            source,
-        })?;
+        let sql = Statements::prepare(&mut client, &Sql::new(location.schema()))
+            .map_err(location.failed("cannot prepare the store's reads"))?;
         Ok(PgReads {
             client: Mutex::new(client),
             sql,
@@ -176,9 +174,8 @@ impl PgReads {
         })
     }
 
-    fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error + '_ {
-        let what = format!("{what} ({} schema {})", self.location.shown(), self.location.schema());
-        move |source| Error::Postgres { what, source }
+    fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
+        self.location.failed(what)
     }
 
     /// Runs `f` in a read-only REPEATABLE READ transaction: every statement
@@ -196,12 +193,26 @@ impl PgReads {
         Ok(value)
     }
 
-    pub fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
-        let row = self
-            .client
+    /// The one row (or none) a prepared question answers, outside any
+    /// snapshot.
+    fn row(&self, statement: &Statement, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Option<Row>> {
+        self.client
             .lock()
-            .query_opt(&self.sql.exec_key_of, &[&execution_id])
-            .map_err(self.failed("cannot look up an execution id"))?;
+            .query_opt(statement, params)
+            .map_err(self.failed(what))
+    }
+
+    /// Every row a prepared question answers, outside any snapshot.
+    fn rows(&self, statement: &Statement, params: &[&(dyn ToSql + Sync)], what: &str) -> Result<Vec<Row>> {
+        self.client.lock().query(statement, params).map_err(self.failed(what))
+    }
+
+    pub fn exec_key_of(&self, execution_id: &str) -> Result<Option<u64>> {
+        let row = self.row(
+            &self.sql.exec_key_of,
+            &[&execution_id],
+            "cannot look up an execution id",
+        )?;
         row.map(|row| exec_key_from(row.get(0), execution_id)).transpose()
     }
 
@@ -209,20 +220,12 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read an execution"))?;
+        let row = self.row(&self.sql.execution, &[&key], "cannot read an execution")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.map(ExecRow::summary))
     }
 
     pub fn execution_by_id(&self, execution_id: &str) -> Result<Option<ExecSummary>> {
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution_by_id, &[&execution_id])
-            .map_err(self.failed("cannot read an execution"))?;
+        let row = self.row(&self.sql.execution_by_id, &[&execution_id], "cannot read an execution")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.map(ExecRow::summary))
     }
 
@@ -258,12 +261,7 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.last_record, &[&key])
-            .map_err(self.failed("cannot read a journal"))?;
-        let Some(row) = row else {
+        let Some(row) = self.row(&self.sql.last_record, &[&key], "cannot read a journal")? else {
             return Ok(None);
         };
         let execution_id: Option<String> = row.get(2);
@@ -315,11 +313,7 @@ impl PgReads {
     }
 
     pub fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.callback, &[&callback_id])
-            .map_err(self.failed("cannot read a callback"))?;
+        let row = self.row(&self.sql.callback, &[&callback_id], "cannot read a callback")?;
         row.map(|row| {
             callback_row(&row).map_err(|reason| Error::CorruptStore(format!("callback {callback_id:?}: {reason}")))
         })
@@ -331,11 +325,7 @@ impl PgReads {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
         };
-        let row = self
-            .client
-            .lock()
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read a lease"))?;
+        let row = self.row(&self.sql.execution, &[&key], "cannot read a lease")?;
         Ok(row.map(|row| exec_row(&row)).transpose()?.and_then(|row| row.lease))
     }
 
@@ -344,11 +334,7 @@ impl PgReads {
     /// re-arms what it still waits for).
     pub fn timers_of(&self, exec_keys: &HashSet<u64>) -> Result<(Vec<Timer>, Vec<u64>)> {
         let keys: Vec<i64> = exec_keys.iter().filter_map(|&key| key_param(key)).collect();
-        let found = self
-            .client
-            .lock()
-            .query(&self.sql.timers_of, &[&keys])
-            .map_err(self.failed("cannot read timers"))?;
+        let found = self.rows(&self.sql.timers_of, &[&keys], "cannot read timers")?;
         let mut timers = Vec::new();
         let mut damaged = Vec::new();
         for row in &found {
@@ -390,11 +376,7 @@ impl PgReads {
     /// The registered engines, by owner id (in the unsigned order of LMDB's
     /// keys). Times are the server's, in ms since the Unix epoch.
     pub fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>> {
-        let found = self
-            .client
-            .lock()
-            .query(&self.sql.owners, &[])
-            .map_err(self.failed("cannot read the owners"))?;
+        let found = self.rows(&self.sql.owners, &[], "cannot read the owners")?;
         let mut owners = Vec::with_capacity(found.len());
         for row in &found {
             // Owner ids are random u64s stored bit for bit.
@@ -438,8 +420,7 @@ impl PgReads {
             .map_err(self.failed("cannot read a journal"))?;
         let mut order = JournalOrder::new(execution_id);
         while let Some(row) = rows.next().map_err(self.failed("cannot read a journal"))? {
-            let sequence = sequence_from(row.get(0), execution_id)?;
-            visit(order.next(sequence, row.get::<_, &[u8]>(1))?);
+            visit(journal_row(&mut order, &row, execution_id)?);
         }
         Ok(())
     }
@@ -455,7 +436,7 @@ pub(super) fn no_metadata(exec_key: u64) -> Error {
     Error::corrupt_store(format!("execution key {exec_key} has no metadata"))
 }
 
-fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
+pub(super) fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
     u64::try_from(value).map_err(|_| Error::CorruptExecution {
         execution_id: execution_id.to_string(),
         what: "id index entry",
@@ -465,6 +446,13 @@ fn exec_key_from(value: i64, execution_id: &str) -> Result<u64> {
 
 pub(super) fn sequence_from(value: i32, execution_id: &str) -> Result<u32> {
     u32::try_from(value).map_err(|_| bad_journal(execution_id, format!("sequence number {value} is negative")))
+}
+
+/// A journal row (`seq, record`) as the record it holds, checked to come
+/// next in `order`.
+pub(super) fn journal_row(order: &mut JournalOrder<'_>, row: &Row, execution_id: &str) -> Result<Record> {
+    let sequence = sequence_from(row.get(0), execution_id)?;
+    order.next(sequence, row.get::<_, &[u8]>(1))
 }
 
 /// A stored number perdure holds as u64, or why it cannot be one.
