@@ -7,9 +7,9 @@
 //! when first read and stays locked to the commit, as are the callback and
 //! owner rows it reads: what a batch's check saw (a lease, a state, a
 //! callback's state) cannot change under it before its writes commit, which
-//! is the argument LMDB's single writer makes, made by row locks. Each batch
-//! runs under a savepoint, rolled back when the batch is refused, so a
-//! refused batch leaves nothing behind while the rest of the group commits.
+//! is the argument LMDB's single writer makes, made by row locks. A refused
+//! batch leaves nothing behind while the rest of the group commits: the
+//! shared check-then-apply refuses before a batch's first write.
 //!
 //! The rows of the executions the group names are locked and read first, in
 //! one statement and in key order (phase 1 of SCALE-OUT.md §4.3); a row
@@ -86,23 +86,12 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         rows: RefCell::new(HashMap::new()),
     };
     view.lock_rows(group)?;
-    // One savepoint before each batch, one round trip per batch: a rollback
-    // to it keeps it for the next batch; after a batch that stays, it is
-    // released and taken again in one go (released, so that savepoints do
-    // not pile up as nested subtransactions).
+    // No savepoint per batch: apply_batch checks a whole batch before it
+    // writes anything, so a refused batch has written nothing to undo (and
+    // what it read and locked stays true for the batches after it).
     let mut results: Vec<Result<Vec<Outcome>>> = Vec::with_capacity(group.len());
     for batch in group {
-        match results.last() {
-            None => view.run("SAVEPOINT batch", "cannot begin a batch")?,
-            Some(Ok(_)) => view.run("RELEASE SAVEPOINT batch; SAVEPOINT batch", "cannot begin a batch")?,
-            Some(Err(_)) => {}
-        }
-        let result = apply_batch(&mut view, batch)?;
-        if result.is_err() {
-            view.rows.borrow_mut().clear();
-            view.run("ROLLBACK TO SAVEPOINT batch", "cannot undo a refused batch")?;
-        }
-        results.push(result);
+        results.push(apply_batch(&mut view, batch)?);
     }
     view.txn
         .into_inner()
@@ -174,10 +163,6 @@ impl PgTxn<'_, '_> {
 
     fn failed(&self, what: &str) -> impl FnOnce(postgres::Error) -> Error {
         self.location.failed(what)
-    }
-
-    fn run(&self, sql: &str, what: &str) -> Result<()> {
-        self.txn.borrow_mut().batch_execute(sql).map_err(self.failed(what))
     }
 
     fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
