@@ -552,6 +552,204 @@ fn the_same_groups_give_the_same_answers_and_the_same_stores() {
     both.compare(&["cb1", "cb2"]);
 }
 
+/// A group's writes are sent together just before its COMMIT: every read
+/// within the group (a journal, a callback, a timer, a row, the orphans, the
+/// leases) must answer as if each write had been made at once.
+#[test]
+fn reads_within_a_group_see_the_groups_own_writes() {
+    let Some((mut both, _scratch)) = open() else {
+        return;
+    };
+    both.commit(|_| {
+        vec![vec![Mutation::RegisterOwner {
+            owner: A,
+            entry: owner_entry(11, 1_000),
+        }]]
+    });
+    // New executions used within their own group: appended to, one with a
+    // child started and finished into it, one finished, one created orphan
+    // and claimed, a callback made on one and answered, a timer made and fired.
+    let mut child_done = Record::new(RecordKind::Succeeded, OpType::Execution, SubType::None, "");
+    child_done.payload = Some(b"from the child".to_vec());
+    child_done.timestamp_ms = 3_000;
+    let mut completed = Record::new(RecordKind::Succeeded, OpType::Callback, SubType::Callback, "cbop");
+    completed.payload = Some(b"answer".to_vec());
+    let wake_timer = Timer {
+        due_ms: 4_000,
+        exec_key: 1,
+        kind: TimerKind::Wake,
+        subject: "nap".into(),
+    };
+    let results = both.commit(|_| {
+        vec![
+            vec![create("p", "wf", Some(A), None, None)],
+            vec![
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s1", b"one"),
+                },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: Record::new(
+                        RecordKind::Started,
+                        OpType::ChainedInvoke,
+                        SubType::ChainedInvoke,
+                        "kid",
+                    ),
+                },
+            ],
+            vec![create(
+                "kid",
+                "wf",
+                Some(A),
+                Some(ParentLink {
+                    exec_key: 1,
+                    op_id: "kid".into(),
+                }),
+                None,
+            )],
+            vec![Mutation::EndInvocation {
+                exec_key: 2,
+                seen_wake: 0,
+                final_state: Some(ExecState::Succeeded),
+                records: vec![step("k1", b"kid step"), child_done.clone()],
+            }],
+            vec![create("lonely", "other", None, None, Some(60_000))],
+            vec![Mutation::Claim { owner: A, max: 5 }],
+            vec![
+                Mutation::Append {
+                    exec_key: 1,
+                    record: Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "cbop"),
+                },
+                Mutation::CreateCallback {
+                    callback_id: "cb".into(),
+                    entry: callback(1, "cbop", 0, 500),
+                },
+            ],
+            vec![Mutation::Heartbeat {
+                callback_id: "cb".into(),
+                now_ms: 2_700,
+            }],
+            vec![Mutation::CompleteCallback {
+                callback_id: "cb".into(),
+                state: CallbackState::Succeeded,
+                record: completed.clone(),
+            }],
+            vec![Mutation::CompleteCallback {
+                callback_id: "cb".into(),
+                state: CallbackState::Failed,
+                record: completed.clone(),
+            }],
+            vec![Mutation::AddTimer(wake_timer.clone())],
+            vec![Mutation::FireTimer {
+                timer: wake_timer.clone(),
+                now_ms: 4_000,
+            }],
+            vec![Mutation::FireTimer {
+                timer: wake_timer.clone(),
+                now_ms: 4_001,
+            }],
+            // Made and removed within the group: a timer added twice, fired once.
+            vec![
+                Mutation::AddTimer(Timer {
+                    subject: "twice".into(),
+                    ..wake_timer.clone()
+                }),
+                Mutation::AddTimer(Timer {
+                    subject: "twice".into(),
+                    ..wake_timer.clone()
+                }),
+            ],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    subject: "twice".into(),
+                    ..wake_timer.clone()
+                },
+                now_ms: 4_000,
+            }],
+        ]
+    });
+    assert!(
+        matches!(results[3], Ok(ref o) if matches!(o[0], Outcome::Ended { parent: Some(_), .. })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(results[5], Ok(ref o) if o[0] == Outcome::Claimed(vec![(3, true)])),
+        "{results:?}"
+    );
+    assert!(results[8].is_ok() && results[9].is_err(), "{results:?}");
+    assert!(matches!(results[11], Ok(ref o) if o[0] != Outcome::Woke(None)));
+    assert!(matches!(results[12], Ok(ref o) if o[0] == Outcome::Woke(None)));
+    both.compare_with(&["cb"], None);
+
+    // A callback with a heartbeat made and timed out, a wait opened and
+    // then cancelled with its execution, leases (one granted in the group)
+    // released by a reap and claimed again: all within one group, over
+    // rows the group has written.
+    let mut cancelled = Record::new(RecordKind::Cancelled, OpType::Execution, SubType::None, "");
+    cancelled.timestamp_ms = 9_000;
+    let results = both.commit(|look| {
+        vec![
+            vec![
+                fence(look, 3),
+                Mutation::Append {
+                    exec_key: 3,
+                    record: Record::new(RecordKind::Started, OpType::Callback, SubType::Callback, "hb"),
+                },
+                Mutation::CreateCallback {
+                    callback_id: "hb".into(),
+                    entry: callback(3, "hb", 0, 100),
+                },
+            ],
+            vec![Mutation::FireTimer {
+                timer: Timer {
+                    due_ms: 2_100,
+                    exec_key: 3,
+                    kind: TimerKind::CallbackHeartbeat,
+                    subject: "hb".into(),
+                },
+                now_ms: 5_000,
+            }],
+            vec![
+                fence(look, 1),
+                Mutation::Append {
+                    exec_key: 1,
+                    record: Record::new(RecordKind::Started, OpType::Wait, SubType::Wait, "w"),
+                },
+                Mutation::Append {
+                    exec_key: 1,
+                    record: step("s2", b"two"),
+                },
+                Mutation::Cancel {
+                    exec_key: 1,
+                    record: cancelled.clone(),
+                },
+            ],
+            vec![create("late", "wf", Some(A), None, None)],
+            vec![Mutation::Reap {
+                owner: A,
+                renewed_ms: None,
+            }],
+            vec![fence(look, 3)],
+            vec![Mutation::Claim { owner: A, max: 5 }],
+        ]
+    });
+    assert!(results[..5].iter().all(|r| r.is_ok()), "{results:?}");
+    assert!(results[5].is_err(), "the reap took the lease: {results:?}");
+    assert!(
+        matches!(results[6], Ok(ref o) if o[0] == Outcome::Claimed(vec![(3, true), (4, true)])),
+        "{results:?}"
+    );
+    both.compare_with(&["cb", "hb"], None);
+    let journal = both.reads.journal(1).unwrap();
+    assert!(
+        journal
+            .iter()
+            .any(|r| r.kind == RecordKind::Cancelled && r.op_type == OpType::Wait && r.op_id == "w"),
+        "the wait opened in the group was cancelled: {journal:?}"
+    );
+}
+
 /// Creates executions "x1" (leased to A) and "x2", "x3" (orphans) on PostgreSQL alone.
 fn pg_only() -> Option<(Client, PgReads, common::Scratch)> {
     let scratch = common::store()?;

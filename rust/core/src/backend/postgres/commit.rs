@@ -15,12 +15,16 @@
 //! one statement and in key order (phase 1 of SCALE-OUT.md §4.3); a row
 //! found only on the way (a parent, a callback's execution, a child) is
 //! locked when read, so two groups may still meet in a deadlock, which the
-//! server breaks by failing one, run again here. Writes are one statement
-//! each for now: the array-parameter phase 2 of §4.3 (one statement per
-//! table for the whole group) is to come.
+//! server breaks by failing one, run again here. The group's writes are
+//! held and sent as one statement just before COMMIT (pending.rs, phase 2
+//! of §4.3), so a group costs a handful of round trips whatever its size:
+//! BEGIN, the lock, the writes, COMMIT, plus one per counter bumped and per
+//! row, callback or owner first met on the way.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+
+mod pending;
 
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
@@ -33,8 +37,9 @@ use super::PgLocation;
 use crate::backend::apply::{apply_batch, Counter, TxnView};
 use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
 use crate::error::{Error, Result};
-use crate::keys::{CallbackEntry, ExecMeta, OwnerEntry, Timer};
+use crate::keys::{CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
+use pending::{CallbackColumns, Change, MetaColumns, Pending, TimerRow};
 
 /// Commits a group of batches in one transaction: each batch's answer, or
 /// the error that failed the whole group (nothing of it is stored then; a
@@ -83,7 +88,11 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
         txn: RefCell::new(txn),
         location,
         ids: HashMap::new(),
+        known_ids: RefCell::new(HashMap::new()),
         rows: RefCell::new(HashMap::new()),
+        callbacks: RefCell::new(HashMap::new()),
+        owners: RefCell::new(HashSet::new()),
+        pending: Pending::default(),
     };
     view.lock_rows(group)?;
     // No savepoint per batch: apply_batch checks a whole batch before it
@@ -93,6 +102,8 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
     for batch in group {
         results.push(apply_batch(&mut view, batch)?);
     }
+    before_commit(&mut view, &results)?;
+    view.flush()?;
     view.txn
         .into_inner()
         .commit()
@@ -100,19 +111,56 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
     Ok(results)
 }
 
+/// What the group does once every batch is applied and before its writes
+/// are sent and committed: the place for what depends on the answers (the
+/// wake-up notices of SCALE-OUT.md §4.6, one per owner woken). Writes
+/// buffered here go out with the group's (`PgTxn::flush`, next).
+fn before_commit(_view: &mut PgTxn<'_, '_>, _results: &[Result<Vec<Outcome>>]) -> Result<()> {
+    Ok(())
+}
+
 /// One transaction seen by check-then-apply. Its getters take `&self`, a
-/// statement needs the transaction mutably: hence the cell (never borrowed
-/// across a call out).
+/// statement needs the transaction mutably: hence the cells (never
+/// borrowed across a call out).
+///
+/// Writes are held in `pending` and sent together by [`PgTxn::flush`]
+/// just before COMMIT; every read answers as if they were sent: the rows
+/// and callbacks the group wrote are answered from the caches below, and
+/// a read the server must answer over rows the group may have written
+/// (a journal, the orphans, the leases released) flushes first.
 struct PgTxn<'a, 'c> {
     txn: RefCell<Transaction<'c>>,
     location: &'a PgLocation,
     /// Execution ids given to new keys whose row `put_meta` has not yet
-    /// inserted (the row needs both).
+    /// made (the row needs both).
     ids: HashMap<u64, String>,
-    /// The `executions` rows read (and so locked) and not written since:
-    /// nobody else can change a locked row, so a batch's checks and writes
-    /// read each once. `None`: no such row.
+    /// Execution ids looked up or created: `None`, known absent (looked up
+    /// for a creation, whose insert would meet the row another commit made
+    /// meanwhile and fail the group, to be run again).
+    known_ids: RefCell<HashMap<String, Option<u64>>>,
+    /// The `executions` rows read (and so locked) as the group has left
+    /// them: nobody else can change a locked row, so a batch's checks and
+    /// writes read each once. `None`: no such row.
     rows: RefCell<HashMap<u64, Option<ExecRow>>>,
+    /// The callbacks read (locked) or written, as the group has left them.
+    callbacks: RefCell<HashMap<String, CallbackSlot>>,
+    /// Owners found registered (their rows locked).
+    owners: RefCell<HashSet<u64>>,
+    pending: Pending,
+}
+
+/// A callback as the group has left it.
+struct CallbackSlot {
+    row: CallbackRow,
+    /// Whether the server holds a row for it (a write is then an update).
+    stored: bool,
+}
+
+enum CallbackRow {
+    Absent,
+    Entry(CallbackEntry),
+    /// Why the stored row is no callback entry.
+    Damaged(String),
 }
 
 /// A statement parameter with its SQL type, so that a statement goes to
@@ -136,7 +184,22 @@ macro_rules! param {
     )*};
 }
 
-param!(i16 => Type::INT2, i32 => Type::INT4, i64 => Type::INT8, &str => Type::TEXT, String => Type::TEXT, Vec<u8> => Type::BYTEA, Vec<i64> => Type::INT8_ARRAY);
+param!(
+    i16 => Type::INT2,
+    i32 => Type::INT4,
+    i64 => Type::INT8,
+    &str => Type::TEXT,
+    String => Type::TEXT,
+    Vec<u8> => Type::BYTEA,
+    Vec<i64> => Type::INT8_ARRAY,
+    Vec<Option<i64>> => Type::INT8_ARRAY,
+    Vec<i32> => Type::INT4_ARRAY,
+    Vec<i16> => Type::INT2_ARRAY,
+    Vec<bool> => Type::BOOL_ARRAY,
+    Vec<String> => Type::TEXT_ARRAY,
+    Vec<Option<String>> => Type::TEXT_ARRAY,
+    Vec<Vec<u8>> => Type::BYTEA_ARRAY,
+);
 
 fn typed<'p>(params: &[&'p dyn Param]) -> Vec<(&'p (dyn ToSql + Sync), Type)> {
     params
@@ -154,6 +217,26 @@ fn saturating(value: u64) -> i64 {
 /// An exec key as a bigint; one at or above 2^63 is no execution's.
 fn key(exec_key: u64) -> Result<i64> {
     key_param(exec_key).ok_or_else(|| Error::corrupt_store(format!("execution key {exec_key} is out of range")))
+}
+
+fn timer_row(timer: &Timer) -> Result<TimerRow> {
+    Ok((
+        saturating(timer.due_ms),
+        key(timer.exec_key)?,
+        timer.kind as i16,
+        timer.subject.clone(),
+    ))
+}
+
+fn meta_columns(meta: &ExecMeta) -> MetaColumns {
+    MetaColumns {
+        function: meta.function.clone(),
+        state: meta.state as i16,
+        created_ms: saturating(meta.created_ms),
+        updated_ms: saturating(meta.updated_ms),
+        parent_key: meta.parent.as_ref().map(|parent| saturating(parent.exec_key)),
+        parent_op: meta.parent.as_ref().map(|parent| parent.op_id.clone()),
+    }
 }
 
 impl PgTxn<'_, '_> {
@@ -177,6 +260,23 @@ impl PgTxn<'_, '_> {
         txn.execute_typed(sql, &typed(params)).map_err(self.failed(what))
     }
 
+    /// Sends every pending write, in one statement.
+    fn flush(&mut self) -> Result<()> {
+        let Some((sql, params)) = self.pending.take_statement(self.location.schema()) else {
+            return Ok(());
+        };
+        self.txn
+            .get_mut()
+            .execute_typed(&sql, &pending::typed(&params))
+            .map_err(self.location.failed("cannot write a group"))?;
+        for slot in self.callbacks.get_mut().values_mut() {
+            if matches!(slot.row, CallbackRow::Entry(_)) {
+                slot.stored = true;
+            }
+        }
+        Ok(())
+    }
+
     /// What `f` makes of the execution's row, locked to the commit.
     fn row<T>(&self, exec_key: u64, f: impl FnOnce(Option<&ExecRow>) -> Result<T>) -> Result<T> {
         if let Some(row) = self.rows.borrow().get(&exec_key) {
@@ -196,10 +296,25 @@ impl PgTxn<'_, '_> {
         value
     }
 
+    /// Changes the execution's row, read (and locked) first if it is not
+    /// yet, as `f` says: `f` changes the row as reads will see it and
+    /// says which columns to write. No row: nothing is written (as an
+    /// UPDATE that finds no row).
+    fn change(&mut self, exec_key: u64, f: impl FnOnce(&mut ExecRow, &mut Change)) -> Result<()> {
+        key(exec_key)?;
+        self.row(exec_key, |_| Ok(()))?;
+        if let Some(Some(row)) = self.rows.get_mut().get_mut(&exec_key) {
+            f(row, self.pending.executions.entry(exec_key).or_default());
+        }
+        Ok(())
+    }
+
     /// Locks and reads, in one statement and in key order, the rows of the
     /// executions the group's mutations name: two groups then lock those
     /// rows in the same order (rows found only on the way, a parent, a
-    /// callback's execution, a child, are locked when read).
+    /// callback's execution, a child, are locked when read). Then the
+    /// execution ids the group creates and the callbacks it names, one
+    /// statement each.
     fn lock_rows(&self, group: &[Vec<Mutation>]) -> Result<()> {
         let mut keys: Vec<i64> = group
             .iter()
@@ -215,43 +330,143 @@ impl PgTxn<'_, '_> {
             })
             .filter_map(key_param)
             .collect();
-        if keys.is_empty() {
+        if !keys.is_empty() {
+            keys.sort_unstable();
+            keys.dedup();
+            let sql = format!(
+                "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = ANY($1) ORDER BY exec_key FOR NO KEY UPDATE",
+                self.s()
+            );
+            let found = self.query(&sql, &[&keys], "cannot lock executions")?;
+            let mut rows = self.rows.borrow_mut();
+            for &key in &keys {
+                rows.insert(key as u64, None);
+            }
+            for row in &found {
+                // A damaged row is read again, and reported, where it is used.
+                let key: i64 = row.get(0);
+                match exec_row(row) {
+                    Ok(parsed) => rows.insert(key as u64, Some(parsed)),
+                    Err(_) => rows.remove(&(key as u64)),
+                };
+            }
+        }
+        self.look_up_ids(group)?;
+        self.lock_callbacks(group)
+    }
+
+    /// The keys of the execution ids the group's creations name.
+    fn look_up_ids(&self, group: &[Vec<Mutation>]) -> Result<()> {
+        let mut ids: Vec<String> = group
+            .iter()
+            .flatten()
+            .filter_map(|mutation| match mutation {
+                Mutation::CreateExecution { execution_id, .. } => Some(execution_id.clone()),
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
             return Ok(());
         }
-        keys.sort_unstable();
-        keys.dedup();
+        ids.sort_unstable();
+        ids.dedup();
         let sql = format!(
-            "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = ANY($1) ORDER BY exec_key FOR NO KEY UPDATE",
+            "SELECT exec_key, execution_id FROM {}.executions WHERE execution_id = ANY($1)",
             self.s()
         );
-        let found = self.query(&sql, &[&keys], "cannot lock executions")?;
-        let mut rows = self.rows.borrow_mut();
-        for &key in &keys {
-            rows.insert(key as u64, None);
+        let found = self.query(&sql, &[&ids], "cannot look up execution ids")?;
+        let mut known = self.known_ids.borrow_mut();
+        for id in ids {
+            known.insert(id, None);
         }
         for row in &found {
-            // A damaged row is read again, and reported, where it is used.
-            let key: i64 = row.get(0);
-            match exec_row(row) {
-                Ok(parsed) => rows.insert(key as u64, Some(parsed)),
-                Err(_) => rows.remove(&(key as u64)),
-            };
+            let id: String = row.get(1);
+            let exec_key = exec_key_from(row.get(0), &id)?;
+            known.insert(id, Some(exec_key));
         }
         Ok(())
     }
 
-    /// Forgets a row read before a write to it.
-    fn written(&self, exec_key: u64) {
-        self.rows.borrow_mut().remove(&exec_key);
+    /// Locks and reads the callbacks the group's mutations name, in id
+    /// order. Only those the group creates are taken as absent when not
+    /// found (an insert meets one made meanwhile, and the group runs again).
+    fn lock_callbacks(&self, group: &[Vec<Mutation>]) -> Result<()> {
+        let mut created = HashSet::new();
+        let mut ids: Vec<String> = group
+            .iter()
+            .flatten()
+            .filter_map(|mutation| match mutation {
+                Mutation::CreateCallback { callback_id, .. } => {
+                    created.insert(callback_id.clone());
+                    Some(callback_id.clone())
+                }
+                Mutation::CompleteCallback { callback_id, .. } | Mutation::Heartbeat { callback_id, .. } => {
+                    Some(callback_id.clone())
+                }
+                _ => None,
+            })
+            .collect();
+        if ids.is_empty() {
+            return Ok(());
+        }
+        ids.sort_unstable();
+        ids.dedup();
+        let sql = format!(
+            "SELECT {CALLBACK_COLUMNS}, callback_id FROM {}.callbacks WHERE callback_id = ANY($1) \
+             ORDER BY callback_id FOR UPDATE",
+            self.s()
+        );
+        let found = self.query(&sql, &[&ids], "cannot lock callbacks")?;
+        let mut slots = self.callbacks.borrow_mut();
+        for id in created {
+            slots.insert(
+                id,
+                CallbackSlot {
+                    row: CallbackRow::Absent,
+                    stored: false,
+                },
+            );
+        }
+        for row in &found {
+            slots.insert(row.get("callback_id"), stored_callback(row));
+        }
+        Ok(())
     }
 
-    fn update_execution(&self, exec_key: u64, set: &str, params: &[&dyn Param]) -> Result<()> {
-        let key = key(exec_key)?;
-        self.written(exec_key);
-        let sql = format!("UPDATE {}.executions SET {set} WHERE exec_key = $1", self.s());
-        let mut all: Vec<&dyn Param> = vec![&key];
-        all.extend_from_slice(params);
-        self.execute(&sql, &all, "cannot update an execution").map(drop)
+    /// The callback as the group has left it: read and locked the first time.
+    fn callback_slot<T>(&self, callback_id: &str, f: impl FnOnce(&CallbackSlot) -> T) -> Result<T> {
+        if let Some(slot) = self.callbacks.borrow().get(callback_id) {
+            return Ok(f(slot));
+        }
+        let sql = format!(
+            "SELECT {CALLBACK_COLUMNS} FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
+            self.s()
+        );
+        let rows = self.query(&sql, &[&callback_id], "cannot read a callback")?;
+        let slot = match rows.first() {
+            Some(row) => stored_callback(row),
+            None => CallbackSlot {
+                row: CallbackRow::Absent,
+                stored: false,
+            },
+        };
+        let value = f(&slot);
+        // Not found: asked again next time (another commit may make it).
+        if slot.stored {
+            self.callbacks.borrow_mut().insert(callback_id.to_string(), slot);
+        }
+        Ok(value)
+    }
+}
+
+/// A stored callback row (columns [`CALLBACK_COLUMNS`]).
+fn stored_callback(row: &Row) -> CallbackSlot {
+    CallbackSlot {
+        row: match callback_row(row) {
+            Ok(entry) => CallbackRow::Entry(entry),
+            Err(reason) => CallbackRow::Damaged(reason),
+        },
+        stored: true,
     }
 }
 
@@ -266,14 +481,25 @@ impl TxnView for PgTxn<'_, '_> {
         if let Some((&exec_key, _)) = self.ids.iter().find(|(_, id)| id.as_str() == execution_id) {
             return Ok(Some(exec_key));
         }
+        if let Some(&known) = self.known_ids.borrow().get(execution_id) {
+            return Ok(known);
+        }
         let sql = format!("SELECT exec_key FROM {}.executions WHERE execution_id = $1", self.s());
         let rows = self.query(&sql, &[&execution_id], "cannot look up an execution id")?;
-        rows.first()
+        let found = rows
+            .first()
             .map(|row| exec_key_from(row.get(0), execution_id))
-            .transpose()
+            .transpose()?;
+        // Not found: asked again next time (another commit may make it).
+        if let Some(exec_key) = found {
+            self.known_ids
+                .borrow_mut()
+                .insert(execution_id.to_string(), Some(exec_key));
+        }
+        Ok(found)
     }
 
-    /// Kept until `put_meta` inserts the row: a new execution's key comes
+    /// Kept until `put_meta` makes the row: a new execution's key comes
     /// first, its row with its metadata.
     fn put_exec_id(&mut self, execution_id: &str, exec_key: u64) -> Result<()> {
         self.ids.insert(exec_key, execution_id.to_string());
@@ -284,34 +510,41 @@ impl TxnView for PgTxn<'_, '_> {
         self.row(exec_key, |row| Ok(row.map(|row| row.meta.clone())))
     }
 
+    /// A key just given to an execution id has no row: it is made, with the
+    /// table's defaults for all but the metadata (the writes that follow
+    /// set them). Any other key's row is updated.
     fn put_meta(&mut self, exec_key: u64, meta: &ExecMeta) -> Result<()> {
-        let key = key(exec_key)?;
-        self.written(exec_key);
-        let execution_id = self.ids.remove(&exec_key).unwrap_or_else(|| meta.execution_id.clone());
-        let parent_key = meta.parent.as_ref().map(|parent| saturating(parent.exec_key));
-        let parent_op = meta.parent.as_ref().map(|parent| parent.op_id.as_str());
-        let sql = format!(
-            "INSERT INTO {}.executions (exec_key, execution_id, function, state, created_ms, updated_ms, \
-             parent_key, parent_op) OVERRIDING SYSTEM VALUE VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-             ON CONFLICT (exec_key) DO UPDATE SET function = $3, state = $4, created_ms = $5, updated_ms = $6, \
-             parent_key = $7, parent_op = $8",
-            self.s()
-        );
-        self.execute(
-            &sql,
-            &[
-                &key,
-                &execution_id,
-                &meta.function,
-                &(meta.state as i16),
-                &saturating(meta.created_ms),
-                &saturating(meta.updated_ms),
-                &parent_key,
-                &parent_op,
-            ],
-            "cannot write an execution",
-        )
-        .map(drop)
+        key(exec_key)?;
+        if let Some(execution_id) = self.ids.remove(&exec_key) {
+            self.known_ids.get_mut().insert(execution_id.clone(), Some(exec_key));
+            let row = ExecRow {
+                exec_key,
+                meta: ExecMeta {
+                    execution_id: execution_id.clone(),
+                    ..meta.clone()
+                },
+                wake: None,
+                lease: None,
+                next_seq: 0,
+            };
+            self.rows.get_mut().insert(exec_key, Some(row));
+            let change = self.pending.executions.entry(exec_key).or_default();
+            change.new = Some(execution_id);
+            change.meta = Some(meta_columns(meta));
+            return Ok(());
+        }
+        self.change(exec_key, |row, change| {
+            // The stored id stays: the metadata's columns do not hold it.
+            row.meta = ExecMeta {
+                execution_id: std::mem::take(&mut row.meta.execution_id),
+                ..meta.clone()
+            };
+            // Only an active execution is leased (as `exec_row` reads it).
+            if row.meta.state != ExecState::Active {
+                row.lease = None;
+            }
+            change.meta = Some(meta_columns(meta));
+        })
     }
 
     /// The row's count; a row without it, 0 (as an LMDB journal without keys).
@@ -327,23 +560,15 @@ impl TxnView for PgTxn<'_, '_> {
         let too_long = || Error::corrupt_store(format!("execution key {exec_key}: record {seq} is past the limit"));
         let at = i32::try_from(seq).map_err(|_| too_long())?;
         let next = at.checked_add(1).ok_or_else(too_long)?;
-        let sql = format!(
-            "WITH j AS (INSERT INTO {s}.journal (exec_key, seq, record) VALUES ($1, $2, $3)) \
-             UPDATE {s}.executions SET next_seq = $4 WHERE exec_key = $1",
-            s = self.s()
-        );
-        let updated = self.execute(&sql, &[&key, &at, &record.encode(), &next], "cannot append a record")?;
-        // The statement changed the row's count and nothing else: a row read
-        // before is kept, counted on, rather than read again by the next
-        // append (a batch of appends to one execution reads its row once).
-        let mut rows = self.rows.borrow_mut();
-        match rows.get_mut(&exec_key) {
-            Some(Some(row)) if updated == 1 => row.next_seq = next,
-            _ => drop(rows.remove(&exec_key)),
-        }
-        Ok(())
+        self.pending.journal.push((key, at, record.encode()));
+        self.change(exec_key, |row, change| {
+            row.next_seq = next;
+            change.next_seq = Some(next);
+        })
     }
 
+    /// The records stored, then those pending (their sequence numbers
+    /// follow on), checked in order alike.
     fn visit_journal(&self, exec_key: u64, execution_id: &str, visit: &mut dyn FnMut(Record)) -> Result<()> {
         let key = key(exec_key)?;
         let sql = format!(
@@ -355,6 +580,9 @@ impl TxnView for PgTxn<'_, '_> {
         for row in &rows {
             visit(journal_row(&mut order, row, execution_id)?);
         }
+        for (_, seq, bytes) in self.pending.journal.iter().filter(|(k, _, _)| *k == key) {
+            visit(order.next(sequence_from(*seq, execution_id)?, bytes)?);
+        }
         Ok(())
     }
 
@@ -363,11 +591,17 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     fn put_pending(&mut self, exec_key: u64, wake: u64) -> Result<()> {
-        self.update_execution(exec_key, "wake = $2", &[&saturating(wake)])
+        self.change(exec_key, |row, change| {
+            row.wake = Some(wake);
+            change.wake = Some(Some(saturating(wake)));
+        })
     }
 
     fn delete_pending(&mut self, exec_key: u64, _wake: u64) -> Result<()> {
-        self.update_execution(exec_key, "wake = NULL", &[])
+        self.change(exec_key, |row, change| {
+            row.wake = None;
+            change.wake = Some(None);
+        })
     }
 
     fn lease(&self, exec_key: u64) -> Result<Option<Lease>> {
@@ -375,35 +609,40 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     fn put_lease(&mut self, exec_key: u64, lease: Lease) -> Result<()> {
-        // Owner ids are random u64s stored bit for bit.
-        let owner = lease.owner as i64;
-        self.update_execution(
-            exec_key,
-            "owner_id = $2, lease_epoch = $3",
-            &[&owner, &saturating(lease.epoch)],
-        )
+        self.change(exec_key, |row, change| {
+            // Only an active execution is leased (as `exec_row` reads it).
+            row.lease = (row.meta.state == ExecState::Active).then_some(lease);
+            // Owner ids are random u64s stored bit for bit.
+            change.owner = Some(Some(lease.owner as i64));
+            change.epoch = Some(saturating(lease.epoch));
+        })
     }
 
     /// No owner: an active execution is then an orphan, a finished one
     /// simply unleased.
     fn delete_lease(&mut self, exec_key: u64) -> Result<()> {
-        self.update_execution(exec_key, "owner_id = NULL", &[])
+        self.change(exec_key, |row, change| {
+            row.lease = None;
+            change.owner = Some(None);
+        })
     }
 
     /// A lease with a negative epoch is one no perdure writes: released too.
+    /// Over the rows as the group left them: pending writes are sent first.
     fn release_leases(&mut self, owner: u64) -> Result<()> {
+        self.flush()?;
         let sql = format!(
             "UPDATE {}.executions SET owner_id = NULL WHERE state = 1 AND owner_id IS NOT NULL \
              AND (owner_id = $1 OR lease_epoch < 0)",
             self.s()
         );
-        self.rows.borrow_mut().clear();
+        self.rows.get_mut().clear();
         self.execute(&sql, &[&(owner as i64)], "cannot release leases")
             .map(drop)
     }
 
     fn put_orphan(&mut self, exec_key: u64) -> Result<()> {
-        self.update_execution(exec_key, "owner_id = NULL", &[])
+        self.delete_lease(exec_key)
     }
 
     /// An orphan is an active row without owner: check-then-apply removes
@@ -414,8 +653,10 @@ impl TxnView for PgTxn<'_, '_> {
     }
 
     /// Orphans in key order, locked; those another commit holds are left to
-    /// it. Each stays an orphan until the claim grants it.
+    /// it. Each stays an orphan until the claim grants it. Over the rows as
+    /// the group left them: pending writes are sent first.
     fn take_orphans(&mut self, max: usize) -> Result<Vec<Option<u64>>> {
+        self.flush()?;
         let sql = format!(
             "SELECT exec_key FROM {}.executions WHERE state = 1 AND owner_id IS NULL \
              ORDER BY exec_key LIMIT $1 FOR NO KEY UPDATE SKIP LOCKED",
@@ -429,9 +670,18 @@ impl TxnView for PgTxn<'_, '_> {
             .collect())
     }
 
+    /// An owner found is remembered (its row is locked, and only this
+    /// group's own writes change it); one not found is asked again.
     fn has_owner(&self, owner: u64) -> Result<bool> {
+        if self.owners.borrow().contains(&owner) {
+            return Ok(true);
+        }
         let sql = format!("SELECT 1 FROM {}.owners WHERE owner_id = $1 FOR UPDATE", self.s());
-        Ok(!self.query(&sql, &[&(owner as i64)], "cannot read an owner")?.is_empty())
+        let found = !self.query(&sql, &[&(owner as i64)], "cannot read an owner")?.is_empty();
+        if found {
+            self.owners.borrow_mut().insert(owner);
+        }
+        Ok(found)
     }
 
     fn owner(&self, owner: u64) -> Result<Option<OwnerEntry>> {
@@ -453,7 +703,7 @@ impl TxnView for PgTxn<'_, '_> {
     /// one; a renewal keeps it. The mutation names no host: ''.
     fn put_owner(&mut self, owner: u64, entry: &OwnerEntry) -> Result<()> {
         let s = self.s();
-        let owner = owner as i64;
+        let id = owner as i64;
         let pid = i64::from(entry.pid);
         let (started, renewed) = (saturating(entry.started_ms), saturating(entry.renewed_ms));
         let at = |n: usize| format!("(to_timestamp(0) + ${n}::bigint * interval '1 millisecond')");
@@ -465,7 +715,7 @@ impl TxnView for PgTxn<'_, '_> {
                 started = at(3),
                 renewed = at(4)
             ),
-            &[&owner, &pid, &started, &renewed],
+            &[&id, &pid, &started, &renewed],
             "cannot write an owner",
         )?;
         if updated == 0 {
@@ -476,113 +726,74 @@ impl TxnView for PgTxn<'_, '_> {
                     at(3),
                     at(4)
                 ),
-                &[&owner, &pid, &started, &renewed],
+                &[&id, &pid, &started, &renewed],
                 "cannot register an owner",
             )?;
         }
+        self.owners.get_mut().insert(owner);
         Ok(())
     }
 
     fn delete_owner(&mut self, owner: u64) -> Result<()> {
+        self.owners.get_mut().remove(&owner);
         let sql = format!("DELETE FROM {}.owners WHERE owner_id = $1", self.s());
         self.execute(&sql, &[&(owner as i64)], "cannot delete an owner")
             .map(drop)
     }
 
     fn has_callback(&self, callback_id: &str) -> Result<bool> {
-        let sql = format!("SELECT 1 FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE", self.s());
-        Ok(!self.query(&sql, &[&callback_id], "cannot read a callback")?.is_empty())
+        self.callback_slot(callback_id, |slot| !matches!(slot.row, CallbackRow::Absent))
     }
 
     fn callback(&self, callback_id: &str) -> Result<Option<CallbackEntry>> {
-        let sql = format!(
-            "SELECT {CALLBACK_COLUMNS} FROM {}.callbacks WHERE callback_id = $1 FOR UPDATE",
-            self.s()
-        );
-        let rows = self.query(&sql, &[&callback_id], "cannot read a callback")?;
-        rows.first()
-            .map(|row| {
-                callback_row(row).map_err(|reason| Error::CorruptStore(format!("callback {callback_id:?}: {reason}")))
-            })
-            .transpose()
+        self.callback_slot(callback_id, |slot| match &slot.row {
+            CallbackRow::Absent => Ok(None),
+            CallbackRow::Entry(entry) => Ok(Some(entry.clone())),
+            CallbackRow::Damaged(reason) => Err(Error::CorruptStore(format!("callback {callback_id:?}: {reason}"))),
+        })?
     }
 
-    /// An update, or an insert when there is no row: never an upsert, so
-    /// that a callback another commit created after this one checked it
-    /// absent fails this group (run again) rather than being overwritten.
+    /// An update of a stored row, or an insert when there is none.
     fn put_callback(&mut self, callback_id: &str, entry: &CallbackEntry) -> Result<()> {
-        let s = self.s();
-        let exec_key = key(entry.exec_key)?;
-        let state = entry.state as i16;
-        let (deadline, heartbeat, last) = (
-            saturating(entry.deadline_ms),
-            saturating(entry.heartbeat_timeout_ms),
-            saturating(entry.last_heartbeat_ms),
+        let columns = CallbackColumns {
+            exec_key: key(entry.exec_key)?,
+            op_id: entry.op_id.clone(),
+            state: entry.state as i16,
+            deadline_ms: saturating(entry.deadline_ms),
+            heartbeat_timeout_ms: saturating(entry.heartbeat_timeout_ms),
+            last_heartbeat_ms: saturating(entry.last_heartbeat_ms),
+        };
+        let stored = self.callback_slot(callback_id, |slot| slot.stored)?;
+        self.callbacks.get_mut().insert(
+            callback_id.to_string(),
+            CallbackSlot {
+                row: CallbackRow::Entry(entry.clone()),
+                stored,
+            },
         );
-        let params: [&dyn Param; 7] = [
-            &callback_id,
-            &exec_key,
-            &entry.op_id,
-            &state,
-            &deadline,
-            &heartbeat,
-            &last,
-        ];
-        let updated = self.execute(
-            &format!(
-                "UPDATE {s}.callbacks SET exec_key = $2, op_id = $3, state = $4, deadline_ms = $5, \
-                 heartbeat_timeout_ms = $6, last_heartbeat_ms = $7 WHERE callback_id = $1"
-            ),
-            &params,
-            "cannot write a callback",
-        )?;
-        if updated == 0 {
-            self.execute(
-                &format!(
-                    "INSERT INTO {s}.callbacks (callback_id, exec_key, op_id, state, deadline_ms, \
-                     heartbeat_timeout_ms, last_heartbeat_ms) VALUES ($1, $2, $3, $4, $5, $6, $7)"
-                ),
-                &params,
-                "cannot write a callback",
-            )?;
-        }
+        self.pending
+            .callbacks
+            .insert(callback_id.to_string(), (columns, stored));
         Ok(())
     }
 
     fn put_timer(&mut self, timer: &Timer) -> Result<()> {
-        let sql = format!(
-            "INSERT INTO {}.timers (due_ms, exec_key, kind, subject) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-            self.s()
-        );
-        self.execute(
-            &sql,
-            &[
-                &saturating(timer.due_ms),
-                &key(timer.exec_key)?,
-                &(timer.kind as i16),
-                &timer.subject,
-            ],
-            "cannot write a timer",
-        )
-        .map(drop)
+        let row = timer_row(timer)?;
+        self.pending.timers.insert(row);
+        Ok(())
     }
 
+    /// A timer the group added is taken back; one stored is deleted now
+    /// (the answer is needed at once; firing a timer is not a step's path).
     fn delete_timer(&mut self, timer: &Timer) -> Result<bool> {
+        let row = timer_row(timer)?;
+        let was_pending = self.pending.timers.remove(&row);
         let sql = format!(
             "DELETE FROM {}.timers WHERE due_ms = $1 AND exec_key = $2 AND kind = $3 AND subject = $4",
             self.s()
         );
-        let deleted = self.execute(
-            &sql,
-            &[
-                &saturating(timer.due_ms),
-                &key(timer.exec_key)?,
-                &(timer.kind as i16),
-                &timer.subject,
-            ],
-            "cannot delete a timer",
-        )?;
-        Ok(deleted > 0)
+        let deleted = self.execute(&sql, &[&row.0, &row.1, &row.2, &row.3], "cannot delete a timer")?;
+        Ok(was_pending || deleted > 0)
     }
 
     /// The next value of the counter's sequence (1 first, as LMDB's
