@@ -7,15 +7,18 @@
 //! ```
 //!
 //! (a) one fenced append per group, one group after another; (b) groups of
-//! 64 batches, each a fence and an append to an execution of its own; then
+//! 64 batches, each a fence and an append to an execution of its own: each
+//! through `commit_group` (statements sent as text) and through a
+//! `PgWriter` (statements kept prepared on its connection); then
 //! the raw baselines: single-row autocommit INSERTs of a 100-byte bytea, and
 //! 64-row INSERTs, one transaction each. Every commit is synced (the
-//! server's default `synchronous_commit = on`). The server is
+//! server's default `synchronous_commit = on`) unless `--unsynced` is given
+//! (`cargo run ... -- --unsynced`). The server is
 //! `PERDURE_TEST_PG`; the tables live in a scratch schema, dropped at the end.
 
 use std::time::{Duration, Instant};
 
-use perdure_core::backend::postgres::commit::commit_group;
+use perdure_core::backend::postgres::commit::{commit_group, PgWriter};
 use perdure_core::backend::postgres::reads::PgReads;
 use perdure_core::backend::postgres::{schema, PgLocation};
 use perdure_core::backend::{Mutation, Outcome};
@@ -43,6 +46,13 @@ fn main() {
     if let Err(panic) = result {
         std::panic::resume_unwind(panic);
     }
+}
+
+/// `--unsynced`: commits not waiting for the disk (`synchronous_commit =
+/// off`), to see the costs of the round trips and the server's work apart
+/// from the disk's.
+fn synced() -> bool {
+    !std::env::args().any(|arg| arg == "--unsynced")
 }
 
 fn step(n: usize) -> Record {
@@ -107,24 +117,46 @@ fn run(client: &mut postgres::Client, location: &PgLocation) {
         ]
     };
 
-    let start = Instant::now();
-    for n in 0..SEQUENTIAL {
-        commit(client, location, &[batch(execs[0], n + 1)]);
+    let mut n = 1;
+    let mut writer_client = location.connect().unwrap();
+    if !synced() {
+        client.batch_execute("SET synchronous_commit = off").unwrap();
+        writer_client.batch_execute("SET synchronous_commit = off").unwrap();
     }
-    let sequential = SEQUENTIAL as f64 / start.elapsed().as_secs_f64();
-    println!("(a) commit_group, 1 fenced append per group:     {sequential:>9.0} appends/s");
-
-    let start = Instant::now();
-    let mut appends = 0usize;
-    let mut n = SEQUENTIAL + 1;
-    while start.elapsed() < FOR {
-        let group: Vec<Vec<Mutation>> = execs.iter().map(|&exec| batch(exec, n)).collect();
-        commit(client, location, &group);
-        appends += WIDTH;
-        n += 1;
+    let mut writer = PgWriter::new(writer_client, location.clone());
+    let mut rates = Vec::new();
+    for prepared in [false, true] {
+        let mut commit = |group: &[Vec<Mutation>]| {
+            let answers = match prepared {
+                false => commit_group(client, location, group),
+                true => writer.commit(group),
+            };
+            for answer in answers.unwrap() {
+                answer.unwrap();
+            }
+        };
+        let how = if prepared { "PgWriter   " } else { "commit_group" };
+        let start = Instant::now();
+        for _ in 0..SEQUENTIAL {
+            commit(&[batch(execs[0], n)]);
+            n += 1;
+        }
+        let sequential = SEQUENTIAL as f64 / start.elapsed().as_secs_f64();
+        println!("(a) {how}, 1 fenced append per group:     {sequential:>9.0} appends/s");
+        let start = Instant::now();
+        let mut appends = 0usize;
+        while start.elapsed() < FOR {
+            let group: Vec<Vec<Mutation>> = execs.iter().map(|&exec| batch(exec, n)).collect();
+            commit(&group);
+            appends += WIDTH;
+            n += 1;
+        }
+        let grouped = appends as f64 / start.elapsed().as_secs_f64();
+        println!("(b) {how}, {WIDTH} batches per group:          {grouped:>9.0} appends/s");
+        rates.push((sequential, grouped));
     }
-    let grouped = appends as f64 / start.elapsed().as_secs_f64();
-    println!("(b) commit_group, {WIDTH} batches per group:          {grouped:>9.0} appends/s");
+    let (sequential, grouped) = rates[0];
+    let (sequential_prepared, grouped_prepared) = rates[1];
 
     let s = location.schema();
     client
@@ -155,9 +187,11 @@ fn run(client: &mut postgres::Client, location: &PgLocation) {
     let raw_multi = rows as f64 / start.elapsed().as_secs_f64();
     println!("raw: {WIDTH}-row INSERT, one transaction each:     {raw_multi:>9.0} rows/s");
     println!(
-        "ratios: (a)/raw single {:.2}, (b)/raw {WIDTH}-row {:.2}, (b)/(a) {:.1}",
+        "ratios: (a)/raw single {:.2} (PgWriter {:.2}), (b)/raw {WIDTH}-row {:.2} (PgWriter {:.2}), (b)/(a) {:.1}",
         sequential / raw_single,
+        sequential_prepared / raw_single,
         grouped / raw_multi,
+        grouped_prepared / raw_multi,
         grouped / sequential
     );
 }

@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use perdure_core::backend::postgres::commit::commit_group;
+use perdure_core::backend::postgres::commit::{commit_group, PgWriter};
 use perdure_core::backend::postgres::reads::PgReads;
 use perdure_core::backend::postgres::PgLocation;
 use perdure_core::backend::{Backend, Lease, Mutation, Outcome};
@@ -63,8 +63,9 @@ impl Look for Pg<'_> {
 struct Both {
     lmdb: std::sync::Arc<Store>,
     _dir: tempfile::TempDir,
-    client: Client,
-    location: PgLocation,
+    /// Statements kept prepared; the tests on PostgreSQL alone commit
+    /// through `commit_group`, which keeps none.
+    writer: PgWriter,
     reads: PgReads,
 }
 
@@ -81,7 +82,7 @@ impl Both {
     /// answers are the same and returns them.
     fn commit(&mut self, build: impl Fn(&dyn Look) -> Vec<Vec<Mutation>>) -> Vec<Result<Vec<Outcome>>> {
         let on_lmdb = self.lmdb.commit(&build(&Lmdb(&self.lmdb))).unwrap();
-        let on_pg = commit_group(&mut self.client, &self.location, &build(&Pg(&self.reads))).unwrap();
+        let on_pg = self.writer.commit(&build(&Pg(&self.reads))).unwrap();
         let (lmdb, pg): (Vec<_>, Vec<_>) = (on_lmdb.iter().map(answer).collect(), on_pg.iter().map(answer).collect());
         assert_eq!(lmdb, pg);
         on_pg
@@ -237,8 +238,7 @@ fn open() -> Option<(Both, common::Scratch)> {
     let both = Both {
         lmdb,
         _dir: dir,
-        client: scratch.client(),
-        location: scratch.location.clone(),
+        writer: PgWriter::new(scratch.client(), scratch.location.clone()),
         reads: PgReads::connect(&scratch.location).unwrap(),
     };
     Some((both, scratch))
@@ -830,6 +830,47 @@ fn a_group_failed_by_the_server_stores_nothing_of_any_batch() {
     .unwrap();
     assert!(results[0].is_ok());
     assert_eq!(reads.journal(1).unwrap().len(), 2);
+}
+
+#[test]
+fn a_writer_whose_group_the_server_failed_commits_the_next() {
+    let Some((client, reads, scratch)) = pg_only() else {
+        return;
+    };
+    let schema = scratch.location.schema().to_string();
+    let mut writer = PgWriter::new(client, scratch.location.clone());
+    let lease = reads.lease(1).unwrap().unwrap();
+    let append = |op_id: &str, due_ms: u64| {
+        vec![
+            Mutation::Fence { exec_key: 1, lease },
+            Mutation::Append {
+                exec_key: 1,
+                record: step(op_id, b"one"),
+            },
+            Mutation::AddTimer(Timer {
+                due_ms,
+                exec_key: 1,
+                kind: TimerKind::Wake,
+                subject: op_id.into(),
+            }),
+        ]
+    };
+    // Its statements prepared by a first group, then one of them failed.
+    assert!(writer.commit(&[append("s1", 1_000)]).unwrap()[0].is_ok());
+    scratch
+        .client()
+        .batch_execute(&format!("ALTER TABLE {schema}.timers ADD CHECK (due_ms < 100000)"))
+        .unwrap();
+    let failed = writer.commit(&[append("s2", 200_000)]);
+    assert!(
+        matches!(failed, Err(perdure_core::Error::Postgres { .. })),
+        "{failed:?}"
+    );
+    assert_eq!(reads.journal(1).unwrap().len(), 2);
+    assert!(writer.commit(&[append("s2", 2_000)]).unwrap()[0].is_ok());
+    let journal = reads.journal(1).unwrap();
+    assert_eq!(journal.len(), 3);
+    assert_eq!(journal[2].op_id, "s2");
 }
 
 /// Waits until a session waits on a lock in a statement naming `schema`.

@@ -25,6 +25,7 @@ use std::cell::RefCell;
 use std::collections::{HashMap, HashSet};
 
 mod pending;
+mod prepared;
 
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Row, Transaction};
@@ -40,20 +41,65 @@ use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
 use pending::{CallbackColumns, Change, MetaColumns, Pending, TimerRow};
+use prepared::Prepared;
 
 /// Commits a group of batches in one transaction: each batch's answer, or
 /// the error that failed the whole group (nothing of it is stored then; a
 /// failure of the COMMIT itself leaves the group's fate unknown, to be
 /// resolved by reading, never by retrying blind). A group the server rolled
 /// back for a deadlock with another group is run again, a few times.
+///
+/// Each statement goes as text (nothing is kept on `client` for the next
+/// group): a connection that commits group after group does better as a
+/// [`PgWriter`].
 pub fn commit_group(
     client: &mut Client,
     location: &PgLocation,
     group: &[Vec<Mutation>],
 ) -> Result<Vec<Result<Vec<Outcome>>>> {
+    commit_with(client, location, &mut Prepared::none(), group)
+}
+
+/// A connection that commits groups (as [`commit_group`]), keeping the
+/// statements it runs prepared: after the first groups, the server neither
+/// parses nor plans them again.
+pub struct PgWriter {
+    client: Client,
+    location: PgLocation,
+    prepared: Prepared,
+}
+
+impl PgWriter {
+    /// A writer over a new connection to the store at `location`.
+    pub fn connect(location: &PgLocation) -> Result<PgWriter> {
+        Ok(PgWriter::new(location.connect()?, location.clone()))
+    }
+
+    /// A writer over `client`, a connection to the store at `location`
+    /// (used by nothing else: its prepared statements are the writer's).
+    pub fn new(client: Client, location: PgLocation) -> PgWriter {
+        PgWriter {
+            client,
+            location,
+            prepared: Prepared::kept(),
+        }
+    }
+
+    /// As [`commit_group`].
+    pub fn commit(&mut self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
+        commit_with(&mut self.client, &self.location, &mut self.prepared, group)
+    }
+}
+
+fn commit_with(
+    client: &mut Client,
+    location: &PgLocation,
+    prepared: &mut Prepared,
+    group: &[Vec<Mutation>],
+) -> Result<Vec<Result<Vec<Outcome>>>> {
     let mut tries = 1;
     loop {
-        match try_group(client, location, group) {
+        match try_group(client, location, prepared, group) {
             Err(err) if tries < MAX_TRIES && rolled_back_to_retry(&err) => tries += 1,
             other => return other,
         }
@@ -82,11 +128,17 @@ fn rolled_back_to_retry(err: &Error) -> bool {
     }
 }
 
-fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
+fn try_group(
+    client: &mut Client,
+    location: &PgLocation,
+    prepared: &mut Prepared,
+    group: &[Vec<Mutation>],
+) -> Result<Vec<Result<Vec<Outcome>>>> {
     let txn = client.transaction().map_err(location.failed("cannot begin a commit"))?;
     let mut view = PgTxn {
         txn: RefCell::new(txn),
         location,
+        prepared: RefCell::new(prepared),
         ids: HashMap::new(),
         known_ids: RefCell::new(HashMap::new()),
         rows: RefCell::new(HashMap::new()),
@@ -131,6 +183,7 @@ fn before_commit(_view: &mut PgTxn<'_, '_>, _results: &[Result<Vec<Outcome>>]) -
 struct PgTxn<'a, 'c> {
     txn: RefCell<Transaction<'c>>,
     location: &'a PgLocation,
+    prepared: RefCell<&'a mut Prepared>,
     /// Execution ids given to new keys whose row `put_meta` has not yet
     /// made (the row needs both).
     ids: HashMap<u64, String>,
@@ -249,15 +302,17 @@ impl PgTxn<'_, '_> {
     }
 
     fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
-        self.txn
-            .borrow_mut()
-            .query_typed(sql, &typed(params))
-            .map_err(self.failed(what))
+        let mut txn = self.txn.borrow_mut();
+        let mut prepared = self.prepared.borrow_mut();
+        prepared.query(&mut txn, sql, &typed(params)).map_err(self.failed(what))
     }
 
     fn execute(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<u64> {
         let mut txn = self.txn.borrow_mut();
-        txn.execute_typed(sql, &typed(params)).map_err(self.failed(what))
+        let mut prepared = self.prepared.borrow_mut();
+        prepared
+            .execute(&mut txn, sql, &typed(params))
+            .map_err(self.failed(what))
     }
 
     /// Sends every pending write, in one statement.
@@ -265,9 +320,9 @@ impl PgTxn<'_, '_> {
         let Some((sql, params)) = self.pending.take_statement(self.location.schema()) else {
             return Ok(());
         };
-        self.txn
+        self.prepared
             .get_mut()
-            .execute_typed(&sql, &pending::typed(&params))
+            .execute(self.txn.get_mut(), &sql, &pending::typed(&params))
             .map_err(self.location.failed("cannot write a group"))?;
         for slot in self.callbacks.get_mut().values_mut() {
             if matches!(slot.row, CallbackRow::Entry(_)) {
