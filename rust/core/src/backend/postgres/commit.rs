@@ -177,9 +177,10 @@ fn before_commit(_view: &mut PgTxn<'_, '_>, _results: &[Result<Vec<Outcome>>]) -
 ///
 /// Writes are held in `pending` and sent together by [`PgTxn::flush`]
 /// just before COMMIT; every read answers as if they were sent: the rows
-/// and callbacks the group wrote are answered from the caches below, and
-/// a read the server must answer over rows the group may have written
-/// (a journal, the orphans, the leases released) flushes first.
+/// and callbacks the group wrote are answered from the caches below, a
+/// journal from the stored records then the pending ones, and a statement
+/// the server must run over rows the group may have written (taking the
+/// orphans, releasing leases: rare, never a step's path) flushes first.
 struct PgTxn<'a, 'c> {
     txn: RefCell<Transaction<'c>>,
     location: &'a PgLocation,
