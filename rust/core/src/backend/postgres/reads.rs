@@ -15,6 +15,7 @@
 //! [`Backend`]: crate::backend::Backend
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
@@ -22,7 +23,7 @@ use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
-use crate::backend::{bad_journal, ExecSummary, InvocationData, JournalOrder, Lease};
+use crate::backend::{bad_journal, DeadOwner, ExecSummary, InvocationData, JournalOrder, Lease};
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::Record;
@@ -57,6 +58,9 @@ struct Sql {
     timers_of: String,
     wake_seq: String,
     owners: String,
+    woken: String,
+    orphans: String,
+    dead_owners: String,
 }
 
 impl Sql {
@@ -86,6 +90,19 @@ impl Sql {
             ),
             wake_seq: format!("SELECT last_value, is_called FROM {s}.wake_seq"),
             owners: format!("SELECT {OWNER_COLUMNS} FROM {s}.owners"),
+            woken: format!("SELECT exec_key FROM {s}.executions WHERE owner_id = $1 AND wake IS NOT NULL"),
+            orphans: format!("SELECT EXISTS (SELECT 1 FROM {s}.executions WHERE state = 1 AND owner_id IS NULL)"),
+            // Judged on the server's clock, against the owner's session lock
+            // (pg_locks shows a bigint advisory key as its two 32-bit halves).
+            dead_owners: format!(
+                "SELECT o.owner_id, floor(extract(epoch FROM o.renewed_at) * 1000)::bigint, \
+                 NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND l.classid::bigint = ((o.owner_id >> 32) & 4294967295) \
+                     AND l.objid::bigint = (o.owner_id & 4294967295) AND l.objsubid = 1), \
+                 o.renewed_at + make_interval(secs => $2::double precision / 1000) < now() \
+                 FROM {s}.owners o WHERE o.owner_id <> $1"
+            ),
         }
     }
 }
@@ -103,6 +120,9 @@ struct Statements {
     timers_of: Statement,
     wake_seq: Statement,
     owners: Statement,
+    woken: Statement,
+    orphans: Statement,
+    dead_owners: Statement,
 }
 
 impl Statements {
@@ -118,6 +138,9 @@ impl Statements {
             timers_of: client.prepare(&sql.timers_of)?,
             wake_seq: client.prepare(&sql.wake_seq)?,
             owners: client.prepare(&sql.owners)?,
+            woken: client.prepare(&sql.woken)?,
+            orphans: client.prepare(&sql.orphans)?,
+            dead_owners: client.prepare(&sql.dead_owners)?,
         })
     }
 }
@@ -389,6 +412,111 @@ impl PgReads {
         Ok(owners)
     }
 
+    /// Every execution leased to `owner` that waits to run. A set, not the
+    /// wake-ups after a counter value: sequence values are handed out when
+    /// asked for, not in commit order, so a cursor over them could pass a
+    /// wake-up that commits late.
+    pub fn woken(&self, owner: u64) -> Result<Vec<u64>> {
+        let found = self.rows(&self.sql.woken, &[&(owner as i64)], "cannot read wake-ups")?;
+        Ok(found
+            .iter()
+            .filter_map(|row| u64::try_from(row.get::<_, i64>(0)).ok())
+            .collect())
+    }
+
+    /// Whether some active execution has no owner.
+    pub fn has_orphans(&self) -> Result<bool> {
+        let row = self
+            .client
+            .lock()
+            .query_one(&self.sql.orphans, &[])
+            .map_err(self.failed("cannot look for orphans"))?;
+        Ok(row.get(0))
+    }
+
+    /// The owners other than `me` that crashed (their session lock is
+    /// free) or stopped renewing for `lease_timeout`, each with whether it
+    /// crashed and its last renewal (ms, as `owners` reads it).
+    pub fn dead_owners(&self, me: u64, lease_timeout: Duration) -> Result<Vec<DeadOwner>> {
+        let timeout_ms = lease_timeout.as_secs_f64() * 1000.0;
+        let found = self.rows(
+            &self.sql.dead_owners,
+            &[&(me as i64), &timeout_ms],
+            "cannot judge the owners",
+        )?;
+        let mut dead = Vec::new();
+        for row in &found {
+            let (crashed, lapsed): (bool, bool) = (row.get(2), row.get(3));
+            if crashed || lapsed {
+                dead.push(DeadOwner {
+                    owner: row.get::<_, i64>(0) as u64,
+                    crashed,
+                    renewed_ms: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                });
+            }
+        }
+        Ok(dead)
+    }
+
+    /// Reads every row and checks it as the engine would: (rows read, the
+    /// damage found, each naming what it is in).
+    pub fn check(&self) -> Result<(usize, Vec<Error>)> {
+        let s = self.location.schema();
+        self.snapshot(|txn| {
+            let mut entries = 0;
+            let mut damaged = Vec::new();
+            let executions = txn
+                .query(
+                    &format!("SELECT {EXEC_COLUMNS} FROM {s}.executions ORDER BY exec_key"),
+                    &[],
+                )
+                .map_err(self.failed("cannot read executions"))?;
+            for row in &executions {
+                entries += 1;
+                match exec_row(row) {
+                    Ok(found) => {
+                        let mut records = 0usize;
+                        match self.visit_journal_in(txn, found.exec_key, &found.meta.execution_id, |_| records += 1) {
+                            Ok(()) => entries += records,
+                            Err(err @ Error::Postgres { .. }) => return Err(err),
+                            Err(err) => damaged.push(err),
+                        }
+                    }
+                    Err(err) => damaged.push(err),
+                }
+            }
+            let callbacks = txn
+                .query(
+                    &format!("SELECT callback_id, {CALLBACK_COLUMNS} FROM {s}.callbacks"),
+                    &[],
+                )
+                .map_err(self.failed("cannot read callbacks"))?;
+            for row in &callbacks {
+                entries += 1;
+                let id: String = row.get(0);
+                if let Err(reason) = callback_fields(row, 1) {
+                    damaged.push(Error::CorruptStore(format!("callback {id:?}: {reason}")));
+                }
+            }
+            let orphan_journal: i64 = txn
+                .query_one(
+                    &format!(
+                        "SELECT count(DISTINCT j.exec_key) FROM {s}.journal j \
+                         LEFT JOIN {s}.executions e ON e.exec_key = j.exec_key WHERE e.exec_key IS NULL"
+                    ),
+                    &[],
+                )
+                .map_err(self.failed("cannot read journals"))?
+                .get(0);
+            if orphan_journal > 0 {
+                damaged.push(Error::CorruptStore(format!(
+                    "{orphan_journal} journals belong to no execution"
+                )));
+            }
+            Ok((entries, damaged))
+        })
+    }
+
     fn exec_row_in(&self, txn: &mut Transaction<'_>, exec_key: u64) -> Result<Option<ExecRow>> {
         let Some(key) = key_param(exec_key) else {
             return Ok(None);
@@ -522,17 +650,22 @@ fn exec_meta(row: &Row, execution_id: &str) -> Result<ExecMeta, String> {
 }
 
 pub(super) fn callback_row(row: &Row) -> Result<CallbackEntry, String> {
-    let state: i16 = row.get(2);
+    callback_fields(row, 0)
+}
+
+/// The callback whose [`CALLBACK_COLUMNS`] start at column `at`.
+fn callback_fields(row: &Row, at: usize) -> Result<CallbackEntry, String> {
+    let state: i16 = row.get(at + 2);
     Ok(CallbackEntry {
         state: u8::try_from(state)
             .ok()
             .and_then(CallbackState::from_u8)
             .ok_or_else(|| format!("unknown callback state {state}"))?,
-        exec_key: unsigned(row.get(0), "execution key")?,
-        deadline_ms: unsigned(row.get(3), "deadline_ms")?,
-        heartbeat_timeout_ms: unsigned(row.get(4), "heartbeat_timeout_ms")?,
-        last_heartbeat_ms: unsigned(row.get(5), "last_heartbeat_ms")?,
-        op_id: row.get(1),
+        exec_key: unsigned(row.get(at), "execution key")?,
+        deadline_ms: unsigned(row.get(at + 3), "deadline_ms")?,
+        heartbeat_timeout_ms: unsigned(row.get(at + 4), "heartbeat_timeout_ms")?,
+        last_heartbeat_ms: unsigned(row.get(at + 5), "last_heartbeat_ms")?,
+        op_id: row.get(at + 1),
     })
 }
 
