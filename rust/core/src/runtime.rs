@@ -181,6 +181,7 @@ impl Runtime {
             scheduler: scheduler.clone(),
             timers: timers.clone(),
             lease_timeout,
+            watched: Mutex::default(),
         });
         // Wake-ups after this value reach the poller; claims cover those before.
         let seen = self.backend.wake_seq()?;
@@ -760,20 +761,40 @@ struct Leases {
     scheduler: Arc<Scheduler>,
     timers: Arc<Timers>,
     lease_timeout: Duration,
+    /// Each other owner's last renewal seen, and since when it stands still.
+    watched: Mutex<HashMap<u64, (u64, Instant)>>,
 }
 
 impl Leases {
-    /// Reaps every other owner that crashed (its hold is gone) or stopped
-    /// renewing its lease (hung); their executions become claimable.
+    /// Reaps every other owner that crashed (its hold is gone) or whose
+    /// renewal has stood still for the lease timeout, as this engine's own
+    /// clock measures it (so hosts' clocks never meet); their executions
+    /// become claimable.
     fn reap_dead(&self) -> Result<()> {
-        for dead in self.backend.dead_owners(self.id, self.lease_timeout)? {
-            let renewed_ms = (!dead.crashed).then_some(dead.renewed_ms);
-            self.writer.submit(vec![Mutation::Reap {
-                owner: dead.owner,
-                renewed_ms,
-            }])?;
-            if dead.crashed {
-                self.backend.forget_owner(dead.owner);
+        let others = self.backend.other_owners(self.id)?;
+        let now = Instant::now();
+        let dead: Vec<(u64, bool, Option<u64>)> = {
+            let mut watched = self.watched.lock();
+            watched.retain(|owner, _| others.iter().any(|other| other.owner == *owner));
+            others
+                .iter()
+                .filter_map(|other| {
+                    if other.crashed {
+                        return Some((other.owner, true, None));
+                    }
+                    let seen = watched.entry(other.owner).or_insert((other.renewed_ms, now));
+                    if seen.0 != other.renewed_ms {
+                        *seen = (other.renewed_ms, now);
+                    }
+                    let hung = now.duration_since(seen.1) >= self.lease_timeout;
+                    hung.then_some((other.owner, false, Some(other.renewed_ms)))
+                })
+                .collect()
+        };
+        for (owner, crashed, renewed_ms) in dead {
+            self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
+            if crashed {
+                self.backend.forget_owner(owner);
             }
         }
         Ok(())

@@ -11,7 +11,6 @@ use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
 
 use heed::{Database, Env, EnvFlags, EnvOpenOptions, MdbError, RoTxn, RwTxn, WithoutTls};
 
@@ -20,7 +19,7 @@ mod lock;
 
 use self::lock::OwnerLock;
 use super::{
-    bad_journal, Backend, DeadOwner, ExecSummary, InvocationData, JournalOrder, Lease, Mutation, Outcome, OwnerHold,
+    bad_journal, Backend, ExecSummary, InvocationData, JournalOrder, Lease, Mutation, Outcome, OwnerHold, OwnerState,
 };
 use crate::error::{Error, Result};
 use crate::files::{self, DataFile};
@@ -375,26 +374,18 @@ impl Backend for Store {
         Ok(Box::new(OwnerLock::acquire(&self.path, owner)?))
     }
 
-    /// Crashed: its lock file is free. Hung: its last renewal, by the host's
-    /// clock (all owners of one store share the host), is too old.
-    fn dead_owners(&self, me: u64, lease_timeout: Duration) -> Result<Vec<DeadOwner>> {
-        let now = crate::clock::system_ms();
-        let timeout_ms = u64::try_from(lease_timeout.as_millis()).unwrap_or(u64::MAX);
-        let mut dead = Vec::new();
-        for (owner, entry) in self.owners()? {
-            if owner == me {
-                continue;
-            }
-            let crashed = !OwnerLock::is_held(&self.path, owner);
-            if crashed || entry.renewed_ms.saturating_add(timeout_ms) < now {
-                dead.push(DeadOwner {
-                    owner,
-                    crashed,
-                    renewed_ms: entry.renewed_ms,
-                });
-            }
-        }
-        Ok(dead)
+    /// Crashed: its lock file is free.
+    fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>> {
+        Ok(self
+            .owners()?
+            .into_iter()
+            .filter(|(owner, _)| *owner != me)
+            .map(|(owner, entry)| OwnerState {
+                owner,
+                crashed: !OwnerLock::is_held(&self.path, owner),
+                renewed_ms: entry.renewed_ms,
+            })
+            .collect())
     }
 
     fn forget_owner(&self, owner: u64) {

@@ -131,10 +131,11 @@ pub trait Backend: Send + Sync {
     // waiting for its lease to time out.
     /// Marks `owner` alive for as long as the returned hold lives.
     fn hold_owner(&self, owner: u64) -> Result<Box<dyn OwnerHold>>;
-    /// The owners other than `me` that crashed (their hold was released
-    /// without a goodbye) or have not renewed within `lease_timeout` (hung),
-    /// judged on the store's own clock.
-    fn dead_owners(&self, me: u64, lease_timeout: Duration) -> Result<Vec<DeadOwner>>;
+    /// The registered owners other than `me`: whether each crashed (its
+    /// hold was released without a goodbye) and its last renewal as stored.
+    /// Whether one is hung is for the caller to judge, by watching that
+    /// renewal stand still on its own clock: hosts' clocks never meet.
+    fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>>;
     /// Clears what a crashed owner left of its hold, once it is reaped.
     fn forget_owner(&self, owner: u64);
 }
@@ -142,10 +143,11 @@ pub trait Backend: Send + Sync {
 /// What keeps an owner marked alive; dropping it releases the mark.
 pub trait OwnerHold: Send {}
 
-/// An owner found dead: reaped at once when it `crashed`, else only if it
-/// has not renewed since `renewed_ms` (as the owners' entries record it).
+/// An owner as another sees it: one that `crashed` is reaped at once; one
+/// whose `renewed_ms` stands still for the lease timeout is reaped unless it
+/// renewed meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeadOwner {
+pub struct OwnerState {
     pub owner: u64,
     pub crashed: bool,
     pub renewed_ms: u64,

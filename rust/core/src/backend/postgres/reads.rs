@@ -15,7 +15,6 @@
 //! [`Backend`]: crate::backend::Backend
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::fallible_iterator::FallibleIterator;
@@ -23,7 +22,7 @@ use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
-use crate::backend::{bad_journal, DeadOwner, ExecSummary, InvocationData, JournalOrder, Lease};
+use crate::backend::{bad_journal, ExecSummary, InvocationData, JournalOrder, Lease, OwnerState};
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::Record;
@@ -60,7 +59,7 @@ struct Sql {
     owners: String,
     woken: String,
     orphans: String,
-    dead_owners: String,
+    other_owners: String,
 }
 
 impl Sql {
@@ -92,15 +91,14 @@ impl Sql {
             owners: format!("SELECT {OWNER_COLUMNS} FROM {s}.owners"),
             woken: format!("SELECT exec_key FROM {s}.executions WHERE owner_id = $1 AND wake IS NOT NULL"),
             orphans: format!("SELECT EXISTS (SELECT 1 FROM {s}.executions WHERE state = 1 AND owner_id IS NULL)"),
-            // Judged on the server's clock, against the owner's session lock
-            // (pg_locks shows a bigint advisory key as its two 32-bit halves).
-            dead_owners: format!(
+            // Crashed: the owner's session lock is free (pg_locks shows a
+            // bigint advisory key as its two 32-bit halves).
+            other_owners: format!(
                 "SELECT o.owner_id, floor(extract(epoch FROM o.renewed_at) * 1000)::bigint, \
                  NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
                      AND l.classid::bigint = ((o.owner_id >> 32) & 4294967295) \
-                     AND l.objid::bigint = (o.owner_id & 4294967295) AND l.objsubid = 1), \
-                 o.renewed_at + make_interval(secs => $2::double precision / 1000) < now() \
+                     AND l.objid::bigint = (o.owner_id & 4294967295) AND l.objsubid = 1) \
                  FROM {s}.owners o WHERE o.owner_id <> $1"
             ),
         }
@@ -122,7 +120,7 @@ struct Statements {
     owners: Statement,
     woken: Statement,
     orphans: Statement,
-    dead_owners: Statement,
+    other_owners: Statement,
 }
 
 impl Statements {
@@ -140,7 +138,7 @@ impl Statements {
             owners: client.prepare(&sql.owners)?,
             woken: client.prepare(&sql.woken)?,
             orphans: client.prepare(&sql.orphans)?,
-            dead_owners: client.prepare(&sql.dead_owners)?,
+            other_owners: client.prepare(&sql.other_owners)?,
         })
     }
 }
@@ -434,28 +432,18 @@ impl PgReads {
         Ok(row.get(0))
     }
 
-    /// The owners other than `me` that crashed (their session lock is
-    /// free) or stopped renewing for `lease_timeout`, each with whether it
-    /// crashed and its last renewal (ms, as `owners` reads it).
-    pub fn dead_owners(&self, me: u64, lease_timeout: Duration) -> Result<Vec<DeadOwner>> {
-        let timeout_ms = lease_timeout.as_secs_f64() * 1000.0;
-        let found = self.rows(
-            &self.sql.dead_owners,
-            &[&(me as i64), &timeout_ms],
-            "cannot judge the owners",
-        )?;
-        let mut dead = Vec::new();
-        for row in &found {
-            let (crashed, lapsed): (bool, bool) = (row.get(2), row.get(3));
-            if crashed || lapsed {
-                dead.push(DeadOwner {
-                    owner: row.get::<_, i64>(0) as u64,
-                    crashed,
-                    renewed_ms: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
-                });
-            }
-        }
-        Ok(dead)
+    /// The owners other than `me`, each with whether its session lock is
+    /// free (it crashed) and its last renewal.
+    pub fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>> {
+        let found = self.rows(&self.sql.other_owners, &[&(me as i64)], "cannot read the owners")?;
+        Ok(found
+            .iter()
+            .map(|row| OwnerState {
+                owner: row.get::<_, i64>(0) as u64,
+                renewed_ms: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                crashed: row.get(2),
+            })
+            .collect())
     }
 
     /// Reads every row and checks it as the engine would: (rows read, the

@@ -30,7 +30,7 @@ use super::reads::PgReads;
 use super::{commit, schema, PgLocation};
 use crate::backend::lmdb::Durability;
 use crate::backend::{
-    Backend, DeadOwner, ExecSummary, InvocationData, Lease, Mutation, News, Outcome, OwnerHold, WakeScan,
+    Backend, ExecSummary, InvocationData, Lease, Mutation, News, Outcome, OwnerHold, OwnerState, WakeScan,
 };
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, ExecState, OwnerEntry, Timer};
@@ -385,8 +385,8 @@ impl Backend for PgStore {
         }))
     }
 
-    fn dead_owners(&self, me: u64, lease_timeout: Duration) -> Result<Vec<DeadOwner>> {
-        self.read(|reads| reads.dead_owners(me, lease_timeout))
+    fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>> {
+        self.read(|reads| reads.other_owners(me))
     }
 
     /// The server freed the crashed owner's lock with its session.
