@@ -32,6 +32,12 @@ def _existing_store(store: str) -> str | Path:
     a store already. Opening it would create an empty one, and show an empty
     store where the user mistyped a path."""
     if _checks.is_store_url(store):
+        from perdure._core import postgres_store_exists
+
+        if not postgres_store_exists(store):
+            raise _UsageError(
+                "no perdure store at the --store URL: its schema holds no perdure tables"
+            )
         return store
     path = Path(store)
     if not path.is_dir():
@@ -103,7 +109,9 @@ def _cmd_callback(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from perdure.check import check_store
 
-    if not _checks.is_store_url(args.store) and not Path(args.store).is_dir():
+    if _checks.is_store_url(args.store):
+        _existing_store(args.store)
+    elif not Path(args.store).is_dir():
         print(f"perdure: no store at {args.store!r}", file=sys.stderr)
         return 2
     report = check_store(args.store)
