@@ -51,6 +51,7 @@ struct Sql {
     execution: String,
     execution_by_id: String,
     journal: String,
+    execution_and_journal: String,
     last_record: String,
     list: String,
     callback: String,
@@ -69,6 +70,17 @@ impl Sql {
             execution: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE exec_key = $1"),
             execution_by_id: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE execution_id = $1"),
             journal: format!("SELECT seq, record FROM {s}.journal WHERE exec_key = $1 ORDER BY seq"),
+            // The row, then its records in order, in one statement: one
+            // round trip and one snapshot (a statement sees one), with the
+            // row's columns sent once rather than with every record.
+            execution_and_journal: format!(
+                "SELECT {EXEC_COLUMNS}, NULL::integer AS seq, NULL::bytea AS record \
+                 FROM {s}.executions WHERE exec_key = $1 \
+                 UNION ALL \
+                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, seq, record \
+                 FROM {s}.journal WHERE exec_key = $1 \
+                 ORDER BY seq NULLS FIRST"
+            ),
             last_record: format!(
                 "SELECT j.seq, j.record, e.execution_id FROM {s}.journal j \
                  LEFT JOIN {s}.executions e ON e.exec_key = j.exec_key \
@@ -112,6 +124,7 @@ struct Statements {
     execution: Statement,
     execution_by_id: Statement,
     journal: Statement,
+    execution_and_journal: Statement,
     last_record: Statement,
     list: Statement,
     callback: Statement,
@@ -130,6 +143,7 @@ impl Statements {
             execution: client.prepare(&sql.execution)?,
             execution_by_id: client.prepare(&sql.execution_by_id)?,
             journal: client.prepare(&sql.journal)?,
+            execution_and_journal: client.prepare(&sql.execution_and_journal)?,
             last_record: client.prepare(&sql.last_record)?,
             list: client.prepare(&sql.list)?,
             callback: client.prepare(&sql.callback)?,
@@ -254,27 +268,54 @@ impl PgReads {
     /// metadata, the wake-up value seen (0 when not pending), the lease its
     /// writes will be fenced by, and the journal's replay index.
     pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
-        self.snapshot(|txn| {
-            let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let mut index = ReplayIndex::with_capacity(row.capacity());
-            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| index.add(record))?;
-            Ok(InvocationData {
-                exec_key,
-                index,
-                wake: row.wake.unwrap_or(0),
-                lease: row.lease,
-                meta: row.meta,
-            })
+        let (row, index) = self.execution_with_journal(
+            exec_key,
+            |row| ReplayIndex::with_capacity(row.capacity()),
+            ReplayIndex::add,
+        )?;
+        Ok(InvocationData {
+            exec_key,
+            index,
+            wake: row.wake.unwrap_or(0),
+            lease: row.lease,
+            meta: row.meta,
         })
     }
 
     pub fn journal(&self, exec_key: u64) -> Result<Vec<Record>> {
-        self.snapshot(|txn| {
-            let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let mut records = Vec::with_capacity(row.capacity());
-            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| records.push(record))?;
-            Ok(records)
-        })
+        let (_, records) =
+            self.execution_with_journal(exec_key, |row| Vec::with_capacity(row.capacity()), Vec::push)?;
+        Ok(records)
+    }
+
+    /// An execution's row and its journal, read in one statement: `start`
+    /// makes what the records go into from the row, `add` puts each in, in
+    /// order (checked by [`JournalOrder`] as the rows arrive: a long journal
+    /// is held in memory once, as records).
+    fn execution_with_journal<T>(
+        &self,
+        exec_key: u64,
+        start: impl FnOnce(&ExecRow) -> T,
+        mut add: impl FnMut(&mut T, Record),
+    ) -> Result<(ExecRow, T)> {
+        let key = key_param(exec_key).ok_or_else(|| no_metadata(exec_key))?;
+        let failed = || self.failed("cannot read an execution and its journal");
+        let mut client = self.client.lock();
+        let mut rows = client
+            .query_raw(&self.sql.execution_and_journal, [key])
+            .map_err(failed())?;
+        let head = match rows.next().map_err(failed())? {
+            Some(row) if row.get::<_, Option<i32>>(12).is_none() => exec_row(&row)?,
+            _ => return Err(no_metadata(exec_key)),
+        };
+        let mut into = start(&head);
+        let execution_id = head.meta.execution_id.as_str();
+        let mut order = JournalOrder::new(execution_id);
+        while let Some(row) = rows.next().map_err(failed())? {
+            let sequence = sequence_from(row.get(12), execution_id)?;
+            add(&mut into, order.next(sequence, row.get::<_, &[u8]>(13))?);
+        }
+        Ok((head, into))
     }
 
     /// The last record of a journal: the outcome of a finished execution.
@@ -503,16 +544,6 @@ impl PgReads {
             }
             Ok((entries, damaged))
         })
-    }
-
-    fn exec_row_in(&self, txn: &mut Transaction<'_>, exec_key: u64) -> Result<Option<ExecRow>> {
-        let Some(key) = key_param(exec_key) else {
-            return Ok(None);
-        };
-        let row = txn
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read an execution"))?;
-        row.map(|row| exec_row(&row)).transpose()
     }
 
     /// Decodes an execution's records in order, as the rows arrive (a long
