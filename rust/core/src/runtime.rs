@@ -901,6 +901,10 @@ impl Poller {
             if news.orphans {
                 let _ = leases.claim(1);
             }
+            // Executions whose invocation stopped (a full disk, an interrupt)
+            // run again once their delay passed (looked at least every
+            // LIVENESS_EVERY, however long the poll interval).
+            leases.scheduler.release_due();
             let now = Instant::now();
             if now >= next_liveness {
                 next_liveness = now + LIVENESS_EVERY;
@@ -910,9 +914,6 @@ impl Poller {
                 continue;
             }
             next_poll = now + interval;
-            // Executions whose invocation stopped (a full disk, an interrupt)
-            // run again once their delay passed.
-            leases.scheduler.release_due();
             // Errors here are transient (a commit refused while closing, a
             // full disk, a server restarting): the next poll tries again.
             if last_renewal.elapsed() >= renew_every && leases.renew().is_ok() {
