@@ -106,6 +106,10 @@ fn commit_with(
     }
 }
 
+/// What a failed COMMIT's error says first: the group may or may not be
+/// stored (the store tells it apart from a failure before COMMIT).
+pub(super) const COMMIT_FAILED: &str = "cannot commit (the group may or may not be stored)";
+
 /// How many times a group that met a deadlock is run before its error is
 /// returned.
 const MAX_TRIES: u32 = 8;
@@ -156,10 +160,7 @@ fn try_group(
     }
     before_commit(&mut view, &results)?;
     view.flush()?;
-    view.txn
-        .into_inner()
-        .commit()
-        .map_err(location.failed("cannot commit (the group may or may not be stored)"))?;
+    view.txn.into_inner().commit().map_err(location.failed(COMMIT_FAILED))?;
     Ok(results)
 }
 
