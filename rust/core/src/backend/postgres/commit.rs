@@ -89,6 +89,12 @@ impl PgWriter {
     pub fn commit(&mut self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
         commit_with(&mut self.client, &self.location, &mut self.prepared, group)
     }
+
+    /// The connection, for statements of the caller's own between groups
+    /// (not in a group's transaction).
+    pub fn client(&mut self) -> &mut Client {
+        &mut self.client
+    }
 }
 
 fn commit_with(

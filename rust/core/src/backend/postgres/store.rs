@@ -3,7 +3,7 @@
 //! the storage seam, with the connections each needs (docs/design.md §8):
 //!
 //! - one writer connection, on which the writer's group commits run one at
-//!   a time (as LMDB's single writer);
+//!   a time (as LMDB's single writer), their statements kept prepared;
 //! - a few read connections, so that invocations loading their journals do
 //!   not queue behind one another;
 //! - per owner, a listener connection that holds the owner's advisory lock
@@ -26,6 +26,7 @@ use parking_lot::{Condvar, Mutex};
 use postgres::fallible_iterator::FallibleIterator;
 use postgres::Client;
 
+use super::commit::PgWriter;
 use super::reads::PgReads;
 use super::{commit, schema, PgLocation};
 use crate::backend::lmdb::Durability;
@@ -65,7 +66,7 @@ const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 pub struct PgStore {
     location: PgLocation,
     options: PgOptions,
-    writer: Mutex<Option<Client>>,
+    writer: Mutex<Option<PgWriter>>,
     reads: Box<[Mutex<Option<PgReads>>]>,
     next_read: AtomicUsize,
     /// The owner this process registered, 0 for none: its own wake-ups need
@@ -121,10 +122,11 @@ impl PgStore {
         schema::ensure(&mut client, &location)?;
         prepare_writer(&mut client, &location, options.durability)?;
         let reads = (0..options.read_connections.max(1)).map(|_| Mutex::new(None)).collect();
+        let writer = PgWriter::new(client, location.clone());
         Ok(Arc::new(PgStore {
             location,
             options,
-            writer: Mutex::new(Some(client)),
+            writer: Mutex::new(Some(writer)),
             reads,
             next_read: AtomicUsize::new(0),
             me: AtomicU64::new(0),
@@ -166,13 +168,13 @@ impl PgStore {
                 prepare_writer(&mut client, &self.location, self.options.durability)?;
                 Ok(client)
             })?;
-            *writer = Some(client);
+            *writer = Some(PgWriter::new(client, self.location.clone()));
         }
-        let client = writer.as_mut().expect("connected above");
-        let answer = commit::commit_group(client, &self.location, group);
+        let connection = writer.as_mut().expect("connected above");
+        let answer = connection.commit(group);
         match &answer {
-            Ok(results) => self.notify(client, group, results),
-            Err(err) if connection_lost(err) || client.is_closed() => *writer = None,
+            Ok(results) => self.notify(connection.client(), group, results),
+            Err(err) if connection_lost(err) || connection.client().is_closed() => *writer = None,
             Err(_) => {}
         }
         answer.map_err(|err| match err {
