@@ -791,11 +791,16 @@ impl Leases {
                 })
                 .collect()
         };
+        let reaped = !dead.is_empty();
         for (owner, crashed, renewed_ms) in dead {
             self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
             if crashed {
                 self.backend.forget_owner(owner);
             }
+        }
+        // What the dead left is claimed now, not at the next poll.
+        if reaped {
+            self.claim(usize::MAX)?;
         }
         Ok(())
     }
