@@ -164,18 +164,9 @@ fn try_group(
     for batch in group {
         results.push(apply_batch(&mut view, batch)?);
     }
-    before_commit(&mut view, &results)?;
     view.flush()?;
     view.txn.into_inner().commit().map_err(location.failed(COMMIT_FAILED))?;
     Ok(results)
-}
-
-/// What the group does once every batch is applied and before its writes
-/// are sent and committed: the place for what depends on the answers (the
-/// wake-up notices of SCALE-OUT.md §4.6, one per owner woken). Writes
-/// buffered here go out with the group's (`PgTxn::flush`, next).
-fn before_commit(_view: &mut PgTxn<'_, '_>, _results: &[Result<Vec<Outcome>>]) -> Result<()> {
-    Ok(())
 }
 
 /// One transaction seen by check-then-apply. Its getters take `&self`, a

@@ -187,8 +187,10 @@ impl PgStore {
     }
 
     /// One message per owner woken by the group (other than this process's
-    /// own), and one to every owner when executions were left without one.
-    /// A message lost (this process dying now, a listener reconnecting) is
+    /// own), and one to every owner when executions were left without one,
+    /// sent once the group committed (a statement of its own, and only for
+    /// groups that woke another engine: no step's commit pays for it). A
+    /// message lost (this process dying now, a listener reconnecting) is
     /// made up for by the owners' polls.
     fn notify(&self, client: &mut Client, group: &[Vec<Mutation>], results: &[Result<Vec<Outcome>>]) {
         let me = self.me.load(Ordering::Relaxed);
