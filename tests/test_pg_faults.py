@@ -389,7 +389,11 @@ def test_a_host_stopped_past_its_lease_is_fenced_and_carries_on(tmp_path: Path, 
         hung.child.send_signal(signal.SIGCONT)
         wait_for(lambda: has("done", "slow-1", "slow", hung.pid), "the stale step to return")
         got = results(client, ["slow-1"], timeout=60)["slow-1"]
-        assert got == {"slow": {"pid": rescuer.pid, "v": 15}, "after": 16}
+        # The stopped host's result was refused, and it did not take the
+        # execution back from the rescuer (which renews its lease).
+        assert got == {"slow": {"pid": rescuer.pid, "v": 15}, "after": 16}, (
+            f"stopped host {hung.pid}, rescuer {rescuer.pid}; log:\n{log.read_text()}"
+        )
         # The host that came back still works: with the rescuer gone, it
         # claims and runs new work.
         hosts.kill(rescuer)
@@ -429,7 +433,8 @@ def test_the_server_restarted_immediately_with_64_executions_in_flight(
     hosts = Hosts(tmp_path, pg.url, durability="full", workers=8)
     client = client_of(pg)
     ids = [f"c-{n}" for n in range(64)]
-    outages = []
+    outages: list[float] = []
+    in_flight: list[int] = []
     try:
         hosts.spawn()
         hosts.spawn()
@@ -440,6 +445,9 @@ def test_the_server_restarted_immediately_with_64_executions_in_flight(
                 lambda threshold=threshold: sum(f[0] == "ack" for f in read_log(log)) >= threshold,
                 f"{threshold} steps acknowledged",
             )
+            acked = {f[1] for f in read_log(log) if f[0] == "ack" and f[2] == pw.chain_steps()[-1]}
+            in_flight.append(len(ids) - len(acked))
+            assert in_flight[-1] > 0, "every execution finished before the restart"
             began = time.monotonic()
             done = subprocess.run(
                 [*pg_ctl, "restart", "-m", "immediate", "-w", "-l", f"{pg_dir}/log"],
@@ -467,7 +475,8 @@ def test_the_server_restarted_immediately_with_64_executions_in_flight(
         hosts.stop_all()
         client.close()
     report(
-        f"2 immediate restarts ({', '.join(f'{o:.1f} s' for o in outages)}); all 64 done "
+        f"2 immediate restarts ({', '.join(f'{o:.1f} s' for o in outages)}) with "
+        f"{' and '.join(map(str, in_flight))} executions unfinished; all 64 done "
         f"{catch_up:.1f} s after the second"
     )
 
