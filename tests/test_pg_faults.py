@@ -96,6 +96,32 @@ class Pg:
         )
         return [int(row) for row in rows]
 
+    def dump(self) -> str:
+        """The store's owners and unfinished executions, for a failure's report."""
+        s = self.schema
+        try:
+            return self._dump(s)
+        except AssertionError as exc:  # the server is down
+            return f"(no dump: {exc})"
+
+    def _dump(self, s: str) -> str:
+        return "\n".join(
+            [
+                "owners (owner_id, epoch, pid, renewed_at):",
+                *self.sql(f"SELECT owner_id, epoch, pid, renewed_at FROM {s}.owners"),
+                "unfinished (id, state, owner_id, lease_epoch, next_seq, wake):",
+                *self.sql(
+                    f"SELECT execution_id, state, owner_id, lease_epoch, next_seq, wake "
+                    f"FROM {s}.executions WHERE state = 1 ORDER BY exec_key"
+                ),
+                "sessions (pid, application_name, state, query):",
+                *self.sql(
+                    "SELECT pid, application_name, state, left(query, 60) FROM pg_stat_activity "
+                    "WHERE application_name <> ''"
+                ),
+            ]
+        )
+
 
 @pytest.fixture
 def pg(request: pytest.FixtureRequest) -> Iterator[Pg]:
@@ -322,7 +348,7 @@ def test_hosts_killed_mid_fan_out_fifty_times(tmp_path: Path, pg: Pg) -> None:
         assert history_problems(client, steps) == [], context
         assert {info.status for info in client.list()} == {"SUCCEEDED"}, context
     except BaseException:
-        print(f"PERDURE_PG_FAULT_SEED={seed}\n{hosts.errors()}", file=sys.stderr)
+        print(f"PERDURE_PG_FAULT_SEED={seed}\n{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
@@ -411,7 +437,7 @@ def test_a_host_stopped_past_its_lease_is_fenced_and_carries_on(tmp_path: Path, 
         ]
         assert succeeded == ["slow", "after"]
     except BaseException:
-        print(hosts.errors(), file=sys.stderr)
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
@@ -469,7 +495,7 @@ def test_the_server_restarted_immediately_with_64_executions_in_flight(
         # The hosts lived through it (they reconnected, nothing took over).
         assert all(host.child.poll() is None for host in hosts.all)
     except BaseException:
-        print(hosts.errors(), file=sys.stderr)
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
@@ -522,7 +548,7 @@ def test_engine_sessions_terminated_during_commits(tmp_path: Path, pg: Pg) -> No
         assert history_problems(client, steps) == []
         assert all(host.child.poll() is None for host in hosts.all)
     except BaseException:
-        print(hosts.errors(), file=sys.stderr)
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
@@ -579,7 +605,7 @@ def test_a_callback_answered_on_one_host_resumes_an_execution_on_another(
         assert history_problems(client, {eid: ["before", "ran_by"] for eid in plan}) == []
         assert not (tmp_path / "effects.log").exists()
     except BaseException:
-        print(hosts.errors(), file=sys.stderr)
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
@@ -677,7 +703,7 @@ def test_wake_ups_arrive_after_the_listener_connection_is_lost(tmp_path: Path, p
         assert log_problems(records, steps) == []
         assert history_problems(client, steps) == []
     except BaseException:
-        print(hosts.errors(), file=sys.stderr)
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
         raise
     finally:
         hosts.stop_all()
