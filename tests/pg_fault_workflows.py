@@ -137,6 +137,14 @@ def chain_result(base: int) -> int:
     return total
 
 
+@perdure.durable(name="pgf.nap")
+def nap(ctx: perdure.DurableContext, event: dict[str, Any]) -> int:
+    """A step, a wait of ``event["nap_ms"]``, a step: woken by its timer."""
+    first = logged_step(ctx, "a", event["base"])
+    ctx.wait(Duration.from_milliseconds(event["nap_ms"]), name="nap")
+    return int(logged_step(ctx, "b", first + 1))
+
+
 @perdure.durable(name="pgf.slow")
 def slow(ctx: perdure.DurableContext, event: dict[str, Any]) -> dict[str, Any]:
     """Its first step takes ``slow_s`` seconds (per server) and returns the

@@ -114,6 +114,11 @@ class Pg:
                     f"SELECT execution_id, state, owner_id, lease_epoch, next_seq, wake "
                     f"FROM {s}.executions WHERE state = 1 ORDER BY exec_key"
                 ),
+                "their timers (exec_key, due_ms, kind):",
+                *self.sql(
+                    f"SELECT t.exec_key, t.due_ms, t.kind FROM {s}.timers t "
+                    f"JOIN {s}.executions e USING (exec_key) WHERE e.state = 1"
+                ),
                 "sessions (pid, application_name, state, query):",
                 *self.sql(
                     "SELECT pid, application_name, state, left(query, 60) FROM pg_stat_activity "
@@ -555,6 +560,54 @@ def test_engine_sessions_terminated_during_commits(tmp_path: Path, pg: Pg) -> No
         client.close()
     assert terminated >= 30 and busy >= 5, (terminated, busy)
     report(f"{terminated} sessions terminated in 15 rounds, {busy} with steps in flight")
+
+
+def test_read_sessions_terminated_as_timers_fire(tmp_path: Path, pg: Pg) -> None:
+    """An invocation that cannot load its execution (its read session was
+    just terminated) must run again later, like one whose commit failed:
+    here every execution's only wake-up is its own timer, which fires once."""
+    log = tmp_path / "effects.log"
+    # A poll of 10 s: an execution dropped after a failed load would wait
+    # for it (a timer fires once; nothing else wakes it).
+    hosts = Hosts(tmp_path, pg.url, durability="process", workers=4, poll_interval=10.0)
+    client = client_of(pg)
+    ids = [f"n-{n}" for n in range(24)]
+    nap_ms = 1500
+    terminated = 0
+    try:
+        hosts.spawn()
+        for n, eid in enumerate(ids):
+            client.start("pgf.nap", {"base": n, "nap_ms": nap_ms}, execution_id=eid)
+        wait_for(
+            lambda: sum(f[0] == "ack" and f[2] == "a" for f in read_log(log)) == len(ids),
+            "every first step",
+        )
+        first = min(float(f[5]) for f in read_log(log) if f[0] == "ack" and f[2] == "a")
+        # From just before the first timer fires until the last has: every
+        # session of the host but its listener (whose lock is its liveness).
+        time.sleep(max(0.0, first + nap_ms / 1000 - 0.1 - time.time()))
+        until = time.time() + 1.0
+        while time.time() < until:
+            terminated += len(pg.terminate("query NOT LIKE 'LISTEN%'"))
+            time.sleep(0.02)
+        got = results(client, ids, timeout=30)
+        late = time.time() - until
+        assert got == {eid: n + 1 for n, eid in enumerate(ids)}
+        # A storage failure is retried after 50 ms to 5 s, not at the next poll.
+        assert late < 5.0, f"the last execution finished {late:.1f} s after the terminations"
+        steps = {eid: ["a", "b"] for eid in ids}
+        assert log_problems(read_log(log), steps) == []
+        assert history_problems(client, steps) == []
+    except BaseException:
+        print(f"{hosts.errors()}\n{pg.dump()}", file=sys.stderr)
+        raise
+    finally:
+        hosts.stop_all()
+        client.close()
+    report(
+        f"{terminated} sessions terminated while {len(ids)} timers fired; "
+        f"all done {late:.1f} s after"
+    )
 
 
 # -- 5. two hosts sharing only the URL -------------------------------------------
