@@ -1,6 +1,7 @@
 """Faults of hosts and of the server on a PostgreSQL store: hosts killed
 mid fan-out, a host stopped past its lease, the server restarted, sessions
-terminated, the listener lost, and two hosts sharing nothing but the URL.
+terminated (during commits, as timers fire), the listener lost, and two
+hosts sharing nothing but the URL.
 
 The hosts are real processes (``tests/pg_fault_workflows.py serve``); the
 test process starts executions from a client engine (``owner=False``, its
@@ -403,9 +404,8 @@ def test_a_host_stopped_past_its_lease_is_fenced_and_carries_on(tmp_path: Path, 
         )
 
     try:
-        # The stopped host's step body outlasts nothing: it returns while the
-        # rescuer's (3 s) still runs, so its commit comes first and must be
-        # refused.
+        # The stopped host's step (1 s) returns while the rescuer's (3 s)
+        # still runs, so its commit comes first and must be refused.
         hung = hosts.spawn(slow_s=1.0)
         client.start("pgf.slow", {"base": 5}, execution_id="slow-1")
         wait_for(lambda: has("body", "slow-1", "slow", hung.pid), "the first host's step body")
@@ -490,7 +490,7 @@ def test_the_server_restarted_immediately_with_64_executions_in_flight(
             assert done.returncode == 0, done.stderr
             outages.append(time.monotonic() - began)
         finished_at = time.monotonic()
-        got = results(client, ids, timeout=120)
+        got = results(client, ids, timeout=60)
         catch_up = time.monotonic() - finished_at
         assert got == {eid: pw.chain_result(n) for n, eid in enumerate(ids)}
         steps = {eid: pw.chain_steps() for eid in ids}
@@ -545,7 +545,7 @@ def test_engine_sessions_terminated_during_commits(tmp_path: Path, pg: Pg) -> No
             busy += any(f[0] == "body" and (f[1], f[2]) not in acked for f in records)
             terminated += len(pg.terminate("true"))
             time.sleep(rng.uniform(0.05, 0.3))
-        got = results(client, ids, timeout=120)
+        got = results(client, ids, timeout=60)
         assert got == {eid: pw.chain_result(n) for n, eid in enumerate(ids)}
         steps = {eid: pw.chain_steps() for eid in ids}
         records = read_log(log)
