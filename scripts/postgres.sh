@@ -28,6 +28,10 @@ start_test_postgres() {
     "${as[@]}" "$bin/pg_ctl" -D "$PERDURE_PG_DIR/data" -l "$PERDURE_PG_DIR/log" -w start \
         -o "-c listen_addresses='' -c unix_socket_directories='$PERDURE_PG_DIR' -c port=5439 -c max_connections=200" >/dev/null
     PERDURE_PG_STOP="${as[*]} $bin/pg_ctl -D $PERDURE_PG_DIR/data -m fast -w stop"
+    # For tests that restart the server (tests/test_pg_faults.py): pg_ctl on
+    # this cluster, run as the cluster's owner; its log is $PERDURE_PG_DIR/log.
+    export PERDURE_PG_DIR
+    export PERDURE_PG_CTL="${as[*]} $bin/pg_ctl -D $PERDURE_PG_DIR/data"
     trap 'eval "$PERDURE_PG_STOP" >/dev/null; rm -rf "$PERDURE_PG_DIR"' EXIT
     export PERDURE_TEST_PG="postgresql://postgres@localhost/postgres?host=$PERDURE_PG_DIR&port=5439"
 }
