@@ -591,6 +591,13 @@ class Engine:
         except CorruptRecordError as exc:
             self._leave_corrupt(exec_key, exc)
             return
+        except StoreError as exc:
+            if not exc.storage_failed:
+                raise
+            # The store could not be read (a server out of reach): the
+            # execution runs again later, as after a commit that failed so.
+            self._stalled(exec_key, exc)
+            return
         if invocation.wake == 0:
             # Not runnable any more: an invocation that ended after this one was
             # queued already handled the wake-up (or the execution finished).

@@ -182,6 +182,7 @@ impl Runtime {
             timers: timers.clone(),
             lease_timeout,
             watched: Mutex::default(),
+            last_look: Mutex::default(),
         });
         // Wake-ups after this value reach the poller; claims cover those before.
         let seen = self.backend.wake_seq()?;
@@ -763,6 +764,8 @@ struct Leases {
     lease_timeout: Duration,
     /// Each other owner's last renewal seen, and since when it stands still.
     watched: Mutex<HashMap<u64, (u64, Instant)>>,
+    /// When this engine last looked at the others.
+    last_look: Mutex<Option<Instant>>,
 }
 
 impl Leases {
@@ -775,6 +778,13 @@ impl Leases {
         let now = Instant::now();
         let dead: Vec<(u64, bool, Option<u64>)> = {
             let mut watched = self.watched.lock();
+            // A judge that did not look for a while (its own process was
+            // stopped, or starved) saw nothing stand still: it watches afresh.
+            let last_look = self.last_look.lock().replace(now);
+            let stalled_after = (self.lease_timeout / 2).max(LIVENESS_EVERY * 2);
+            if last_look.is_some_and(|at| now.duration_since(at) > stalled_after) {
+                watched.clear();
+            }
             watched.retain(|owner, _| others.iter().any(|other| other.owner == *owner));
             others
                 .iter()
@@ -889,14 +899,16 @@ struct Poller {
 impl Poller {
     fn run(&self, mut seen: u64, interval: Duration) {
         let leases = &self.leases;
-        let renew_every = (leases.lease_timeout / 4).max(interval);
-        let mut last_renewal = Instant::now();
+        // Renewals keep a schedule of their own, four per lease timeout,
+        // whatever the poll interval: others judge this engine by them.
+        let renew_every = (leases.lease_timeout / 4).max(Duration::from_millis(5));
+        let mut next_renewal = Instant::now() + renew_every;
         let mut next_poll = Instant::now() + interval;
         let mut next_liveness = Instant::now() + LIVENESS_EVERY;
         while !self.stop.load(Ordering::SeqCst) {
             // Between polls, news pushed by other processes (a store that
             // has a way to push it) is acted on as soon as it comes.
-            let wake_at = next_poll.min(next_liveness);
+            let wake_at = next_poll.min(next_liveness).min(next_renewal);
             let news = leases
                 .backend
                 .wait_for_news(wake_at.saturating_duration_since(Instant::now()));
@@ -911,6 +923,14 @@ impl Poller {
             // LIVENESS_EVERY, however long the poll interval).
             leases.scheduler.release_due();
             let now = Instant::now();
+            // An error here is transient (a commit refused while closing, a
+            // full disk, a server restarting): tried again soon.
+            if now >= next_renewal {
+                next_renewal = match leases.renew() {
+                    Ok(()) => now + renew_every,
+                    Err(_) => now + LIVENESS_EVERY.min(renew_every),
+                };
+            }
             if now >= next_liveness {
                 next_liveness = now + LIVENESS_EVERY;
                 let _ = leases.reap_dead();
@@ -919,11 +939,6 @@ impl Poller {
                 continue;
             }
             next_poll = now + interval;
-            // Errors here are transient (a commit refused while closing, a
-            // full disk, a server restarting): the next poll tries again.
-            if last_renewal.elapsed() >= renew_every && leases.renew().is_ok() {
-                last_renewal = Instant::now();
-            }
             let Ok((current, orphans)) = leases.backend.poll_state() else {
                 continue;
             };
