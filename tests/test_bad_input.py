@@ -45,7 +45,7 @@ from perdure import (
     ValidationError,
     WaitForCallbackConfig,
 )
-from support import perdure_cli, wait_for
+from support import lmdb_only, perdure_cli, store_exists, wait_for
 
 # region workflows
 
@@ -173,12 +173,7 @@ def run_script(tmp_path: Path, code: str, *args: str, **kwargs: Any) -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-def engine(store: Path) -> Iterator[Engine]:
+def engine(store: str) -> Iterator[Engine]:
     engine = Engine(store, durability="process", workers=2)
     yield engine
     close(engine)
@@ -269,11 +264,11 @@ def test_invalid_config_names_the_field(build: Callable[[], Any], field: str) ->
         ({"poll_interval": -1}, "poll_interval"),
     ],
 )
-def test_invalid_engine_options(store: Path, options: dict[str, Any], field: str) -> None:
+def test_invalid_engine_options(store: str, options: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         Engine(store, **options)
     assert field in str(info.value)
-    assert not store.exists(), "nothing is created for a refused configuration"
+    assert not store_exists(store), "nothing is created for a refused configuration"
 
 
 @pytest.mark.parametrize("url", ["postgresql://me@db/app", "postgres://me:pw@db/app?schema=x"])
@@ -406,7 +401,7 @@ GHOST_SCRIPT = """
 """
 
 
-def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store: Path) -> None:
+def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store: str) -> None:
     run_script(tmp_path, GHOST_SCRIPT, "start", str(store))
     engine = Engine(store, durability="process", workers=2)
     try:
@@ -429,7 +424,7 @@ def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store:
 MARKER = b"CORRUPT-ME-123456"
 
 
-def _journal_seqs_containing(store: Path, execution_id: str, needle: bytes) -> list[int]:
+def _journal_seqs_containing(store: str, execution_id: str, needle: bytes) -> list[int]:
     """Sequence numbers of the execution's records that contain ``needle``,
     and (last) the sequence number of its final record."""
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
@@ -454,9 +449,11 @@ def _journal_seqs_containing(store: Path, execution_id: str, needle: bytes) -> l
         env.close()
 
 
+@lmdb_only("damages bytes of data.mdb")
 def test_corrupted_record_names_execution_and_sequence(
-    store: Path, caplog: pytest.LogCaptureFixture
+    lmdb_store: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
+    store = lmdb_store
     engine = Engine(store, workers=2)
     parts = MARKER.decode().rsplit("-", 1)
     assert engine.run(marked, parts, execution_id="victim", timeout=30) == MARKER.decode()
@@ -580,7 +577,9 @@ UNWRITABLE_SCRIPT = """
 """
 
 
-def test_store_directory_not_writable(tmp_path: Path, store: Path) -> None:
+@lmdb_only("file permissions of the store directory")
+def test_store_directory_not_writable(tmp_path: Path, lmdb_store: Path) -> None:
+    store = lmdb_store
     engine = Engine(store, workers=2)
     assert engine.run(double, 6, execution_id="before", timeout=30) == 12
     close(engine)
@@ -629,7 +628,7 @@ def test_store_directory_not_writable(tmp_path: Path, store: Path) -> None:
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
 
 
-def _set_format_version(store: Path, version: int) -> None:
+def _set_format_version(store: str, version: int) -> None:
     env = lmdb.open(str(store), lock=False, max_dbs=16, subdir=True)
     try:
         meta = env.open_db(b"meta", create=False)
@@ -639,7 +638,7 @@ def _set_format_version(store: Path, version: int) -> None:
         env.close()
 
 
-def _format_version(store: Path) -> bytes:
+def _format_version(store: str) -> bytes:
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
     try:
         meta = env.open_db(b"meta", create=False)
@@ -651,7 +650,7 @@ def _format_version(store: Path) -> bytes:
         env.close()
 
 
-def _strip_checksums(store: Path) -> None:
+def _strip_checksums(store: str) -> None:
     """Rewrites a store's values as formats before 5 had them: no checksum
     trailer, leases without an epoch, no epoch counter."""
     env = lmdb.open(str(store), lock=False, max_dbs=16, subdir=True)
@@ -680,7 +679,7 @@ def _strip_checksums(store: Path) -> None:
         env.close()
 
 
-def _store_at_format(store: Path, version: int) -> int:
+def _store_at_format(store: str, version: int) -> int:
     """A store with one finished execution, as of format ``version`` (the
     engine is gone when this returns, so the next open reads it)."""
     engine = Engine(store, workers=2)
@@ -692,11 +691,13 @@ def _store_at_format(store: Path, version: int) -> int:
     return version
 
 
-def _newer_store(store: Path) -> int:
+def _newer_store(store: str) -> int:
     return _store_at_format(store, perdure.FORMAT_VERSION + 1)
 
 
-def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> None:
+@lmdb_only("rewrites the LMDB meta table and data.mdb")
+def test_store_from_a_newer_format_version_is_refused_untouched(lmdb_store: Path) -> None:
+    store = lmdb_store
     newer = _newer_store(store)
     data_before = (store / "data.mdb").read_bytes()
     for owner in (True, False):
@@ -718,8 +719,10 @@ def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> 
         close(engine)
 
 
+@lmdb_only("LMDB format upgrades")
 @pytest.mark.parametrize("older", [2, 3, 4])
-def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) -> None:
+def test_store_of_an_older_format_is_upgraded_in_place(lmdb_store: Path, older: int) -> None:
+    store = lmdb_store
     # Formats 3 and 4 only added records an older store cannot hold; format 5
     # seals every value with its checksum. The upgrade does both, and every
     # execution reads as before.
@@ -737,7 +740,9 @@ def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) 
         close(engine)
 
 
-def test_store_version_error_attributes(store: Path) -> None:
+@lmdb_only("rewrites the format version in the LMDB meta table")
+def test_store_version_error_attributes(lmdb_store: Path) -> None:
+    store = lmdb_store
     newer = _newer_store(store)
     with pytest.raises(StoreVersionError) as info:
         Engine(store)
@@ -745,7 +750,7 @@ def test_store_version_error_attributes(store: Path) -> None:
     assert info.value.path == str(store)
 
 
-def test_payload_over_the_limit(store: Path) -> None:
+def test_payload_over_the_limit(store: str) -> None:
     _drain_callback_ids()
     engine = Engine(store, durability="process", workers=2, max_payload_size=64)
     try:
@@ -796,7 +801,7 @@ OWNER_SCRIPT = """
 """
 
 
-def test_a_second_engine_and_a_client_work_beside_an_owner(tmp_path: Path, store: Path) -> None:
+def test_a_second_engine_and_a_client_work_beside_an_owner(tmp_path: Path, store: str) -> None:
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(OWNER_SCRIPT))
     child = subprocess.Popen(
