@@ -8,7 +8,8 @@ except under CI, where a missing server is a failure. Select one half with
 ``-m lmdb`` or ``-m pg``.
 
 A test about the LMDB files themselves (their bytes, modes, map size) is
-marked ``@lmdb_only("why")`` and runs on the ``lmdb`` half only.
+marked ``@lmdb_only("why")`` and runs on the ``lmdb`` half only; one about
+PostgreSQL URLs is marked ``@pytest.mark.pg_only("why")``.
 """
 
 from __future__ import annotations
@@ -32,6 +33,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "lmdb_only(reason): a test about LMDB files, not run on PostgreSQL"
     )
+    config.addinivalue_line(
+        "markers", "pg_only(reason): a test about PostgreSQL URLs, not run on LMDB"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -39,7 +43,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     # module's own fixture of the same name, which overrides them).
     if "store_kind" not in metafunc.fixturenames:
         return
-    params = [pytest.param("lmdb", id="lmdb", marks=pytest.mark.lmdb)]
+    params = []
+    if metafunc.definition.get_closest_marker("pg_only") is None:
+        params.append(pytest.param("lmdb", id="lmdb", marks=pytest.mark.lmdb))
     if metafunc.definition.get_closest_marker("lmdb_only") is None:
         params.append(pytest.param("pg", id="pg", marks=pytest.mark.pg))
     # Module scope groups each module's tests by store, so module-scoped

@@ -148,9 +148,10 @@ def store_is_empty(location: str) -> bool:
     return found.strip() == "0"
 
 
-def pg_dump_rows(location: str) -> str:
-    """Every row of the store's schema, as pg_dump writes them: two dumps
-    differ exactly when a row was written, added or removed."""
+def pg_dump_rows(location: str) -> dict[str, list[str]]:
+    """Every row of every table of the store's schema, by table (rows sorted,
+    as pg_dump writes them in COPY text): two dumps differ exactly when a
+    row was changed, added or removed."""
     done = subprocess.run(
         ["pg_dump", "--data-only", "--schema", _schema(location), without_schema(location)],
         capture_output=True,
@@ -159,4 +160,13 @@ def pg_dump_rows(location: str) -> str:
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    return done.stdout
+    tables: dict[str, list[str]] = {}
+    rows: list[str] | None = None
+    for line in done.stdout.splitlines():
+        if line.startswith("COPY "):
+            rows = tables.setdefault(line.split()[1], [])
+        elif line == "\\.":
+            rows = None
+        elif rows is not None:
+            rows.append(line)
+    return {table: sorted(rows) for table, rows in tables.items()}

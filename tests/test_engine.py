@@ -8,6 +8,7 @@ import uuid
 from collections import Counter
 from datetime import UTC, date, datetime
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import perdure
@@ -627,3 +628,22 @@ def test_closed_engine_refuses_work(store: str) -> None:
     engine.close()
     with pytest.raises(perdure.EngineClosedError):
         engine.start(steps_and_wait, 1)
+
+
+def test_the_engine_names_its_store(store: str, store_kind: str) -> None:
+    with perdure.Engine(store, owner=False) as engine:
+        assert engine.store == store
+        assert engine.path == (Path(store) if store_kind == "lmdb" else None)
+
+
+@pytest.mark.pg_only("a directory has no password to hide")
+def test_a_password_in_the_store_url_is_never_shown(store: str) -> None:
+    # The test server trusts its socket, so any password opens it.
+    user, rest = store.split("://", 1)[1].split("@", 1)
+    secret = f"postgresql://{user}:s3cret-word@{rest}"
+    engine = perdure.Engine(secret, owner=False)
+    engine.close()
+    assert engine.store == f"postgresql://{user}:***@{rest}"
+    with pytest.raises(perdure.EngineClosedError) as info:
+        engine.list()
+    assert "s3cret-word" not in str(info.value) and "***" in str(info.value)
