@@ -39,6 +39,7 @@ from perdure import (
     SerDesError,
     StepConfig,
     StoreAccessError,
+    StoreError,
     StoreVersionError,
     UnknownCallbackError,
     UnknownFunctionError,
@@ -271,18 +272,30 @@ def test_invalid_engine_options(store: str, options: dict[str, Any], field: str)
     assert not store_exists(store), "nothing is created for a refused configuration"
 
 
-@pytest.mark.parametrize("url", ["postgresql://me@db/app", "postgres://me:pw@db/app?schema=x"])
-def test_a_postgresql_url_is_refused_not_made_a_directory(
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://me@/app?host=/nonexistent-perdure-socket-dir",
+        "postgres://me:s3cret@/app?host=/nonexistent-perdure-socket-dir&schema=x",
+    ],
+)
+def test_an_unreachable_postgresql_url_is_a_clear_error_and_no_directory(
     url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A URL would otherwise become a directory named ``postgresql:`` here."""
+    """A URL is never taken for a directory (it would become one named
+    ``postgresql:``); a server that cannot be reached is named in the error,
+    its password never."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(ValidationError, match=r"PostgreSQL stores .* not supported yet"):
+    with pytest.raises(StoreError, match="cannot connect to postgres") as info:
         Engine(url)
+    assert "s3cret" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
     done = perdure_cli("list", "--store", url)
-    assert done.returncode != 0 and "not supported yet" in done.stderr, done
+    assert done.returncode != 0 and "cannot connect" in done.stderr, done
+    assert "s3cret" not in done.stderr
     assert list(tmp_path.iterdir()) == []
+    with pytest.raises(ValidationError, match="map_size applies to an LMDB directory"):
+        Engine(url, map_size=1 << 30)
 
 
 def test_invalid_calls_in_a_workflow_write_nothing(engine: Engine) -> None:

@@ -95,13 +95,7 @@ def millis_in_range(millis: int, what: str) -> int:
     return millis
 
 
-def store_directory(path: str | os.PathLike[str]) -> None:
-    """Refuses a PostgreSQL URL where a store directory is expected: it would
-    become a directory named ``postgresql:``. The PostgreSQL store is being
-    built (docs/design.md §8); this version cannot open one yet. The message
-    leaves the URL out (it may hold a password)."""
-    if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
-        raise ValidationError(
-            "store: this version of perdure runs on an LMDB directory only; "
-            "PostgreSQL stores (postgresql://...) are not supported yet"
-        )
+def is_store_url(location: str | os.PathLike[str]) -> bool:
+    """Whether a store location names a PostgreSQL server (``postgresql://``
+    or ``postgres://``) rather than a directory."""
+    return isinstance(location, str) and location.startswith(("postgresql://", "postgres://"))

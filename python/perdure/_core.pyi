@@ -9,6 +9,8 @@ MISSING: object
 NEW: object
 __version__: str
 
+def postgres_store_exists(url: str) -> bool: ...
+
 # (kind, op_type, sub_type, op_id, name, attempt, aux, aux2, extra, payload)
 # The sub type (third) is a built-in code or a custom label.
 _RecordIn = tuple[int, int, int | str, str, str | None, int, int, int, str | None, bytes | None]

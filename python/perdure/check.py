@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perdure._checks import is_store_url
 from perdure.errors import CorruptStoreError, StoreAccessError
 
 __all__ = ["CheckReport", "check_store"]
@@ -48,6 +49,13 @@ def check_store(path: str | os.PathLike[str], *, timeout: float = 600.0) -> Chec
     included, and :class:`~perdure.errors.StoreAccessError` for a store that
     does not exist or cannot be opened.
     """
+    if is_store_url(path):
+        # Rows on a server cannot crash the reader: no child process needed.
+        from perdure.engine import Engine
+
+        with Engine(path, owner=False) as engine:
+            entries, damaged = engine._core.check()
+            return CheckReport(engine.store, entries, list(damaged))
     store = Path(path)
     if not store.is_dir():
         raise StoreAccessError(f"no store at {str(store)!r}", path=str(store))

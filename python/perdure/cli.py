@@ -27,11 +27,18 @@ class _UsageError(Exception):
     """A command line that cannot be served (exit code 2, like argparse's)."""
 
 
-def _existing_store(store: str) -> Path:
+def _existing_store(store: str) -> str | Path:
     """The store directory of a command that reads or answers: it must hold
     a store already. Opening it would create an empty one, and show an empty
     store where the user mistyped a path."""
-    _checks.store_directory(store)
+    if _checks.is_store_url(store):
+        from perdure._core import postgres_store_exists
+
+        if not postgres_store_exists(store):
+            raise _UsageError(
+                "no perdure store at the --store URL: its schema holds no perdure tables"
+            )
+        return store
     path = Path(store)
     if not path.is_dir():
         raise _UsageError(f"no perdure store at {store}: the directory does not exist")
@@ -102,7 +109,9 @@ def _cmd_callback(args: argparse.Namespace) -> int:
 def _cmd_check(args: argparse.Namespace) -> int:
     from perdure.check import check_store
 
-    if not Path(args.store).is_dir():
+    if _checks.is_store_url(args.store):
+        _existing_store(args.store)
+    elif not Path(args.store).is_dir():
         print(f"perdure: no store at {args.store!r}", file=sys.stderr)
         return 2
     report = check_store(args.store)
@@ -276,7 +285,9 @@ def _parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.add_argument(
-            "--store", default=default_store, help=f"store directory (default {default_store})"
+            "--store",
+            default=default_store,
+            help=f"store directory or postgresql:// URL (default {default_store})",
         )
         sub.add_argument(
             "--durability",

@@ -113,7 +113,10 @@ def default_workers(durability: str) -> int:
 
 
 class Engine:
-    """An embedded durable-execution engine on one store directory.
+    """An embedded durable-execution engine on one store: a directory (LMDB,
+    the default) or a PostgreSQL database shared by many hosts
+    (``Engine("postgresql://user@host/db?schema=name")``; the schema,
+    ``perdure`` by default, is created on first use).
 
     ``Engine(path)`` creates or opens the store, resumes every execution a
     previous process left unfinished, and runs invocations on ``workers``
@@ -143,7 +146,7 @@ class Engine:
         workers: int | None = None,
         owner: bool = True,
         max_payload_size: int = DEFAULT_MAX_PAYLOAD,
-        poll_interval: float = 0.005,
+        poll_interval: float | None = None,
         lease_timeout: float = 10.0,
         map_size: int | None = None,
         clock: TimeSkippingClock | None = None,
@@ -153,7 +156,11 @@ class Engine:
             raise ValidationError(
                 f"path must be a str or os.PathLike, got {type(path).__name__}: {path!r}"
             )
-        _checks.store_directory(path)
+        on_server = _checks.is_store_url(path)
+        if poll_interval is None:
+            # A PostgreSQL store pushes wake-ups (LISTEN/NOTIFY): its poll is
+            # only the safety net, and a poll costs the server a query.
+            poll_interval = 1.0 if on_server else 0.005
         if not isinstance(durability, str) or durability not in _DURABILITIES:
             raise ValidationError(
                 f"durability must be one of {', '.join(_DURABILITIES)}; got {durability!r}"
@@ -196,6 +203,10 @@ class Engine:
             "lease_timeout": float(lease_timeout),
         }
         if map_size is not None:
+            if on_server:
+                raise ValidationError(
+                    "map_size applies to an LMDB directory, not a PostgreSQL store"
+                )
             options["map_size"] = _checks.integer(
                 map_size, "map_size", low=_MIN_MAP_SIZE, high=_MAX_MAP_SIZE
             )
@@ -207,10 +218,13 @@ class Engine:
             options["clock"] = clock._clock
         # Where invocations of async functions run (perdure.aio).
         self._aio = EngineLoop(event_loop)
-        self.path = Path(path)
+        #: The store directory; None for a PostgreSQL store.
+        self.path: Path | None = None if on_server else Path(path)
         self.durability = durability
         self.max_payload_size = max_payload_size
-        self._core = Core(str(path), **options)
+        self._core = Core(os.fspath(path), **options)
+        #: Where the store is: its directory, or its URL without password.
+        self.store: str = self._core.path
         if clock is not None:
             clock._attach(self._core)
         self._closed = False
@@ -268,7 +282,7 @@ class Engine:
     def _check_open(self) -> None:
         if self._closed:
             raise EngineClosedError(
-                f"engine on {self.path} is closed; open a new Engine to use the store"
+                f"engine on {self.store} is closed; open a new Engine to use the store"
             )
 
     # -- executions ---------------------------------------------------------------

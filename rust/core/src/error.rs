@@ -93,6 +93,13 @@ pub enum Error {
     #[error("{detail}")]
     StorageFailed { full: bool, detail: String },
 
+    /// The connection was lost while the store committed: the commit may or
+    /// may not be stored. Never retried blind: an invocation it stopped runs
+    /// again from what the store holds; another caller reads before it
+    /// tries again.
+    #[error("{0}")]
+    OutcomeUnknown(String),
+
     /// The PostgreSQL store refused or lost a request (`what` says which).
     #[error("PostgreSQL store: {what}: {source}")]
     Postgres {

@@ -12,7 +12,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::backend::lmdb::{Store, StoreOptions};
-use crate::backend::{Backend, ExecSummary, InvocationData, Lease, Mutation, Outcome, OwnerHold};
+use crate::backend::postgres::{self, PgLocation, PgOptions, PgStore};
+use crate::backend::{Backend, ExecSummary, InvocationData, Lease, Mutation, Outcome, OwnerHold, WakeScan};
 use crate::clock::{system_ms, Clock, SystemClock};
 use crate::error::{Error, Result};
 use crate::executor::{Executor, WorkerWrapper};
@@ -126,6 +127,21 @@ impl Runtime {
         Runtime::on(store, options)
     }
 
+    /// Opens the store `location` names: a `postgresql://` URL (see
+    /// [`PgLocation::parse`]) or an LMDB directory.
+    pub fn open_location(location: &str, options: RuntimeOptions) -> Result<Runtime> {
+        if postgres::is_url(location) {
+            let pg = PgOptions {
+                durability: options.store.durability,
+                ..PgOptions::default()
+            };
+            let store = PgStore::open(PgLocation::parse(location)?, pg)?;
+            Runtime::on(store, options)
+        } else {
+            Runtime::open(Path::new(location), options)
+        }
+    }
+
     /// Runs on an opened store (`options.store` is the LMDB store's options,
     /// used only by [`Runtime::open`]).
     pub fn on(backend: Arc<dyn Backend>, options: RuntimeOptions) -> Result<Runtime> {
@@ -165,6 +181,7 @@ impl Runtime {
             scheduler: scheduler.clone(),
             timers: timers.clone(),
             lease_timeout,
+            watched: Mutex::default(),
         });
         // Wake-ups after this value reach the poller; claims cover those before.
         let seen = self.backend.wake_seq()?;
@@ -731,8 +748,9 @@ impl Drop for Runtime {
 /// engines share the executions of one that died.
 const CLAIM_CHUNK: usize = 4096;
 
-/// How many poll intervals pass between looks at the other owners.
-const LIVENESS_EVERY: u32 = 20;
+/// How often an owner looks at the other owners for crashed or hung ones:
+/// a crash is taken over within about this long.
+const LIVENESS_EVERY: Duration = Duration::from_millis(100);
 
 /// This engine's part in sharing a store: the lease it renews, reaping dead
 /// owners and claiming the executions nobody runs.
@@ -743,26 +761,40 @@ struct Leases {
     scheduler: Arc<Scheduler>,
     timers: Arc<Timers>,
     lease_timeout: Duration,
+    /// Each other owner's last renewal seen, and since when it stands still.
+    watched: Mutex<HashMap<u64, (u64, Instant)>>,
 }
 
 impl Leases {
-    /// Reaps every other owner that crashed (its lock is free) or stopped
-    /// renewing its lease (hung); their executions become claimable.
+    /// Reaps every other owner that crashed (its hold is gone) or whose
+    /// renewal has stood still for the lease timeout, as this engine's own
+    /// clock measures it (so hosts' clocks never meet); their executions
+    /// become claimable.
     fn reap_dead(&self) -> Result<()> {
-        let now = system_ms();
-        let timeout_ms = u64::try_from(self.lease_timeout.as_millis()).unwrap_or(u64::MAX);
-        for (owner, entry) in self.backend.owners()? {
-            if owner == self.id {
-                continue;
-            }
-            let crashed = self.backend.owner_crashed(owner);
-            let hung = entry.renewed_ms.saturating_add(timeout_ms) < now;
-            if crashed || hung {
-                let renewed_ms = (!crashed).then_some(entry.renewed_ms);
-                self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
-                if crashed {
-                    self.backend.forget_owner(owner);
-                }
+        let others = self.backend.other_owners(self.id)?;
+        let now = Instant::now();
+        let dead: Vec<(u64, bool, Option<u64>)> = {
+            let mut watched = self.watched.lock();
+            watched.retain(|owner, _| others.iter().any(|other| other.owner == *owner));
+            others
+                .iter()
+                .filter_map(|other| {
+                    if other.crashed {
+                        return Some((other.owner, true, None));
+                    }
+                    let seen = watched.entry(other.owner).or_insert((other.renewed_ms, now));
+                    if seen.0 != other.renewed_ms {
+                        *seen = (other.renewed_ms, now);
+                    }
+                    let hung = now.duration_since(seen.1) >= self.lease_timeout;
+                    hung.then_some((other.owner, false, Some(other.renewed_ms)))
+                })
+                .collect()
+        };
+        for (owner, crashed, renewed_ms) in dead {
+            self.writer.submit(vec![Mutation::Reap { owner, renewed_ms }])?;
+            if crashed {
+                self.backend.forget_owner(owner);
             }
         }
         Ok(())
@@ -854,20 +886,38 @@ impl Poller {
         let leases = &self.leases;
         let renew_every = (leases.lease_timeout / 4).max(interval);
         let mut last_renewal = Instant::now();
-        let mut polls: u32 = 0;
+        let mut next_poll = Instant::now() + interval;
+        let mut next_liveness = Instant::now() + LIVENESS_EVERY;
         while !self.stop.load(Ordering::SeqCst) {
-            std::thread::sleep(interval);
-            polls = polls.wrapping_add(1);
+            // Between polls, news pushed by other processes (a store that
+            // has a way to push it) is acted on as soon as it comes.
+            let wake_at = next_poll.min(next_liveness);
+            let news = leases
+                .backend
+                .wait_for_news(wake_at.saturating_duration_since(Instant::now()));
+            for exec_key in news.woken {
+                leases.scheduler.schedule(exec_key);
+            }
+            if news.orphans {
+                let _ = leases.claim(1);
+            }
             // Executions whose invocation stopped (a full disk, an interrupt)
-            // run again once their delay passed.
+            // run again once their delay passed (looked at least every
+            // LIVENESS_EVERY, however long the poll interval).
             leases.scheduler.release_due();
+            let now = Instant::now();
+            if now >= next_liveness {
+                next_liveness = now + LIVENESS_EVERY;
+                let _ = leases.reap_dead();
+            }
+            if now < next_poll && !news.poll_now {
+                continue;
+            }
+            next_poll = now + interval;
             // Errors here are transient (a commit refused while closing, a
-            // full disk): the next poll tries again.
+            // full disk, a server restarting): the next poll tries again.
             if last_renewal.elapsed() >= renew_every && leases.renew().is_ok() {
                 last_renewal = Instant::now();
-            }
-            if polls % LIVENESS_EVERY == 0 {
-                let _ = leases.reap_dead();
             }
             let Ok((current, orphans)) = leases.backend.poll_state() else {
                 continue;
@@ -880,8 +930,15 @@ impl Poller {
             }
             if let Ok((now_seen, woken)) = leases.backend.woken_since(seen, leases.id) {
                 seen = now_seen;
+                let scan = leases.backend.wake_scan();
                 for exec_key in woken {
-                    leases.scheduler.schedule(exec_key);
+                    match scan {
+                        WakeScan::Since => leases.scheduler.schedule(exec_key),
+                        // The whole set comes back at every poll: one that
+                        // runs, waits or is queued already is left alone (a
+                        // wake-up during its run reruns it at its end).
+                        WakeScan::Set => leases.scheduler.schedule_idle(exec_key),
+                    }
                 }
             }
         }

@@ -89,6 +89,19 @@ impl Scheduler {
         }
     }
 
+    /// Queues `exec_key` unless it is queued, running, parked or waiting out
+    /// a retry delay: for wake-ups found by looking at the store, which
+    /// show an execution as woken until its invocation ends.
+    pub fn schedule_idle(&self, exec_key: u64) {
+        {
+            let state = self.state.lock();
+            if state.running.contains(&exec_key) || state.delayed.iter().any(|&(_, key)| key == exec_key) {
+                return;
+            }
+        }
+        self.schedule(exec_key);
+    }
+
     /// The next execution to run, or `None` on timeout or close.
     pub fn next(&self, timeout: Duration) -> Option<u64> {
         let deadline = Instant::now().checked_add(timeout);

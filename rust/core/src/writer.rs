@@ -287,10 +287,15 @@ fn commit_later(later: &Later, writer: &std::sync::Weak<Writer>) {
 
 /// Commits batches as one group; after a failure of the whole group (a
 /// storage failure), retries each batch alone, so one bad batch cannot
-/// fail the others.
+/// fail the others. Not after a commit of unknown outcome: the group may be
+/// stored, and a batch committed twice would append its records twice.
 fn commit_batches(backend: &dyn Backend, batches: &[Vec<Mutation>]) -> Vec<Result<Vec<Outcome>>> {
     match backend.commit(batches) {
         Ok(answers) => answers,
+        Err(Error::OutcomeUnknown(detail)) => batches
+            .iter()
+            .map(|_| Err(Error::OutcomeUnknown(detail.clone())))
+            .collect(),
         Err(_) if batches.len() > 1 => batches
             .iter()
             .map(|batch| commit_batches(backend, std::slice::from_ref(batch)).remove(0))

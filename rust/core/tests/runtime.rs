@@ -469,7 +469,8 @@ fn a_format_1_store_is_upgraded_in_place() {
 /// An owner that others took for hung loses its leases; its late writes are
 /// refused, and what it starts before registering again is left for others.
 /// An engine that judges others by a 1 ms lease, so it reaps every other
-/// owner (renewing every 2.5 s) at its first look, and claims `exec`.
+/// owner whose renewal stands still between two of its looks (100 ms apart;
+/// they renew every lease timeout / 4), and claims `exec`.
 fn reaper_of(dir: &std::path::Path, clock: Arc<ManualClock>, exec: u64) -> Runtime {
     std::thread::sleep(Duration::from_millis(10));
     let eager = Runtime::open(
@@ -692,7 +693,7 @@ fn a_reclaimed_execution_fences_the_invocation_from_before() {
     let slow = Runtime::open(
         dir.path(),
         RuntimeOptions {
-            lease_timeout: Duration::from_millis(200),
+            lease_timeout: Duration::from_secs(2),
             ..options(clock.clone(), 1 << 20)
         },
     )

@@ -2,7 +2,6 @@
 //! commit, a read, waiting for work) releases the GIL.
 
 use parking_lot::Mutex;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -162,7 +161,7 @@ impl Core {
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
-        path: PathBuf,
+        path: String,
         durability: &str,
         owner: bool,
         map_size: usize,
@@ -181,7 +180,7 @@ impl Core {
         if let Some(clock) = clock {
             options.clock = clock.clock.clone();
         }
-        let runtime = py.detach(|| Runtime::open(&path, options)).py_err()?;
+        let runtime = py.detach(|| Runtime::open_location(&path, options)).py_err()?;
         // Answers to an event loop's commits are delivered under one GIL hold
         // per group commit, not one per answer.
         runtime.set_delivery(Arc::new(|deliver: &mut dyn FnMut()| Python::attach(|_py| deliver())));

@@ -82,7 +82,9 @@ pub fn to_py(err: Error) -> PyErr {
             Error::CallbackAlreadyCompleted { .. } => ("CallbackAlreadyCompletedError", vec![]),
             Error::Closed => ("EngineClosedError", vec![]),
             Error::StorageFailed { full: true, .. } => ("StoreFullError", vec![("storage_failed", obj(py, true))]),
-            Error::StorageFailed { full: false, .. } => ("StoreError", vec![("storage_failed", obj(py, true))]),
+            Error::StorageFailed { full: false, .. } | Error::OutcomeUnknown(_) => {
+                ("StoreError", vec![("storage_failed", obj(py, true))])
+            }
             Error::Lmdb(_) | Error::Io(_) | Error::Postgres { .. } => ("StoreError", vec![]),
         };
         perdure_error(py, name, message, &kwargs)

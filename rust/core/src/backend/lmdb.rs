@@ -18,7 +18,9 @@ mod commit;
 mod lock;
 
 use self::lock::OwnerLock;
-use super::{bad_journal, Backend, ExecSummary, InvocationData, JournalOrder, Lease, Mutation, Outcome, OwnerHold};
+use super::{
+    bad_journal, Backend, ExecSummary, InvocationData, JournalOrder, Lease, Mutation, Outcome, OwnerHold, OwnerState,
+};
 use crate::error::{Error, Result};
 use crate::files::{self, DataFile};
 use crate::keys::{self, CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
@@ -372,8 +374,18 @@ impl Backend for Store {
         Ok(Box::new(OwnerLock::acquire(&self.path, owner)?))
     }
 
-    fn owner_crashed(&self, owner: u64) -> bool {
-        !OwnerLock::is_held(&self.path, owner)
+    /// Crashed: its lock file is free.
+    fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>> {
+        Ok(self
+            .owners()?
+            .into_iter()
+            .filter(|(owner, _)| *owner != me)
+            .map(|(owner, entry)| OwnerState {
+                owner,
+                crashed: !OwnerLock::is_held(&self.path, owner),
+                renewed_ms: entry.renewed_ms,
+            })
+            .collect())
     }
 
     fn forget_owner(&self, owner: u64) {

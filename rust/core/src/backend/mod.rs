@@ -7,6 +7,7 @@
 //! scheduler, the timers and the bindings know only this trait.
 
 use std::collections::HashSet;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::keys::{self, CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer};
@@ -112,20 +113,66 @@ pub trait Backend: Send + Sync {
     fn wake_seq(&self) -> Result<u64>;
     /// The registered engines, by owner id.
     fn owners(&self) -> Result<Vec<(u64, OwnerEntry)>>;
+    /// How the poller learns of wake-ups: `Since` a counter value (a store
+    /// whose counter values commit in order), or as the whole `Set` of
+    /// waiting executions each time (one where they may not).
+    fn wake_scan(&self) -> WakeScan {
+        WakeScan::Since
+    }
+    /// Waits up to `timeout` for news from other processes about this
+    /// owner's executions. A store without a way to push news sleeps out the
+    /// timeout and reports nothing: the poll finds what others wrote.
+    fn wait_for_news(&self, timeout: Duration) -> News {
+        std::thread::sleep(timeout);
+        News::default()
+    }
 
     // Owner liveness: how a crashed engine is told from a live one without
     // waiting for its lease to time out.
     /// Marks `owner` alive for as long as the returned hold lives.
     fn hold_owner(&self, owner: u64) -> Result<Box<dyn OwnerHold>>;
-    /// Whether `owner`'s process is known to be gone (its hold was released
-    /// without a goodbye).
-    fn owner_crashed(&self, owner: u64) -> bool;
+    /// The registered owners other than `me`: whether each crashed (its
+    /// hold was released without a goodbye) and its last renewal as stored.
+    /// Whether one is hung is for the caller to judge, by watching that
+    /// renewal stand still on its own clock: hosts' clocks never meet.
+    fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>>;
     /// Clears what a crashed owner left of its hold, once it is reaped.
     fn forget_owner(&self, owner: u64);
 }
 
 /// What keeps an owner marked alive; dropping it releases the mark.
 pub trait OwnerHold: Send {}
+
+/// An owner as another sees it: one that `crashed` is reaped at once; one
+/// whose `renewed_ms` stands still for the lease timeout is reaped unless it
+/// renewed meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OwnerState {
+    pub owner: u64,
+    pub crashed: bool,
+    pub renewed_ms: u64,
+}
+
+/// See [`Backend::wake_scan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WakeScan {
+    Since,
+    Set,
+}
+
+/// What other processes told this owner while it waited.
+#[derive(Debug, Default)]
+pub struct News {
+    /// Its executions woken (by a callback answered elsewhere, a child that
+    /// ended, a cancel).
+    pub woken: Vec<u64>,
+    /// Executions without an owner appeared (started by a process that does
+    /// not run executions, or left by an engine that closed).
+    pub orphans: bool,
+    /// Some news may have been lost (a listener that reconnected, a message
+    /// too long to name every execution): poll at once.
+    pub poll_now: bool,
+}
 
 /// What an invocation needs, read in one transaction.
 pub struct InvocationData {

@@ -55,6 +55,10 @@ pub fn commit_group(
     }
 }
 
+/// What a failed COMMIT's error says first: the group may or may not be
+/// stored (the store tells it apart from a failure before COMMIT).
+pub(super) const COMMIT_FAILED: &str = "cannot commit (the group may or may not be stored)";
+
 /// How many times a group that met a deadlock is run before its error is
 /// returned.
 const MAX_TRIES: u32 = 8;
@@ -93,10 +97,7 @@ fn try_group(client: &mut Client, location: &PgLocation, group: &[Vec<Mutation>]
     for batch in group {
         results.push(apply_batch(&mut view, batch)?);
     }
-    view.txn
-        .into_inner()
-        .commit()
-        .map_err(location.failed("cannot commit (the group may or may not be stored)"))?;
+    view.txn.into_inner().commit().map_err(location.failed(COMMIT_FAILED))?;
     Ok(results)
 }
 

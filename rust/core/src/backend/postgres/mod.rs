@@ -1,11 +1,14 @@
-//! The PostgreSQL store (issue 10, in progress): where a store lives on a
-//! server, how to connect, and the schema perdure creates there. The same
-//! engine will run on it beside LMDB, behind the storage seam.
+//! The PostgreSQL store: where a store lives on a server, how to connect,
+//! the schema perdure creates there, and the store the engine runs on
+//! ([`PgStore`]), beside LMDB behind the storage seam.
 
 pub mod commit;
 pub mod liveness;
 pub mod reads;
 pub mod schema;
+pub mod store;
+
+pub use store::{PgOptions, PgStore};
 
 use std::str::FromStr;
 use std::time::Duration;

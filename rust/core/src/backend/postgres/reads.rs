@@ -22,7 +22,7 @@ use postgres::types::ToSql;
 use postgres::{Client, IsolationLevel, Row, Statement, Transaction};
 
 use super::PgLocation;
-use crate::backend::{bad_journal, ExecSummary, InvocationData, JournalOrder, Lease};
+use crate::backend::{bad_journal, ExecSummary, InvocationData, JournalOrder, Lease, OwnerState};
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, CallbackState, ExecMeta, ExecState, OwnerEntry, ParentLink, Timer, TimerKind};
 use crate::record::Record;
@@ -51,12 +51,16 @@ struct Sql {
     execution: String,
     execution_by_id: String,
     journal: String,
+    execution_and_journal: String,
     last_record: String,
     list: String,
     callback: String,
     timers_of: String,
     wake_seq: String,
     owners: String,
+    woken: String,
+    orphans: String,
+    other_owners: String,
 }
 
 impl Sql {
@@ -66,6 +70,17 @@ impl Sql {
             execution: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE exec_key = $1"),
             execution_by_id: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE execution_id = $1"),
             journal: format!("SELECT seq, record FROM {s}.journal WHERE exec_key = $1 ORDER BY seq"),
+            // The row, then its records in order, in one statement: one
+            // round trip and one snapshot (a statement sees one), with the
+            // row's columns sent once rather than with every record.
+            execution_and_journal: format!(
+                "SELECT {EXEC_COLUMNS}, NULL::integer AS seq, NULL::bytea AS record \
+                 FROM {s}.executions WHERE exec_key = $1 \
+                 UNION ALL \
+                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, seq, record \
+                 FROM {s}.journal WHERE exec_key = $1 \
+                 ORDER BY seq NULLS FIRST"
+            ),
             last_record: format!(
                 "SELECT j.seq, j.record, e.execution_id FROM {s}.journal j \
                  LEFT JOIN {s}.executions e ON e.exec_key = j.exec_key \
@@ -86,6 +101,18 @@ impl Sql {
             ),
             wake_seq: format!("SELECT last_value, is_called FROM {s}.wake_seq"),
             owners: format!("SELECT {OWNER_COLUMNS} FROM {s}.owners"),
+            woken: format!("SELECT exec_key FROM {s}.executions WHERE owner_id = $1 AND wake IS NOT NULL"),
+            orphans: format!("SELECT EXISTS (SELECT 1 FROM {s}.executions WHERE state = 1 AND owner_id IS NULL)"),
+            // Crashed: the owner's session lock is free (pg_locks shows a
+            // bigint advisory key as its two 32-bit halves).
+            other_owners: format!(
+                "SELECT o.owner_id, floor(extract(epoch FROM o.renewed_at) * 1000)::bigint, \
+                 NOT EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+                     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+                     AND l.classid::bigint = ((o.owner_id >> 32) & 4294967295) \
+                     AND l.objid::bigint = (o.owner_id & 4294967295) AND l.objsubid = 1) \
+                 FROM {s}.owners o WHERE o.owner_id <> $1"
+            ),
         }
     }
 }
@@ -97,12 +124,16 @@ struct Statements {
     execution: Statement,
     execution_by_id: Statement,
     journal: Statement,
+    execution_and_journal: Statement,
     last_record: Statement,
     list: Statement,
     callback: Statement,
     timers_of: Statement,
     wake_seq: Statement,
     owners: Statement,
+    woken: Statement,
+    orphans: Statement,
+    other_owners: Statement,
 }
 
 impl Statements {
@@ -112,12 +143,16 @@ impl Statements {
             execution: client.prepare(&sql.execution)?,
             execution_by_id: client.prepare(&sql.execution_by_id)?,
             journal: client.prepare(&sql.journal)?,
+            execution_and_journal: client.prepare(&sql.execution_and_journal)?,
             last_record: client.prepare(&sql.last_record)?,
             list: client.prepare(&sql.list)?,
             callback: client.prepare(&sql.callback)?,
             timers_of: client.prepare(&sql.timers_of)?,
             wake_seq: client.prepare(&sql.wake_seq)?,
             owners: client.prepare(&sql.owners)?,
+            woken: client.prepare(&sql.woken)?,
+            orphans: client.prepare(&sql.orphans)?,
+            other_owners: client.prepare(&sql.other_owners)?,
         })
     }
 }
@@ -233,27 +268,54 @@ impl PgReads {
     /// metadata, the wake-up value seen (0 when not pending), the lease its
     /// writes will be fenced by, and the journal's replay index.
     pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
-        self.snapshot(|txn| {
-            let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let mut index = ReplayIndex::with_capacity(row.capacity());
-            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| index.add(record))?;
-            Ok(InvocationData {
-                exec_key,
-                index,
-                wake: row.wake.unwrap_or(0),
-                lease: row.lease,
-                meta: row.meta,
-            })
+        let (row, index) = self.execution_with_journal(
+            exec_key,
+            |row| ReplayIndex::with_capacity(row.capacity()),
+            ReplayIndex::add,
+        )?;
+        Ok(InvocationData {
+            exec_key,
+            index,
+            wake: row.wake.unwrap_or(0),
+            lease: row.lease,
+            meta: row.meta,
         })
     }
 
     pub fn journal(&self, exec_key: u64) -> Result<Vec<Record>> {
-        self.snapshot(|txn| {
-            let row = self.exec_row_in(txn, exec_key)?.ok_or_else(|| no_metadata(exec_key))?;
-            let mut records = Vec::with_capacity(row.capacity());
-            self.visit_journal_in(txn, exec_key, &row.meta.execution_id, |record| records.push(record))?;
-            Ok(records)
-        })
+        let (_, records) =
+            self.execution_with_journal(exec_key, |row| Vec::with_capacity(row.capacity()), Vec::push)?;
+        Ok(records)
+    }
+
+    /// An execution's row and its journal, read in one statement: `start`
+    /// makes what the records go into from the row, `add` puts each in, in
+    /// order (checked by [`JournalOrder`] as the rows arrive: a long journal
+    /// is held in memory once, as records).
+    fn execution_with_journal<T>(
+        &self,
+        exec_key: u64,
+        start: impl FnOnce(&ExecRow) -> T,
+        mut add: impl FnMut(&mut T, Record),
+    ) -> Result<(ExecRow, T)> {
+        let key = key_param(exec_key).ok_or_else(|| no_metadata(exec_key))?;
+        let failed = || self.failed("cannot read an execution and its journal");
+        let mut client = self.client.lock();
+        let mut rows = client
+            .query_raw(&self.sql.execution_and_journal, [key])
+            .map_err(failed())?;
+        let head = match rows.next().map_err(failed())? {
+            Some(row) if row.get::<_, Option<i32>>(12).is_none() => exec_row(&row)?,
+            _ => return Err(no_metadata(exec_key)),
+        };
+        let mut into = start(&head);
+        let execution_id = head.meta.execution_id.as_str();
+        let mut order = JournalOrder::new(execution_id);
+        while let Some(row) = rows.next().map_err(failed())? {
+            let sequence = sequence_from(row.get(12), execution_id)?;
+            add(&mut into, order.next(sequence, row.get::<_, &[u8]>(13))?);
+        }
+        Ok((head, into))
     }
 
     /// The last record of a journal: the outcome of a finished execution.
@@ -389,14 +451,99 @@ impl PgReads {
         Ok(owners)
     }
 
-    fn exec_row_in(&self, txn: &mut Transaction<'_>, exec_key: u64) -> Result<Option<ExecRow>> {
-        let Some(key) = key_param(exec_key) else {
-            return Ok(None);
-        };
-        let row = txn
-            .query_opt(&self.sql.execution, &[&key])
-            .map_err(self.failed("cannot read an execution"))?;
-        row.map(|row| exec_row(&row)).transpose()
+    /// Every execution leased to `owner` that waits to run. A set, not the
+    /// wake-ups after a counter value: sequence values are handed out when
+    /// asked for, not in commit order, so a cursor over them could pass a
+    /// wake-up that commits late.
+    pub fn woken(&self, owner: u64) -> Result<Vec<u64>> {
+        let found = self.rows(&self.sql.woken, &[&(owner as i64)], "cannot read wake-ups")?;
+        Ok(found
+            .iter()
+            .filter_map(|row| u64::try_from(row.get::<_, i64>(0)).ok())
+            .collect())
+    }
+
+    /// Whether some active execution has no owner.
+    pub fn has_orphans(&self) -> Result<bool> {
+        let row = self
+            .client
+            .lock()
+            .query_one(&self.sql.orphans, &[])
+            .map_err(self.failed("cannot look for orphans"))?;
+        Ok(row.get(0))
+    }
+
+    /// The owners other than `me`, each with whether its session lock is
+    /// free (it crashed) and its last renewal.
+    pub fn other_owners(&self, me: u64) -> Result<Vec<OwnerState>> {
+        let found = self.rows(&self.sql.other_owners, &[&(me as i64)], "cannot read the owners")?;
+        Ok(found
+            .iter()
+            .map(|row| OwnerState {
+                owner: row.get::<_, i64>(0) as u64,
+                renewed_ms: u64::try_from(row.get::<_, i64>(1)).unwrap_or(0),
+                crashed: row.get(2),
+            })
+            .collect())
+    }
+
+    /// Reads every row and checks it as the engine would: (rows read, the
+    /// damage found, each naming what it is in).
+    pub fn check(&self) -> Result<(usize, Vec<Error>)> {
+        let s = self.location.schema();
+        self.snapshot(|txn| {
+            let mut entries = 0;
+            let mut damaged = Vec::new();
+            let executions = txn
+                .query(
+                    &format!("SELECT {EXEC_COLUMNS} FROM {s}.executions ORDER BY exec_key"),
+                    &[],
+                )
+                .map_err(self.failed("cannot read executions"))?;
+            for row in &executions {
+                entries += 1;
+                match exec_row(row) {
+                    Ok(found) => {
+                        let mut records = 0usize;
+                        match self.visit_journal_in(txn, found.exec_key, &found.meta.execution_id, |_| records += 1) {
+                            Ok(()) => entries += records,
+                            Err(err @ Error::Postgres { .. }) => return Err(err),
+                            Err(err) => damaged.push(err),
+                        }
+                    }
+                    Err(err) => damaged.push(err),
+                }
+            }
+            let callbacks = txn
+                .query(
+                    &format!("SELECT callback_id, {CALLBACK_COLUMNS} FROM {s}.callbacks"),
+                    &[],
+                )
+                .map_err(self.failed("cannot read callbacks"))?;
+            for row in &callbacks {
+                entries += 1;
+                let id: String = row.get(0);
+                if let Err(reason) = callback_fields(row, 1) {
+                    damaged.push(Error::CorruptStore(format!("callback {id:?}: {reason}")));
+                }
+            }
+            let orphan_journal: i64 = txn
+                .query_one(
+                    &format!(
+                        "SELECT count(DISTINCT j.exec_key) FROM {s}.journal j \
+                         LEFT JOIN {s}.executions e ON e.exec_key = j.exec_key WHERE e.exec_key IS NULL"
+                    ),
+                    &[],
+                )
+                .map_err(self.failed("cannot read journals"))?
+                .get(0);
+            if orphan_journal > 0 {
+                damaged.push(Error::CorruptStore(format!(
+                    "{orphan_journal} journals belong to no execution"
+                )));
+            }
+            Ok((entries, damaged))
+        })
     }
 
     /// Decodes an execution's records in order, as the rows arrive (a long
@@ -522,17 +669,22 @@ fn exec_meta(row: &Row, execution_id: &str) -> Result<ExecMeta, String> {
 }
 
 pub(super) fn callback_row(row: &Row) -> Result<CallbackEntry, String> {
-    let state: i16 = row.get(2);
+    callback_fields(row, 0)
+}
+
+/// The callback whose [`CALLBACK_COLUMNS`] start at column `at`.
+fn callback_fields(row: &Row, at: usize) -> Result<CallbackEntry, String> {
+    let state: i16 = row.get(at + 2);
     Ok(CallbackEntry {
         state: u8::try_from(state)
             .ok()
             .and_then(CallbackState::from_u8)
             .ok_or_else(|| format!("unknown callback state {state}"))?,
-        exec_key: unsigned(row.get(0), "execution key")?,
-        deadline_ms: unsigned(row.get(3), "deadline_ms")?,
-        heartbeat_timeout_ms: unsigned(row.get(4), "heartbeat_timeout_ms")?,
-        last_heartbeat_ms: unsigned(row.get(5), "last_heartbeat_ms")?,
-        op_id: row.get(1),
+        exec_key: unsigned(row.get(at), "execution key")?,
+        deadline_ms: unsigned(row.get(at + 3), "deadline_ms")?,
+        heartbeat_timeout_ms: unsigned(row.get(at + 4), "heartbeat_timeout_ms")?,
+        last_heartbeat_ms: unsigned(row.get(at + 5), "last_heartbeat_ms")?,
+        op_id: row.get(at + 1),
     })
 }
 

@@ -78,6 +78,18 @@ CREATE SEQUENCE {s}.wake_seq;
 CREATE SEQUENCE {s}.lease_epoch;
 "#;
 
+/// Whether the store at `location` exists (its schema holds perdure's
+/// tables): what commands that only read ask before they open it, so that
+/// a mistyped schema is an error rather than a new, empty store.
+pub fn exists(location: &PgLocation) -> Result<bool> {
+    let mut client = location.connect()?;
+    let meta_table = format!("{}.meta", location.schema());
+    let row = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&meta_table])
+        .map_err(location.failed("cannot look for the store"))?;
+    Ok(row.get(0))
+}
+
 /// Creates the store's schema and tables, or checks and upgrades the ones
 /// there; returns the version found before (0: created now). Safe to run
 /// from many hosts at once: the work is one transaction under an advisory
