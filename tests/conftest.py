@@ -90,10 +90,14 @@ def new_store(store_kind: str, tmp_path: Path) -> Iterator[Callable[[], str]]:
 
 
 def _drop_schemas(server: str, locations: list[str]) -> None:
-    for location in locations:
-        if is_pg(location):
-            schema = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))["schema"]
-            psql(server, f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    # One psql for all: a hypothesis test makes hundreds of stores.
+    schemas = [
+        dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))["schema"]
+        for location in locations
+        if is_pg(location)
+    ]
+    if schemas:
+        psql(server, "".join(f'DROP SCHEMA IF EXISTS "{name}" CASCADE;' for name in schemas))
 
 
 @pytest.fixture(scope="module")
