@@ -170,3 +170,10 @@ def pg_dump_rows(location: str) -> dict[str, list[str]]:
         elif rows is not None:
             rows.append(line)
     return {table: sorted(rows) for table, rows in tables.items()}
+
+
+def pg_sql(location: str, sql: str) -> list[list[str]]:
+    """Runs ``sql`` on the store's server, ``{schema}`` in it naming the
+    store's schema (quoted); its rows, each a list of column texts."""
+    out = psql(without_schema(location), sql.replace("{schema}", f'"{_schema(location)}"'))
+    return [line.split("|") for line in out.splitlines() if line]

@@ -46,7 +46,7 @@ from perdure import (
     ValidationError,
     WaitForCallbackConfig,
 )
-from support import lmdb_only, perdure_cli, store_exists, wait_for
+from support import is_pg, lmdb_only, perdure_cli, pg_dump_rows, pg_sql, store_exists, wait_for
 
 # region workflows
 
@@ -440,6 +440,15 @@ MARKER = b"CORRUPT-ME-123456"
 def _journal_seqs_containing(store: str, execution_id: str, needle: bytes) -> list[int]:
     """Sequence numbers of the execution's records that contain ``needle``,
     and (last) the sequence number of its final record."""
+    if is_pg(store):
+        has = f"position('\\x{needle.hex()}'::bytea IN j.record) > 0"
+        rows = pg_sql(
+            store,
+            f"SELECT j.seq, {has} FROM {{schema}}.journal j JOIN {{schema}}.executions e "
+            f"USING (exec_key) WHERE e.execution_id = '{execution_id}' ORDER BY j.seq",
+        )
+        seqs = [int(seq) for seq, has in rows if has == "t"]
+        return [*seqs, int(rows[-1][0])]
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
     try:
         with env.begin() as txn:
@@ -462,11 +471,34 @@ def _journal_seqs_containing(store: str, execution_id: str, needle: bytes) -> li
         env.close()
 
 
-@lmdb_only("damages bytes of data.mdb")
+def _flip_in_marked_records(store: str) -> None:
+    """Flips one bit of every stored copy of MARKER, inside the payload (in
+    data.mdb, or in the journal rows): the records' checksums no longer match."""
+    if is_pg(store):
+        at = f"position('\\x{MARKER.hex()}'::bytea IN record) + 7"  # set_byte counts from 0
+        pg_sql(
+            store,
+            f"UPDATE {{schema}}.journal "
+            f"SET record = set_byte(record, {at}, get_byte(record, {at}) # 1) "
+            f"WHERE position('\\x{MARKER.hex()}'::bytea IN record) > 0",
+        )
+        return
+    data_file = Path(store) / "data.mdb"
+    data = bytearray(data_file.read_bytes())
+    positions = []
+    found = data.find(MARKER)
+    while found != -1:
+        positions.append(found)
+        found = data.find(MARKER, found + 1)
+    assert positions, "marker not found in data.mdb"
+    for position in positions:
+        data[position + 8] ^= 0x01
+    data_file.write_bytes(bytes(data))
+
+
 def test_corrupted_record_names_execution_and_sequence(
-    lmdb_store: Path, caplog: pytest.LogCaptureFixture
+    store: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    store = lmdb_store
     engine = Engine(store, workers=2)
     parts = MARKER.decode().rsplit("-", 1)
     assert engine.run(marked, parts, execution_id="victim", timeout=30) == MARKER.decode()
@@ -483,16 +515,7 @@ def test_corrupted_record_names_execution_and_sequence(
     assert step_seq >= 1 and result_seq == last
     assert _journal_seqs_containing(store, "victim-pending", MARKER) == [0, 0]
     assert _journal_seqs_containing(store, "bystander", MARKER)[:-1] == []
-    data = bytearray((store / "data.mdb").read_bytes())
-    positions = []
-    found = data.find(MARKER)
-    while found != -1:
-        positions.append(found)
-        found = data.find(MARKER, found + 1)
-    assert positions, "marker not found in data.mdb"
-    for position in positions:
-        data[position + 8] ^= 0x01  # "ME" -> "MD": one bit inside the payload
-    (store / "data.mdb").write_bytes(bytes(data))
+    _flip_in_marked_records(store)
 
     caplog.set_level(logging.ERROR, logger="perdure")
     engine = Engine(store, workers=2)
@@ -704,27 +727,55 @@ def _store_at_format(store: str, version: int) -> int:
     return version
 
 
+#: The schema version a PostgreSQL store has (docs/format.md §8).
+PG_SCHEMA_VERSION = 1
+
+
+def _supported_version(store: str) -> int:
+    return PG_SCHEMA_VERSION if is_pg(store) else perdure.FORMAT_VERSION
+
+
+def _set_version(store: str, version: int) -> None:
+    if is_pg(store):
+        pg_sql(
+            store,
+            f"UPDATE {{schema}}.meta SET value = '{version}' WHERE key = 'schema_version'",
+        )
+    else:
+        _set_format_version(store, version)
+
+
+def _stored(store: str) -> Any:
+    """All the store holds: data.mdb's bytes, or every row of the schema."""
+    return pg_dump_rows(store) if is_pg(store) else (Path(store) / "data.mdb").read_bytes()
+
+
 def _newer_store(store: str) -> int:
-    return _store_at_format(store, perdure.FORMAT_VERSION + 1)
+    """A store with one finished execution, of the version after this perdure's."""
+    if not is_pg(store):
+        return _store_at_format(store, perdure.FORMAT_VERSION + 1)
+    engine = Engine(store, workers=2)
+    assert engine.run(double, 7, execution_id="before", timeout=30) == 14
+    close(engine)
+    _set_version(store, PG_SCHEMA_VERSION + 1)
+    return PG_SCHEMA_VERSION + 1
 
 
-@lmdb_only("rewrites the LMDB meta table and data.mdb")
-def test_store_from_a_newer_format_version_is_refused_untouched(lmdb_store: Path) -> None:
-    store = lmdb_store
+def test_store_from_a_newer_format_version_is_refused_untouched(store: str) -> None:
     newer = _newer_store(store)
-    data_before = (store / "data.mdb").read_bytes()
+    supported = _supported_version(store)
+    stored_before = _stored(store)
     for owner in (True, False):
         with pytest.raises(StoreVersionError) as info:
             Engine(store, owner=owner)
         message = str(info.value)
-        assert f"format version {newer}" in message
-        assert f"reads version {perdure.FORMAT_VERSION}" in message
-        assert str(store) in message
-    assert _format_version(store) == newer.to_bytes(4, "big")
-    assert (store / "data.mdb").read_bytes() == data_before
+        assert f"version {newer}" in message
+        assert f"reads version {supported}" in message
+        assert store in message
+    assert _stored(store) == stored_before
 
     # Put back by hand, the store is intact.
-    _set_format_version(store, perdure.FORMAT_VERSION)
+    _set_version(store, supported)
     engine = Engine(store, workers=2)
     try:
         assert_intact(engine, {"before": 14})
@@ -753,13 +804,11 @@ def test_store_of_an_older_format_is_upgraded_in_place(lmdb_store: Path, older: 
         close(engine)
 
 
-@lmdb_only("rewrites the format version in the LMDB meta table")
-def test_store_version_error_attributes(lmdb_store: Path) -> None:
-    store = lmdb_store
+def test_store_version_error_attributes(store: str) -> None:
     newer = _newer_store(store)
     with pytest.raises(StoreVersionError) as info:
         Engine(store)
-    assert (info.value.found, info.value.supported) == (newer, perdure.FORMAT_VERSION)
+    assert (info.value.found, info.value.supported) == (newer, _supported_version(store))
     assert info.value.path == str(store)
 
 
