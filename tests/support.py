@@ -80,7 +80,20 @@ def psql(server: str, sql: str) -> str:
     as it is: perdure's own ``schema=`` option is the only one it would refuse,
     and ``server`` has none."""
     done = subprocess.run(
-        [_psql_binary(), "-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", server, "-c", sql],
+        [
+            _pg_tool("psql"),
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            server,
+        ],
+        # On stdin, each statement is a transaction of its own: one DROP
+        # SCHEMA of hundreds of stores would run out of lock slots.
+        input=sql,
         capture_output=True,
         text=True,
         timeout=60,
@@ -90,12 +103,14 @@ def psql(server: str, sql: str) -> str:
     return done.stdout
 
 
-def _psql_binary() -> str:
-    found = shutil.which("psql")
+def _pg_tool(name: str) -> str:
+    """A PostgreSQL client program (psql, pg_dump): on PATH, or beside the
+    server scripts/postgres.sh starts."""
+    found = shutil.which(name)
     if found:
         return found
-    candidates = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))
-    assert candidates, "psql not found (apt-get install postgresql-client)"
+    candidates = sorted(Path("/usr/lib/postgresql").glob(f"*/bin/{name}"))
+    assert candidates, f"{name} not found (apt-get install postgresql-client)"
     return str(candidates[-1])
 
 
@@ -153,7 +168,13 @@ def pg_dump_rows(location: str) -> dict[str, list[str]]:
     as pg_dump writes them in COPY text): two dumps differ exactly when a
     row was changed, added or removed."""
     done = subprocess.run(
-        ["pg_dump", "--data-only", "--schema", _schema(location), without_schema(location)],
+        [
+            _pg_tool("pg_dump"),
+            "--data-only",
+            "--schema",
+            _schema(location),
+            without_schema(location),
+        ],
         capture_output=True,
         text=True,
         timeout=60,
