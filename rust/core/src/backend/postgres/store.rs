@@ -57,7 +57,9 @@ impl Default for PgOptions {
 /// wakes more of one owner's sends `*` (look at them all).
 const MAX_NAMED: usize = 500;
 
-/// The longest a lost listener waits before it tries to connect again.
+/// The delays between tries to reach a lost server: the first, and the
+/// longest (they double).
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 pub struct PgStore {
@@ -70,6 +72,45 @@ pub struct PgStore {
     /// no message.
     me: AtomicU64,
     news: Arc<NewsBox>,
+    reconnect: Reconnect,
+}
+
+/// Connections opened again after the server was lost, with back-off:
+/// while it cannot be reached, tries are spaced 50 ms, doubling to 2 s,
+/// and a connection asked for sooner fails at once as the storage failure
+/// it is (the invocation that asked runs again later).
+#[derive(Default)]
+struct Reconnect {
+    /// When the next try may be made, and the delay after a failed one.
+    next: Mutex<Option<(Instant, Duration)>>,
+}
+
+impl Reconnect {
+    fn open<T>(&self, connect: impl FnOnce() -> Result<T>) -> Result<T> {
+        if let Some((at, _)) = *self.next.lock() {
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                return Err(Error::StorageFailed {
+                    full: false,
+                    detail: format!(
+                        "the PostgreSQL server cannot be reached (next try in {} ms)",
+                        wait.as_millis()
+                    ),
+                });
+            }
+        }
+        match connect() {
+            Ok(value) => {
+                *self.next.lock() = None;
+                Ok(value)
+            }
+            Err(err) => {
+                let mut next = self.next.lock();
+                let delay = next.map_or(FIRST_RECONNECT_DELAY, |(_, delay)| (delay * 2).min(MAX_RECONNECT_DELAY));
+                *next = Some((Instant::now() + delay, delay));
+                Err(unavailable(err))
+            }
+        }
+    }
 }
 
 impl PgStore {
@@ -88,6 +129,7 @@ impl PgStore {
             next_read: AtomicUsize::new(0),
             me: AtomicU64::new(0),
             news: Arc::default(),
+            reconnect: Reconnect::default(),
         }))
     }
 
@@ -104,7 +146,7 @@ impl PgStore {
             .find_map(|i| self.reads[(start + i) % count].try_lock())
             .unwrap_or_else(|| self.reads[start % count].lock());
         if slot.is_none() {
-            *slot = Some(PgReads::connect(&self.location).map_err(unavailable)?);
+            *slot = Some(self.reconnect.open(|| PgReads::connect(&self.location))?);
         }
         let reads = slot.as_ref().expect("connected above");
         let answer = f(reads);
@@ -119,8 +161,11 @@ impl PgStore {
     fn commit_on_writer(&self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
         let mut writer = self.writer.lock();
         if writer.is_none() {
-            let mut client = self.location.connect().map_err(unavailable)?;
-            prepare_writer(&mut client, &self.location, self.options.durability).map_err(unavailable)?;
+            let client = self.reconnect.open(|| {
+                let mut client = self.location.connect()?;
+                prepare_writer(&mut client, &self.location, self.options.durability)?;
+                Ok(client)
+            })?;
             *writer = Some(client);
         }
         let client = writer.as_mut().expect("connected above");
@@ -466,14 +511,14 @@ impl Listener {
     /// since messages sent meanwhile are lost.
     fn run(&self, first: Client) {
         let mut client = Some(first);
-        let mut delay = Duration::from_millis(50);
+        let mut delay = FIRST_RECONNECT_DELAY;
         while !self.stop.load(Ordering::SeqCst) {
             let Some(connection) = client.as_mut() else {
                 std::thread::sleep(delay);
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 if let Ok(again) = listen(&self.location, self.owner) {
                     client = Some(again);
-                    delay = Duration::from_millis(50);
+                    delay = FIRST_RECONNECT_DELAY;
                     self.news.push(|news| news.poll_now = true);
                 }
                 continue;
@@ -523,5 +568,47 @@ impl Drop for ListenerHold {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    fn refused() -> Result<()> {
+        Err(Error::StorageFailed {
+            full: false,
+            detail: "refused".into(),
+        })
+    }
+
+    #[test]
+    fn a_lost_server_is_tried_again_after_growing_delays() {
+        let reconnect = Reconnect::default();
+        let tries = Cell::new(0);
+        let attempt = || {
+            reconnect.open(|| {
+                tries.set(tries.get() + 1);
+                refused()
+            })
+        };
+        assert!(attempt().is_err());
+        assert_eq!(tries.get(), 1);
+        // Asked again at once: no try, a storage failure saying when.
+        let err = attempt().unwrap_err();
+        assert_eq!(tries.get(), 1);
+        assert!(
+            matches!(&err, Error::StorageFailed { full: false, detail } if detail.contains("next try in")),
+            "{err}"
+        );
+        std::thread::sleep(FIRST_RECONNECT_DELAY);
+        assert!(attempt().is_err());
+        assert_eq!(tries.get(), 2);
+        let (_, delay) = reconnect.next.lock().expect("a failed try sets the next");
+        assert_eq!(delay, FIRST_RECONNECT_DELAY * 2);
+        std::thread::sleep(delay);
+        assert_eq!(reconnect.open(|| Ok(7)).unwrap(), 7);
+        assert!(reconnect.next.lock().is_none(), "a success resets the back-off");
     }
 }
