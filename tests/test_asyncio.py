@@ -29,7 +29,7 @@ from perdure import (
 )
 from perdure.aio import is_async
 from perdure.testing import TimeSkippingClock
-from support import wait_for
+from support import store_exists, wait_for
 
 HERE = Path(__file__).resolve().parent
 TIMEOUT = 30
@@ -45,8 +45,8 @@ def _reset() -> Any:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
-    with Engine(tmp_path / "store", durability="none", workers=4, clock=TimeSkippingClock()) as e:
+def engine(store: str) -> Any:
+    with Engine(store, durability="none", workers=4, clock=TimeSkippingClock()) as e:
         aw.ENGINE.append(e)
         yield e
 
@@ -141,8 +141,7 @@ def test_async_functions_are_recognised() -> None:
 # region replay and history
 
 
-def test_a_restart_replays_stored_results_without_running_step_bodies(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_a_restart_replays_stored_results_without_running_step_bodies(store: str) -> None:
     with Engine(store, durability="process", workers=2) as first:
         handle = first.start(aw.counted_workflow, 7, execution_id="r")
         wait_for(lambda: "r" in aw.CALLBACK_IDS, "the callback id")
@@ -197,18 +196,18 @@ def test_bulk_replay_verifies_async_executions(engine: Engine) -> None:
 # region one event loop
 
 
-def test_awaiting_io_in_an_async_step_holds_no_worker(tmp_path: Path) -> None:
+def test_awaiting_io_in_an_async_step_holds_no_worker(store: str) -> None:
     # 50 step bodies wait on one another on a single worker: with sync steps
     # the first would hold the only worker for ever.
     aw.BARRIER[:] = [aw.Barrier(50)]
-    with Engine(tmp_path / "store", durability="none", workers=1) as engine:
+    with Engine(store, durability="none", workers=1) as engine:
         handles = [engine.start(aw.meet, None, execution_id=f"m{i}") for i in range(50)]
         assert [h.result(timeout=TIMEOUT) for h in handles] == [50] * 50
 
 
-def test_run_async_from_an_application_loop(tmp_path: Path) -> None:
+def test_run_async_from_an_application_loop(store: str) -> None:
     async def main() -> dict[str, Any]:
-        with Engine(tmp_path / "store", durability="none") as engine:
+        with Engine(store, durability="none") as engine:
             aw.ENGINE.append(engine)
             out: dict[str, Any] = {}
             out["async"] = await engine.run_async(aw.async_calls, 1, timeout=TIMEOUT)
@@ -239,10 +238,9 @@ def test_run_async_from_an_application_loop(tmp_path: Path) -> None:
     }
 
 
-def test_result_async_sees_ends_nobody_announces(tmp_path: Path) -> None:
+def test_result_async_sees_ends_nobody_announces(store: str) -> None:
     # A cancel, and an end seen only in the store (by an engine that does not
     # run the execution), reach result_async callers too.
-    store = tmp_path / "store"
     with Engine(store, durability="none") as engine, Engine(store, owner=False) as reader:
         engine.start(aw.approval, "o", execution_id="far")
         wait_for(lambda: "far" in aw.CALLBACK_IDS, "the callback id")
@@ -262,10 +260,10 @@ def test_result_async_sees_ends_nobody_announces(tmp_path: Path) -> None:
         asyncio.run(main())
 
 
-def test_async_steps_run_on_the_event_loop_given(tmp_path: Path) -> None:
+def test_async_steps_run_on_the_event_loop_given(store: str) -> None:
     async def main() -> tuple[int, dict[str, Any]]:
         loop = asyncio.get_running_loop()
-        engine = Engine(tmp_path / "store", durability="none", event_loop=loop)
+        engine = Engine(store, durability="none", event_loop=loop)
         try:
             probe = await engine.run_async(aw.loop_probe, execution_id="probe", timeout=TIMEOUT)
             # close() called on that loop, with an async execution inside a step
@@ -275,7 +273,7 @@ def test_async_steps_run_on_the_event_loop_given(tmp_path: Path) -> None:
         finally:
             engine.close(timeout=5)
         # A closed engine's handles refuse; a reader shows where it stopped.
-        with Engine(tmp_path / "store", owner=False, durability="none") as reader:
+        with Engine(store, owner=False, durability="none") as reader:
             assert reader.get(handle.execution_id).status() in ("PENDING", "SUSPENDED")
         return id(loop), probe
 
@@ -283,13 +281,12 @@ def test_async_steps_run_on_the_event_loop_given(tmp_path: Path) -> None:
     assert probe == {"loop": loop_id, "thread": threading.main_thread().name}
     assert aw.GATE.cancelled["g"] == 1  # the step in flight was cancelled, not completed
     aw.GATE.open = True
-    with Engine(tmp_path / "store", durability="none") as engine:
+    with Engine(store, durability="none") as engine:
         assert engine.get("g").result(timeout=TIMEOUT) == 20
     assert aw.CALLS == {("g", "before"): 1, ("g", "blocked"): 2, ("g", "after"): 1}
 
 
-def test_close_leaves_async_executions_in_flight_resumable(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_close_leaves_async_executions_in_flight_resumable(store: str) -> None:
     ids = [f"c{i}" for i in range(5)]
     with Engine(store, durability="process", workers=2) as engine:
         for n, eid in enumerate(ids):
@@ -351,17 +348,17 @@ def test_an_unserializable_async_step_result_names_the_operation(engine: Engine)
 
 
 @pytest.mark.parametrize("loop", ["a loop", 42, object()])
-def test_event_loop_must_be_an_event_loop(tmp_path: Path, loop: object) -> None:
+def test_event_loop_must_be_an_event_loop(store: str, loop: object) -> None:
     with pytest.raises(ValidationError, match="event_loop must be an open asyncio event loop"):
-        Engine(tmp_path / "store", event_loop=loop)  # type: ignore[arg-type]
-    assert not (tmp_path / "store").exists()  # refused before the store was opened
+        Engine(store, event_loop=loop)  # type: ignore[arg-type]
+    assert not store_exists(store)  # refused before the store was opened
 
 
-def test_a_closed_event_loop_is_refused(tmp_path: Path) -> None:
+def test_a_closed_event_loop_is_refused(store: str) -> None:
     loop = asyncio.new_event_loop()
     loop.close()
     with pytest.raises(ValidationError, match="closed event loop"):
-        Engine(tmp_path / "store", event_loop=loop)
+        Engine(store, event_loop=loop)
 
 
 def test_the_async_api_types_are_exported() -> None:
@@ -381,9 +378,9 @@ def read_log(path: Path) -> list[list[str]]:
 
 
 def test_sigkill_in_an_async_step_resumes_with_each_step_acknowledged_once(
-    tmp_path: Path,
+    tmp_path: Path, store: str
 ) -> None:
-    store, log, gate, stderr = (tmp_path / n for n in ("store", "log", "gate", "child.stderr"))
+    log, gate, stderr = (tmp_path / n for n in ("log", "gate", "child.stderr"))
     gate.touch()
     executions = {
         "k1": {"gate": str(gate), "gate_step": 3},

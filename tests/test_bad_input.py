@@ -46,7 +46,7 @@ from perdure import (
     ValidationError,
     WaitForCallbackConfig,
 )
-from support import perdure_cli, wait_for
+from support import is_pg, lmdb_only, perdure_cli, pg_dump_rows, pg_sql, store_exists, wait_for
 
 # region workflows
 
@@ -174,12 +174,7 @@ def run_script(tmp_path: Path, code: str, *args: str, **kwargs: Any) -> str:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-def engine(store: Path) -> Iterator[Engine]:
+def engine(store: str) -> Iterator[Engine]:
     engine = Engine(store, durability="process", workers=2)
     yield engine
     close(engine)
@@ -270,11 +265,11 @@ def test_invalid_config_names_the_field(build: Callable[[], Any], field: str) ->
         ({"poll_interval": -1}, "poll_interval"),
     ],
 )
-def test_invalid_engine_options(store: Path, options: dict[str, Any], field: str) -> None:
+def test_invalid_engine_options(store: str, options: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as info:
         Engine(store, **options)
     assert field in str(info.value)
-    assert not store.exists(), "nothing is created for a refused configuration"
+    assert not store_exists(store), "nothing is created for a refused configuration"
 
 
 @pytest.mark.parametrize(
@@ -419,7 +414,7 @@ GHOST_SCRIPT = """
 """
 
 
-def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store: Path) -> None:
+def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store: str) -> None:
     run_script(tmp_path, GHOST_SCRIPT, "start", str(store))
     engine = Engine(store, durability="process", workers=2)
     try:
@@ -442,9 +437,18 @@ def test_execution_of_unregistered_function_stays_pending(tmp_path: Path, store:
 MARKER = b"CORRUPT-ME-123456"
 
 
-def _journal_seqs_containing(store: Path, execution_id: str, needle: bytes) -> list[int]:
+def _journal_seqs_containing(store: str, execution_id: str, needle: bytes) -> list[int]:
     """Sequence numbers of the execution's records that contain ``needle``,
     and (last) the sequence number of its final record."""
+    if is_pg(store):
+        has = f"position('\\x{needle.hex()}'::bytea IN j.record) > 0"
+        rows = pg_sql(
+            store,
+            f"SELECT j.seq, {has} FROM {{schema}}.journal j JOIN {{schema}}.executions e "
+            f"USING (exec_key) WHERE e.execution_id = '{execution_id}' ORDER BY j.seq",
+        )
+        seqs = [int(seq) for seq, has in rows if has == "t"]
+        return [*seqs, int(rows[-1][0])]
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
     try:
         with env.begin() as txn:
@@ -467,8 +471,33 @@ def _journal_seqs_containing(store: Path, execution_id: str, needle: bytes) -> l
         env.close()
 
 
+def _flip_in_marked_records(store: str) -> None:
+    """Flips one bit of every stored copy of MARKER, inside the payload (in
+    data.mdb, or in the journal rows): the records' checksums no longer match."""
+    if is_pg(store):
+        at = f"position('\\x{MARKER.hex()}'::bytea IN record) + 7"  # set_byte counts from 0
+        pg_sql(
+            store,
+            f"UPDATE {{schema}}.journal "
+            f"SET record = set_byte(record, {at}, get_byte(record, {at}) # 1) "
+            f"WHERE position('\\x{MARKER.hex()}'::bytea IN record) > 0",
+        )
+        return
+    data_file = Path(store) / "data.mdb"
+    data = bytearray(data_file.read_bytes())
+    positions = []
+    found = data.find(MARKER)
+    while found != -1:
+        positions.append(found)
+        found = data.find(MARKER, found + 1)
+    assert positions, "marker not found in data.mdb"
+    for position in positions:
+        data[position + 8] ^= 0x01
+    data_file.write_bytes(bytes(data))
+
+
 def test_corrupted_record_names_execution_and_sequence(
-    store: Path, caplog: pytest.LogCaptureFixture
+    store: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     engine = Engine(store, workers=2)
     parts = MARKER.decode().rsplit("-", 1)
@@ -486,16 +515,7 @@ def test_corrupted_record_names_execution_and_sequence(
     assert step_seq >= 1 and result_seq == last
     assert _journal_seqs_containing(store, "victim-pending", MARKER) == [0, 0]
     assert _journal_seqs_containing(store, "bystander", MARKER)[:-1] == []
-    data = bytearray((store / "data.mdb").read_bytes())
-    positions = []
-    found = data.find(MARKER)
-    while found != -1:
-        positions.append(found)
-        found = data.find(MARKER, found + 1)
-    assert positions, "marker not found in data.mdb"
-    for position in positions:
-        data[position + 8] ^= 0x01  # "ME" -> "MD": one bit inside the payload
-    (store / "data.mdb").write_bytes(bytes(data))
+    _flip_in_marked_records(store)
 
     caplog.set_level(logging.ERROR, logger="perdure")
     engine = Engine(store, workers=2)
@@ -593,7 +613,9 @@ UNWRITABLE_SCRIPT = """
 """
 
 
-def test_store_directory_not_writable(tmp_path: Path, store: Path) -> None:
+@lmdb_only("file permissions of the store directory")
+def test_store_directory_not_writable(tmp_path: Path, lmdb_store: Path) -> None:
+    store = lmdb_store
     engine = Engine(store, workers=2)
     assert engine.run(double, 6, execution_id="before", timeout=30) == 12
     close(engine)
@@ -642,7 +664,7 @@ def test_store_directory_not_writable(tmp_path: Path, store: Path) -> None:
         assert stat.S_IMODE(file.stat().st_mode) == 0o600
 
 
-def _set_format_version(store: Path, version: int) -> None:
+def _set_format_version(store: str, version: int) -> None:
     env = lmdb.open(str(store), lock=False, max_dbs=16, subdir=True)
     try:
         meta = env.open_db(b"meta", create=False)
@@ -652,7 +674,7 @@ def _set_format_version(store: Path, version: int) -> None:
         env.close()
 
 
-def _format_version(store: Path) -> bytes:
+def _format_version(store: str) -> bytes:
     env = lmdb.open(str(store), readonly=True, lock=False, max_dbs=16, subdir=True)
     try:
         meta = env.open_db(b"meta", create=False)
@@ -664,7 +686,7 @@ def _format_version(store: Path) -> bytes:
         env.close()
 
 
-def _strip_checksums(store: Path) -> None:
+def _strip_checksums(store: str) -> None:
     """Rewrites a store's values as formats before 5 had them: no checksum
     trailer, leases without an epoch, no epoch counter."""
     env = lmdb.open(str(store), lock=False, max_dbs=16, subdir=True)
@@ -693,7 +715,7 @@ def _strip_checksums(store: Path) -> None:
         env.close()
 
 
-def _store_at_format(store: Path, version: int) -> int:
+def _store_at_format(store: str, version: int) -> int:
     """A store with one finished execution, as of format ``version`` (the
     engine is gone when this returns, so the next open reads it)."""
     engine = Engine(store, workers=2)
@@ -705,25 +727,55 @@ def _store_at_format(store: Path, version: int) -> int:
     return version
 
 
-def _newer_store(store: Path) -> int:
-    return _store_at_format(store, perdure.FORMAT_VERSION + 1)
+#: The schema version a PostgreSQL store has (docs/format.md §8).
+PG_SCHEMA_VERSION = 1
 
 
-def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> None:
+def _supported_version(store: str) -> int:
+    return PG_SCHEMA_VERSION if is_pg(store) else perdure.FORMAT_VERSION
+
+
+def _set_version(store: str, version: int) -> None:
+    if is_pg(store):
+        pg_sql(
+            store,
+            f"UPDATE {{schema}}.meta SET value = '{version}' WHERE key = 'schema_version'",
+        )
+    else:
+        _set_format_version(store, version)
+
+
+def _stored(store: str) -> Any:
+    """All the store holds: data.mdb's bytes, or every row of the schema."""
+    return pg_dump_rows(store) if is_pg(store) else (Path(store) / "data.mdb").read_bytes()
+
+
+def _newer_store(store: str) -> int:
+    """A store with one finished execution, of the version after this perdure's."""
+    if not is_pg(store):
+        return _store_at_format(store, perdure.FORMAT_VERSION + 1)
+    engine = Engine(store, workers=2)
+    assert engine.run(double, 7, execution_id="before", timeout=30) == 14
+    close(engine)
+    _set_version(store, PG_SCHEMA_VERSION + 1)
+    return PG_SCHEMA_VERSION + 1
+
+
+def test_store_from_a_newer_format_version_is_refused_untouched(store: str) -> None:
     newer = _newer_store(store)
-    data_before = (store / "data.mdb").read_bytes()
+    supported = _supported_version(store)
+    stored_before = _stored(store)
     for owner in (True, False):
         with pytest.raises(StoreVersionError) as info:
             Engine(store, owner=owner)
         message = str(info.value)
-        assert f"format version {newer}" in message
-        assert f"reads version {perdure.FORMAT_VERSION}" in message
-        assert str(store) in message
-    assert _format_version(store) == newer.to_bytes(4, "big")
-    assert (store / "data.mdb").read_bytes() == data_before
+        assert f"version {newer}" in message
+        assert f"reads version {supported}" in message
+        assert store in message
+    assert _stored(store) == stored_before
 
     # Put back by hand, the store is intact.
-    _set_format_version(store, perdure.FORMAT_VERSION)
+    _set_version(store, supported)
     engine = Engine(store, workers=2)
     try:
         assert_intact(engine, {"before": 14})
@@ -731,8 +783,10 @@ def test_store_from_a_newer_format_version_is_refused_untouched(store: Path) -> 
         close(engine)
 
 
+@lmdb_only("LMDB format upgrades")
 @pytest.mark.parametrize("older", [2, 3, 4])
-def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) -> None:
+def test_store_of_an_older_format_is_upgraded_in_place(lmdb_store: Path, older: int) -> None:
+    store = lmdb_store
     # Formats 3 and 4 only added records an older store cannot hold; format 5
     # seals every value with its checksum. The upgrade does both, and every
     # execution reads as before.
@@ -750,15 +804,15 @@ def test_store_of_an_older_format_is_upgraded_in_place(store: Path, older: int) 
         close(engine)
 
 
-def test_store_version_error_attributes(store: Path) -> None:
+def test_store_version_error_attributes(store: str) -> None:
     newer = _newer_store(store)
     with pytest.raises(StoreVersionError) as info:
         Engine(store)
-    assert (info.value.found, info.value.supported) == (newer, perdure.FORMAT_VERSION)
+    assert (info.value.found, info.value.supported) == (newer, _supported_version(store))
     assert info.value.path == str(store)
 
 
-def test_payload_over_the_limit(store: Path) -> None:
+def test_payload_over_the_limit(store: str) -> None:
     _drain_callback_ids()
     engine = Engine(store, durability="process", workers=2, max_payload_size=64)
     try:
@@ -809,7 +863,7 @@ OWNER_SCRIPT = """
 """
 
 
-def test_a_second_engine_and_a_client_work_beside_an_owner(tmp_path: Path, store: Path) -> None:
+def test_a_second_engine_and_a_client_work_beside_an_owner(tmp_path: Path, store: str) -> None:
     script = tmp_path / "owner.py"
     script.write_text(textwrap.dedent(OWNER_SCRIPT))
     child = subprocess.Popen(

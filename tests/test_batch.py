@@ -7,7 +7,6 @@ import re
 import threading
 import time
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import perdure
@@ -39,11 +38,11 @@ NO_RETRY = StepConfig(
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
+def engine(store: str) -> Any:
     global _active, _most_active
     runs.clear()
     _active = _most_active = 0
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
@@ -93,9 +92,8 @@ def test_a_waiting_branch_suspends_the_batch_and_others_are_not_rerun(
     assert [e["EventType"] for e in handle.history()].count("InvocationCompleted") == 2
 
 
-def test_batch_resumes_in_a_new_engine(tmp_path: Path) -> None:
+def test_batch_resumes_in_a_new_engine(store: str) -> None:
     runs.clear()
-    store = tmp_path / "store"
     with perdure.Engine(store, durability="process", workers=2) as engine:
         handle = engine.start(
             squares, {"items": [1, 2, 3], "wait_on": 2, "wait_ms": 300}, execution_id="b"
@@ -192,8 +190,8 @@ def nested(ctx: DurableContext, width: int) -> Any:
     return sum(outer.get_results())
 
 
-def test_nested_fan_out_on_two_workers_does_not_deadlock(tmp_path: Path) -> None:
-    with perdure.Engine(tmp_path / "store", durability="none", workers=2) as engine:
+def test_nested_fan_out_on_two_workers_does_not_deadlock(store: str) -> None:
+    with perdure.Engine(store, durability="none", workers=2) as engine:
         width = 4
         expected = sum(sum(range(width)) + x for x in range(width))
         assert engine.run(nested, width, timeout=60) == expected

@@ -8,6 +8,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from support import lmdb_only
+
+# Until perdure bench takes a --store URL.
+pytestmark = lmdb_only("perdure bench runs on LMDB directories (--store-dir) only")
+
 
 def _bench_quick(tmp_path: Path, *suite: str) -> tuple[dict[str, Any], str]:
     """Runs ``perdure bench --quick --json`` in a fresh interpreter; returns

@@ -44,7 +44,15 @@ from perdure import (
     WaitForCallbackConfig,
 )
 from perdure.testing import TimeSkippingClock
-from support import perdure_cli, wait_for
+from support import (
+    is_pg,
+    make_empty_store,
+    perdure_cli,
+    pg_dump_rows,
+    store_exists,
+    store_is_empty,
+    wait_for,
+)
 
 # region workflows
 
@@ -156,9 +164,12 @@ print(json.dumps(out))
 """
 
 
-def dump(store: Path) -> dict[str, Any]:
+def dump(store: str) -> dict[str, Any]:
     """Every key and value of every database of a closed store, read by
-    another process (LMDB allows one environment per path in a process)."""
+    another process (LMDB allows one environment per path in a process); of
+    a PostgreSQL store, every row of its schema, as pg_dump writes them."""
+    if is_pg(store):
+        return pg_dump_rows(store)  # type: ignore[return-value]
     done = subprocess.run(
         [sys.executable, "-c", _DUMP, str(store)],
         capture_output=True,
@@ -192,10 +203,10 @@ def run_script(
 
 
 @pytest.fixture(scope="module")
-def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def seeded(module_new_store: Callable[[], str]) -> tuple[str, str]:
     """A closed store with a finished execution ("done") and one waiting for
     a callback ("waiting"); returns it and the callback id."""
-    store = tmp_path_factory.mktemp("seeded") / "store"
+    store = module_new_store()
     while not CALLBACK_IDS.empty():
         CALLBACK_IDS.get_nowait()
     engine = Engine(store, durability="process", workers=2)
@@ -209,7 +220,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 
 @pytest.fixture
-def client(seeded: tuple[Path, str]) -> Iterator[tuple[Engine, str, dict[str, Any]]]:
+def client(seeded: tuple[str, str]) -> Iterator[tuple[Engine, str, dict[str, Any]]]:
     """A client engine on the seeded store, the callback id, and the store's
     dump before the test; the store is compared with it after."""
     store, callback_id = seeded
@@ -275,8 +286,9 @@ print("exiting", flush=True)
 
 
 @pytest.mark.parametrize("mode", ["del", "scope", "cycle", "global", "waiting", "blocked"])
-def test_engine_dropped_without_close_lets_the_process_exit(tmp_path: Path, mode: str) -> None:
-    store = tmp_path / "store"
+def test_engine_dropped_without_close_lets_the_process_exit(
+    tmp_path: Path, store: str, mode: str
+) -> None:
     try:
         done = run_script(tmp_path, EXIT_SCRIPT, mode, str(store), timeout=60)
     except subprocess.TimeoutExpired:
@@ -317,7 +329,7 @@ CLOSED_CALLS: dict[str, Callable[[Engine, perdure.ExecutionHandle, str], Any]] =
 
 @pytest.mark.parametrize("owner", [True, False], ids=["owner", "client"])
 @pytest.mark.parametrize("call", sorted(CLOSED_CALLS))
-def test_closed_engine_refuses_every_call(seeded: tuple[Path, str], call: str, owner: bool) -> None:
+def test_closed_engine_refuses_every_call(seeded: tuple[str, str], call: str, owner: bool) -> None:
     store, callback_id = seeded
     before = dump(store)
     engine = Engine(store, owner=owner, durability="process", workers=2)
@@ -333,8 +345,8 @@ def test_closed_engine_refuses_every_call(seeded: tuple[Path, str], call: str, o
         assert_same(before, dump(store))
 
 
-def test_result_waiting_when_the_engine_closes_is_told(tmp_path: Path) -> None:
-    engine = Engine(tmp_path / "store", durability="process", workers=2)
+def test_result_waiting_when_the_engine_closes_is_told(store: str) -> None:
+    engine = Engine(store, durability="process", workers=2)
     handle = engine.start(approval, None, execution_id="waits")
     CALLBACK_IDS.get(timeout=30)
     outcome: queue.Queue[BaseException | None] = queue.Queue()
@@ -385,8 +397,7 @@ KEPT_CALLS: dict[str, Callable[[], Any]] = {
 
 
 @pytest.mark.parametrize("call", sorted(KEPT_CALLS))
-def test_context_kept_beyond_its_invocation(tmp_path: Path, call: str) -> None:
-    store = tmp_path / "store"
+def test_context_kept_beyond_its_invocation(store: str, call: str) -> None:
     KEPT.clear()
     with Engine(store, durability="process", workers=2) as engine:
         assert engine.run(keeper, None, execution_id="kept-sync", timeout=30) == "done"
@@ -573,8 +584,8 @@ def test_longest_duration_is_accepted_and_waits() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(_misuse(None)))  # type: ignore[arg-type]
-def test_bad_arguments_in_a_workflow_write_nothing(tmp_path: Path, case: str) -> None:
-    with Engine(tmp_path / "store", durability="process", workers=2) as engine:
+def test_bad_arguments_in_a_workflow_write_nothing(store: str, case: str) -> None:
+    with Engine(store, durability="process", workers=2) as engine:
         outcome = engine.run(misuse, case, execution_id="misuse", timeout=30)
         assert outcome["type"] == "ValidationError", outcome
         assert outcome["next"] == "1", "the refused call took an operation id"
@@ -605,23 +616,26 @@ def test_bad_arguments_in_a_workflow_write_nothing(tmp_path: Path, case: str) ->
     ids=lambda argv: "-".join(argv[:2]),
 )
 @pytest.mark.parametrize("kind", ["missing", "empty"])
-def test_cli_refuses_a_missing_store(tmp_path: Path, argv: list[str], kind: str) -> None:
-    store = tmp_path / "no-store"
+def test_cli_refuses_a_missing_store(
+    tmp_path: Path, store: str, argv: list[str], kind: str
+) -> None:
     if kind == "empty":
-        store.mkdir()
-    done = perdure_cli(*argv, "--store", str(store), cwd=tmp_path)
+        make_empty_store(store)
+    done = perdure_cli(*argv, "--store", store, cwd=tmp_path)
     assert done.returncode == 2, (done.stdout, done.stderr)
-    assert f"no perdure store at {store}" in done.stderr
+    # A directory is named; a URL is not (it may hold a password).
+    assert (
+        "no perdure store at the --store URL" if is_pg(store) else f"no perdure store at {store}"
+    ) in done.stderr
     if kind == "missing":
-        assert not store.exists()
+        assert not store_exists(store)
     else:
-        assert list(store.iterdir()) == []
-    assert sorted(path.name for path in tmp_path.iterdir()) == sorted(
-        [store.name] if kind == "empty" else []
-    )
+        assert store_is_empty(store)
+    # Nothing else is made, in the working directory or beside the store.
+    assert list(tmp_path.iterdir()) == ([] if is_pg(store) or kind == "missing" else [Path(store)])
 
 
-def test_cli_reads_an_existing_store(seeded: tuple[Path, str]) -> None:
+def test_cli_reads_an_existing_store(seeded: tuple[str, str]) -> None:
     store, _ = seeded
     done = perdure_cli("list", "--store", str(store))
     assert done.returncode == 0, done.stderr

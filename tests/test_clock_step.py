@@ -83,7 +83,7 @@ print(json.dumps(report), flush=True)
 
 
 def run(
-    tmp_path: Path, offset: str, *args: str, fake: bool = True
+    tmp_path: Path, store: str, offset: str, *args: str, fake: bool = True
 ) -> dict[str, float | str | None]:
     script = tmp_path / "clock_step.py"
     script.write_text(textwrap.dedent(SCRIPT))
@@ -102,7 +102,7 @@ def run(
             sys.executable,
             str(script),
             args[0],
-            str(tmp_path / "store"),
+            str(store),
             str(offset_file),
             *args[1:],
         ],
@@ -116,34 +116,36 @@ def run(
     return json.loads(done.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
-def test_a_step_back_does_not_delay_a_wait_in_the_process(tmp_path: Path) -> None:
+def test_a_step_back_does_not_delay_a_wait_in_the_process(tmp_path: Path, store: str) -> None:
     # A 2-second wait; an hour's step back while it is pending. The caller
     # gives it 60 seconds (measured on the unfaked monotonic clock): far
     # more than the wait, far less than the step.
-    report = run(tmp_path, "+0", "start", "2", "-3600", "60")
+    report = run(tmp_path, store, "+0", "start", "2", "-3600", "60")
     stepped = float(report["wall_after"]) - float(report["wall_before"])  # type: ignore[arg-type]
     assert stepped < -3000, f"the process's clock did not step back ({stepped:.0f} s)"
     assert report["result"] == "woke", "the wait was delayed by the clock's step back"
 
 
-def test_a_deadline_in_the_past_fires_at_once_after_a_restart(tmp_path: Path) -> None:
+def test_a_deadline_in_the_past_fires_at_once_after_a_restart(tmp_path: Path, store: str) -> None:
     # The wait of an hour is left pending by a process that exits; the next
     # process finds the clock two hours on: the deadline has passed.
-    first = run(tmp_path, "+0", "start", "3600", "none", "leave", fake=False)
+    first = run(tmp_path, store, "+0", "start", "3600", "none", "leave", fake=False)
     assert first["wall_after"] is not None
-    later = run(tmp_path, "+7200", "resume", "0", "none", "60")
+    later = run(tmp_path, store, "+7200", "resume", "0", "none", "60")
     moved = float(later["wall_before"]) - float(first["wall_after"])  # type: ignore[arg-type]
     assert moved > 7000, f"the second process's clock was not two hours on ({moved:.0f} s)"
     assert later["result"] == "woke"
 
 
-def test_the_stepped_back_process_writes_no_time_before_its_records(tmp_path: Path) -> None:
+def test_the_stepped_back_process_writes_no_time_before_its_records(
+    tmp_path: Path, store: str
+) -> None:
     # After the step back, records written by the same process still carry
     # times that do not go back: the history stays in order.
-    report = run(tmp_path, "+0", "start", "1", "-3600", "60")
+    report = run(tmp_path, store, "+0", "start", "1", "-3600", "60")
     assert report["result"] == "woke"
     import perdure
 
-    with perdure.Engine(tmp_path / "store", owner=False, durability="process") as engine:
+    with perdure.Engine(store, owner=False, durability="process") as engine:
         stamps = [event["EventTimestamp"] for event in engine.history("nap")]
     assert stamps == sorted(stamps), stamps

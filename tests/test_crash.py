@@ -236,11 +236,10 @@ def check_store(store: Path, ids: list[str]) -> tuple[list[str], int]:
     return problems, interrupted
 
 
-def test_sigkill_at_random_moments(tmp_path: Path) -> None:
+def test_sigkill_at_random_moments(tmp_path: Path, store: str) -> None:
     seed = int(os.environ.get("PERDURE_CRASH_SEED", str(random.randrange(2**32))))
     print(f"crash test seed: {seed} (rerun with PERDURE_CRASH_SEED={seed})")
     rng = random.Random(seed)
-    store = tmp_path / "store"
     log = tmp_path / "side-effects.log"
     stderr = tmp_path / "children.stderr"
 

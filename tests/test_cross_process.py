@@ -62,7 +62,7 @@ def approval(ctx: perdure.DurableContext, event: dict[str, Any]) -> dict[str, An
     return {"answer": answer, "after": ctx.step(after, name="after")}
 
 
-def cli(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def cli(store: str, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "perdure", *args, "--store", str(store)],
         capture_output=True,
@@ -71,7 +71,7 @@ def cli(store: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def cli_ok(store: Path, *args: str) -> str:
+def cli_ok(store: str, *args: str) -> str:
     done = cli(store, *args)
     assert done.returncode == 0, f"perdure {' '.join(args)} failed:\n{done.stderr}"
     return done.stdout
@@ -102,12 +102,7 @@ def wait_for_suspension(handle: perdure.ExecutionHandle) -> None:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Path:
-    return tmp_path / "store"
-
-
-@pytest.fixture
-def engine(store: Path) -> Iterator[perdure.Engine]:
+def engine(store: str) -> Iterator[perdure.Engine]:
     with perdure.Engine(store) as engine:
         yield engine
 
@@ -121,7 +116,7 @@ def start(
 
 
 def test_cli_succeed_resumes_suspended_execution(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     handle, id_file = start(engine, tmp_path, "o-1")
     callback_id = wait_for_file(id_file)
@@ -145,7 +140,7 @@ def test_cli_succeed_resumes_suspended_execution(
 
 
 def test_cli_succeed_while_the_invocation_is_still_running(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     # Answered as soon as the id exists: the invocation may not have suspended
     # yet. The answer must not be lost either way.
@@ -159,7 +154,7 @@ def test_cli_succeed_while_the_invocation_is_still_running(
 
 
 def test_cli_fail_raises_callback_external_error_in_the_workflow(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     handle, id_file = start(engine, tmp_path, "o-fail")
     callback_id = wait_for_file(id_file)
@@ -193,7 +188,7 @@ def test_cli_fail_raises_callback_external_error_in_the_workflow(
 
 
 def test_cli_heartbeat_keeps_a_callback_alive(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     heartbeat_s = 2.0
     kept, kept_file = start(engine, tmp_path, "o-heartbeat", heartbeat_s=heartbeat_s)
@@ -222,7 +217,7 @@ def test_cli_heartbeat_keeps_a_callback_alive(
 
 
 def test_cli_unknown_and_already_completed_callback_ids(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     handle, id_file = start(engine, tmp_path, "o-once")
     callback_id = wait_for_file(id_file)
@@ -265,7 +260,7 @@ def test_cli_unknown_and_already_completed_callback_ids(
 
 
 def test_cli_list_show_history_beside_the_owner(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     waiting, waiting_file = start(engine, tmp_path, "o-waiting")
     done_handle, done_file = start(engine, tmp_path, "o-done")
@@ -341,7 +336,7 @@ def two_failures(ctx: perdure.DurableContext, event: dict[str, Any]) -> dict[str
 
 
 def test_callback_failure_reaches_the_workflow_alike_through_both_apis(
-    engine: perdure.Engine, store: Path, tmp_path: Path
+    engine: perdure.Engine, store: str, tmp_path: Path
 ) -> None:
     direct_file = tmp_path / "direct.id"
     composite_file = tmp_path / "composite.id"

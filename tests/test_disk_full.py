@@ -32,7 +32,9 @@ import diskfull_workflows as W
 import perdure
 import pytest
 from perdure import StoreError, StoreFullError
-from support import wait_for
+from support import lmdb_only, wait_for
+
+pytestmark = lmdb_only("a full tmpfs/ext4 under the LMDB store directory and its map size")
 
 HERE = Path(__file__).resolve().parent
 STEPS = 24

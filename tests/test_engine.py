@@ -44,9 +44,9 @@ def fast_retry(attempts: int = 3, **kwargs: Any) -> Any:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
+def engine(store: str) -> Any:
     runs.clear()
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
@@ -276,9 +276,8 @@ def interrupted(ctx: DurableContext, _: Any) -> Any:
         return exc.error_type
 
 
-def test_interrupted_at_most_once_attempt_is_not_rerun(tmp_path: Path) -> None:
+def test_interrupted_at_most_once_attempt_is_not_rerun(store: str) -> None:
     runs.clear()
-    store = tmp_path / "store"
     with perdure.Engine(store, durability="none") as engine:
         handle = engine.start(interrupted, execution_id="amo")
         for _ in range(2000):
@@ -301,8 +300,7 @@ def long_wait(ctx: DurableContext, millis: int) -> str:
     return "awake"
 
 
-def test_waiting_execution_is_suspended_and_survives_reopen(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_waiting_execution_is_suspended_and_survives_reopen(store: str) -> None:
     with perdure.Engine(store, durability="full") as engine:
         handle = engine.start(long_wait, 400, execution_id="sleeper")
         for _ in range(400):
@@ -319,8 +317,7 @@ def test_waiting_execution_is_suspended_and_survives_reopen(tmp_path: Path) -> N
         assert waits[0]["WaitStartedDetails"]["Duration"] == 0.4
 
 
-def test_pending_execution_resumes_when_store_reopens(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_pending_execution_resumes_when_store_reopens(store: str) -> None:
     # An engine that runs nothing: the execution stays pending in the store.
     with perdure.Engine(store, owner=False) as client:
         client.start(steps_and_wait, 1, execution_id="left-behind")
@@ -328,8 +325,7 @@ def test_pending_execution_resumes_when_store_reopens(tmp_path: Path) -> None:
         assert engine.get("left-behind").result(TIMEOUT) == [10, 11]
 
 
-def test_unregistered_function_is_left_pending(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_unregistered_function_is_left_pending(store: str) -> None:
     with perdure.Engine(store, owner=False) as client:
         client._core.start("orphan", "test.not_registered_anywhere", b"null")
     with perdure.Engine(store) as engine:
@@ -416,11 +412,11 @@ def test_callback_timeout_is_enforced_by_a_durable_timer(engine: perdure.Engine)
     )
 
 
-def test_heartbeats_keep_a_callback_alive(tmp_path: Path) -> None:
+def test_heartbeats_keep_a_callback_alive(store: str) -> None:
     # Time moves only when the test says so, so a slow machine cannot let a
     # 150 ms heartbeat lapse between two sends.
     clock = TimeSkippingClock(auto_skip=False)
-    with perdure.Engine(tmp_path / "store", durability="none", clock=clock) as engine:
+    with perdure.Engine(store, durability="none", clock=clock) as engine:
         handle = engine.start(approval, "heartbeat-kept")
         callback_id = wait_for_id("heartbeat-kept")
         wait_for(lambda: handle.status() == "SUSPENDED", "suspended on the callback")
@@ -509,8 +505,7 @@ def test_logger_is_silent_while_replaying(
 # -- determinism ---------------------------------------------------------------------
 
 
-def test_changed_code_raises_non_deterministic_error(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_changed_code_raises_non_deterministic_error(store: str) -> None:
 
     @perdure.durable(name="test.evolving")
     def version_one(ctx: DurableContext, _: Any) -> str:
@@ -603,9 +598,9 @@ def test_history_event_shape(engine: perdure.Engine) -> None:
     assert history[-1]["ExecutionSucceededDetails"] == {"Result": {"Payload": "[20,21]"}}
 
 
-def test_two_engines_in_one_process_share_a_store(tmp_path: Path) -> None:
-    first = perdure.Engine(tmp_path / "s", workers=2)
-    second = perdure.Engine(tmp_path / "s", workers=2)
+def test_two_engines_in_one_process_share_a_store(store: str) -> None:
+    first = perdure.Engine(store, workers=2)
+    second = perdure.Engine(store, workers=2)
     try:
         assert first.owner_id != second.owner_id
         release = threading.Event()
@@ -620,7 +615,7 @@ def test_two_engines_in_one_process_share_a_store(tmp_path: Path) -> None:
         assert second._core.lease(handle._exec_key) == first.owner_id
         release.set()
         assert second.get("shared-1").result(timeout=30) == "done"
-        with perdure.Engine(tmp_path / "s", owner=False) as client:
+        with perdure.Engine(store, owner=False) as client:
             assert [i.execution_id for i in client.list()] == ["shared-1"]
     finally:
         release.set()
@@ -628,8 +623,27 @@ def test_two_engines_in_one_process_share_a_store(tmp_path: Path) -> None:
         second.close()
 
 
-def test_closed_engine_refuses_work(tmp_path: Path) -> None:
-    engine = perdure.Engine(tmp_path / "s")
+def test_closed_engine_refuses_work(store: str) -> None:
+    engine = perdure.Engine(store)
     engine.close()
     with pytest.raises(perdure.EngineClosedError):
         engine.start(steps_and_wait, 1)
+
+
+def test_the_engine_names_its_store(store: str, store_kind: str) -> None:
+    with perdure.Engine(store, owner=False) as engine:
+        assert engine.store == store
+        assert engine.path == (Path(store) if store_kind == "lmdb" else None)
+
+
+@pytest.mark.pg_only("a directory has no password to hide")
+def test_a_password_in_the_store_url_is_never_shown(store: str) -> None:
+    # The test server trusts its socket, so any password opens it.
+    user, rest = store.split("://", 1)[1].split("@", 1)
+    secret = f"postgresql://{user}:s3cret-word@{rest}"
+    engine = perdure.Engine(secret, owner=False)
+    engine.close()
+    assert engine.store == f"postgresql://{user}:***@{rest}"
+    with pytest.raises(perdure.EngineClosedError) as info:
+        engine.list()
+    assert "s3cret-word" not in str(info.value) and "***" in str(info.value)

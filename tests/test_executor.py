@@ -49,9 +49,9 @@ def _perdure_threads() -> list[str]:
     return [name for name in names if name.startswith("perdure-worker")]
 
 
-def test_many_executions_run_on_a_fixed_pool(tmp_path: Path) -> None:
+def test_many_executions_run_on_a_fixed_pool(store: str) -> None:
     _seen.clear()
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         handles = [engine.start(io_bound, i) for i in range(60)]
         assert [h.result(timeout=60) for h in handles] == [3 * i for i in range(60)]
     threads = {native_id for native_id, _ in _seen}
@@ -66,9 +66,9 @@ def test_many_executions_run_on_a_fixed_pool(tmp_path: Path) -> None:
 
 
 @pytest.mark.skipif(not Path("/proc/self/task").exists(), reason="reads thread names from /proc")
-def test_close_leaves_no_worker_thread_behind(tmp_path: Path) -> None:
+def test_close_leaves_no_worker_thread_behind(store: str) -> None:
     before = len(_perdure_threads())
-    engine = perdure.Engine(tmp_path / "store", durability="none", workers=3)
+    engine = perdure.Engine(store, durability="none", workers=3)
     assert engine.run(io_bound, 1, timeout=30) == 3
     assert len(_perdure_threads()) == before + 3
     engine.close()
@@ -84,8 +84,7 @@ def slow_then_fast(ctx: DurableContext, delay: float) -> Any:
     return "done"
 
 
-def test_close_waits_for_running_invocations_and_keeps_their_work(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_close_waits_for_running_invocations_and_keeps_their_work(store: str) -> None:
     with perdure.Engine(store, durability="process", workers=2) as engine:
         engine.start(slow_then_fast, 0.3, execution_id="slow")
         time.sleep(0.05)

@@ -47,7 +47,9 @@ from perdure import (
     WaitForCallbackConfig,
     create_retry_strategy,
 )
-from support import wait_for
+from support import lmdb_only, wait_for
+
+pytestmark = lmdb_only("decodes the LMDB files with lmdb and zstandard (docs/format.md)")
 
 # region decoder written from docs/format.md (no perdure imports)
 

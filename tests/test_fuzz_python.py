@@ -33,6 +33,9 @@ from hypothesis import strategies as st
 from perdure import AsyncDurableContext, DurableContext, Duration, Engine
 from perdure.errors import CorruptRecordError, CorruptStoreError, PerdureError, SerDesError
 from perdure.serdes import SerDesContext, deserialize, error_object_from_payload, loads
+from support import lmdb_only
+
+pytestmark = lmdb_only("forges values in the LMDB databases with the lmdb package")
 
 NOW = 1_790_000_000_000
 U64 = 2**64 - 1

@@ -115,8 +115,8 @@ async def async_map_workflow(ctx: perdure.AsyncDurableContext, args: dict[str, A
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> perdure.Engine:
-    with perdure.Engine(tmp_path / "store", workers=2) as engine:
+def engine(store: str) -> perdure.Engine:
+    with perdure.Engine(store, workers=2) as engine:
         yield engine
 
 

@@ -30,8 +30,8 @@ def log(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def engine(tmp_path: Path, log: Path) -> Any:
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+def engine(store: str, log: Path) -> Any:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
@@ -82,8 +82,7 @@ def test_a_parent_invokes_a_durable_and_a_plain_function(engine: perdure.Engine,
     assert bodies(log) == {("p", "p1"): 1, ("p/2", "k1"): 1, ("p/2", "k2"): 1, ("p", "p2"): 1}
 
 
-def test_a_finished_parent_replays_without_invoking_again(tmp_path: Path, log: Path) -> None:
-    store = tmp_path / "store"
+def test_a_finished_parent_replays_without_invoking_again(store: str, log: Path) -> None:
     with perdure.Engine(store, durability="none") as engine:
         engine.run(lw.parent, {"base": 1}, execution_id="p", timeout=TIMEOUT)
     with perdure.Engine(store, durability="none") as engine:
@@ -192,10 +191,10 @@ def _serve(store: Path, log: Path) -> subprocess.Popen[str]:
     return server
 
 
-def test_sigkill_while_a_child_runs(tmp_path: Path) -> None:
+def test_sigkill_while_a_child_runs(tmp_path: Path, store: str) -> None:
     """A server is killed inside the child's first step; a new server finishes
     the child and the parent, and every acknowledged step ran once."""
-    store, log = tmp_path / "store", tmp_path / "log"
+    log = tmp_path / "log"
     event = {"base": 7, "pause": 0.5, "nap_ms": 20}
     server = _serve(store, log)
     try:

@@ -19,9 +19,9 @@ TIMEOUT = 30
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Any:
+def engine(tmp_path: Path, store: str) -> Any:
     lw.open_log(str(tmp_path / "log"))
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
@@ -108,11 +108,11 @@ def test_cancel_stops_children_and_refuses_late_answers(engine: perdure.Engine) 
     assert engine.run(lw.naps, {"nap_ms": 1}, timeout=TIMEOUT) == "rested"
 
 
-def test_timeouts_and_cancels_hold_across_a_sigkill(tmp_path: Path) -> None:
+def test_timeouts_and_cancels_hold_across_a_sigkill(tmp_path: Path, store: str) -> None:
     """The server dies while executions wait; meanwhile one execution's
     timeout passes and another is cancelled. The next server finds the
     first timed out (its timer is durable) and never runs the second."""
-    store, log = tmp_path / "store", tmp_path / "log"
+    log = tmp_path / "log"
     server = _serve(store, log)
     try:
         with perdure.Engine(store, owner=False) as client:

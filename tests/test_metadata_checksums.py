@@ -18,7 +18,9 @@ import perdure
 import pytest
 from perdure import DurableContext, Engine
 from perdure.errors import CorruptStoreError
-from support import wait_for
+from support import lmdb_only, wait_for
+
+pytestmark = lmdb_only("flips bytes of values in the LMDB databases")
 
 CALLBACK_IDS: list[str] = []
 

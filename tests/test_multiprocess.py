@@ -23,7 +23,7 @@ from typing import Any
 import lease_workflows as lw
 import perdure
 import pytest
-from support import wait_for
+from support import store_exists, wait_for
 
 HERE = Path(__file__).parent
 
@@ -138,10 +138,12 @@ def check_histories(client: perdure.Engine, ids: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("durability", ["process", "full"])
-def test_engines_take_over_from_killed_ones_during_fan_out(tmp_path: Path, durability: str) -> None:
+def test_engines_take_over_from_killed_ones_during_fan_out(
+    tmp_path: Path, store: str, durability: str
+) -> None:
     seed = int(os.environ.get("PERDURE_LEASE_SEED", str(random.randrange(2**32))))
     rng = random.Random(seed)
-    store, log = tmp_path / "store", tmp_path / "effects.log"
+    log = tmp_path / "effects.log"
     gate = tmp_path / "gate"
     servers = Servers(tmp_path, store, log, durability=durability, gate=str(gate))
     client = perdure.Engine(store, owner=False)
@@ -216,8 +218,10 @@ def test_engines_take_over_from_killed_ones_during_fan_out(tmp_path: Path, durab
         assert {info.status for info in reader.list()} == {"SUCCEEDED"}
 
 
-def test_a_hung_owner_loses_its_lease_and_its_late_writes_are_refused(tmp_path: Path) -> None:
-    store, log = tmp_path / "store", tmp_path / "effects.log"
+def test_a_hung_owner_loses_its_lease_and_its_late_writes_are_refused(
+    tmp_path: Path, store: str
+) -> None:
+    log = tmp_path / "effects.log"
     servers = Servers(tmp_path, store, log, lease_timeout=0.5)
     client = perdure.Engine(store, owner=False)
     try:
@@ -256,7 +260,7 @@ def test_a_hung_owner_loses_its_lease_and_its_late_writes_are_refused(tmp_path: 
 
 
 @pytest.mark.parametrize("timeout", [0, -1, float("nan"), True, "5"])
-def test_bad_lease_timeout_is_refused(tmp_path: Path, timeout: Any) -> None:
+def test_bad_lease_timeout_is_refused(store: str, timeout: Any) -> None:
     with pytest.raises(perdure.ValidationError, match="lease_timeout"):
-        perdure.Engine(tmp_path / "s", lease_timeout=timeout)
-    assert not (tmp_path / "s").exists()
+        perdure.Engine(store, lease_timeout=timeout)
+    assert not store_exists(store)

@@ -5,34 +5,20 @@ server has."""
 
 from __future__ import annotations
 
-import os
-import secrets
-import subprocess
-from collections.abc import Iterator
-
 import perdure
 import pytest
 from perdure import DurableContext, Engine
 from perdure._core import postgres_store_exists
 from support import perdure_cli
 
+# What only a server has: the conftest's store fixture, on its pg half only.
+pytestmark = pytest.mark.pg_only("PostgreSQL URLs and schemas")
+
 
 @pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A URL naming a fresh schema on the test server; the schema is dropped after."""
-    base = os.environ.get("PERDURE_TEST_PG")
-    if not base:
-        if os.environ.get("CI"):
-            pytest.fail("PERDURE_TEST_PG is not set: CI must run the PostgreSQL tests")
-        pytest.skip("no PostgreSQL server (PERDURE_TEST_PG unset)")
-    schema = f"t_{secrets.token_hex(6)}"
-    yield f"{base}&schema={schema}"
-    subprocess.run(
-        ["psql", "-q", "-X", base, "-c", f"DROP SCHEMA IF EXISTS {schema} CASCADE"],
-        check=False,
-        capture_output=True,
-        timeout=30,
-    )
+def pg_url(store: str) -> str:
+    """A URL naming a fresh schema on the test server; dropped after."""
+    return store
 
 
 @perdure.durable(name="pg-double")

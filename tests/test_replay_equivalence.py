@@ -26,14 +26,12 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import tempfile
 import threading
 import time
 import traceback
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import perdure
@@ -383,7 +381,7 @@ class RunResult:
     answered_offline: int = 0
 
 
-def _open(store: Path) -> Engine:
+def _open(store: str) -> Engine:
     return Engine(store, durability="none", workers=2)
 
 
@@ -416,7 +414,7 @@ def _stuck(engine: Engine) -> str:
 
 
 def drive(
-    store: Path,
+    store: str,
     program: dict[str, Any],
     control: Control,
     callback_plan: dict[int, str] | None = None,
@@ -710,24 +708,29 @@ def _interrupted_plan(
     max_examples=200,
     deadline=None,
     derandomize=False,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+    # new_store makes fresh stores for every example: the fixture is shared
+    # by the examples, the stores are not.
+    suppress_health_check=[
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.function_scoped_fixture,
+    ],
 )
 @given(program=programs, data=st.data())
 def test_interrupted_execution_replays_to_the_same_result_and_history(
-    program: dict[str, Any], data: st.DataObject
+    new_store: Callable[[], str], program: dict[str, Any], data: st.DataObject
 ) -> None:
-    with tempfile.TemporaryDirectory(prefix="perdure-replay-") as tmp:
-        control, callback_plan = _interrupted_plan(data, program)
-        reference = drive(Path(tmp) / "reference", program, Control())
-        check_model(program, reference)
-        interrupted = drive(Path(tmp) / "interrupted", program, control, callback_plan)
-        check_equivalent(reference, interrupted)
-        note(f"crashes: {min(interrupted.control.crashes, 3)}")
-        note(f"engine restarts: {min(interrupted.restarts, 3)}")
-        note(f"callbacks answered: {min(len(interrupted.control.answered), 2)}")
-        note(f"answered offline: {min(interrupted.answered_offline, 1)}")
-        note(f"invocations: {_bucket(_invocations(reference.history))}")
-        note(f"outcome: {reference.outcome[0]}")
+    control, callback_plan = _interrupted_plan(data, program)
+    reference = drive(new_store(), program, Control())
+    check_model(program, reference)
+    interrupted = drive(new_store(), program, control, callback_plan)
+    check_equivalent(reference, interrupted)
+    note(f"crashes: {min(interrupted.control.crashes, 3)}")
+    note(f"engine restarts: {min(interrupted.restarts, 3)}")
+    note(f"callbacks answered: {min(len(interrupted.control.answered), 2)}")
+    note(f"answered offline: {min(interrupted.answered_offline, 1)}")
+    note(f"invocations: {_bucket(_invocations(reference.history))}")
+    note(f"outcome: {reference.outcome[0]}")
 
 
 # endregion
@@ -799,27 +802,32 @@ EVERYTHING = {
     ],
 )
 def test_a_program_with_every_operation_under_fixed_interruptions(
-    tmp_path: Path, crash_at: set[int], restart_at: set[int], callback_plan: dict[int, str]
+    new_store: Callable[[], str],
+    crash_at: set[int],
+    restart_at: set[int],
+    callback_plan: dict[int, str],
 ) -> None:
-    reference = drive(tmp_path / "reference", EVERYTHING, Control())
+    reference = drive(new_store(), EVERYTHING, Control())
     check_model(EVERYTHING, reference)
     assert len(reference.control.answered) == 3
     control = Control(crash_at=frozenset(crash_at), restart_at=frozenset(restart_at))
-    interrupted = drive(tmp_path / "interrupted", EVERYTHING, control, callback_plan)
+    interrupted = drive(new_store(), EVERYTHING, control, callback_plan)
     check_equivalent(reference, interrupted)
     assert control.crashes == len(crash_at)
     assert interrupted.restarts >= len(crash_at) + len(restart_at)
     assert interrupted.answered_offline == list(callback_plan.values()).count("offline")
 
 
-def test_a_crash_in_a_retried_step_in_a_nested_child_reruns_that_attempt(tmp_path: Path) -> None:
+def test_a_crash_in_a_retried_step_in_a_nested_child_reruns_that_attempt(
+    new_store: Callable[[], str],
+) -> None:
     program = {"ops": [_child([_child([_step(fails=1, attempts=3, value="v")])])]}
-    reference = drive(tmp_path / "reference", program, Control())
+    reference = drive(new_store(), program, Control())
     # Crash points: 0-2 before each op on the way in, 3 in attempt 1's body
     # (which fails: a retry ends the invocation), 4-6 on the way in again,
     # 7 in attempt 2's body.
     control = Control(crash_at=frozenset({7}))
-    interrupted = drive(tmp_path / "interrupted", program, control)
+    interrupted = drive(new_store(), program, control)
     check_equivalent(reference, interrupted)
     assert control.crashes == 1
     assert reference.control.body_runs == [("1-1-1", 1, False), ("1-1-1", 2, False)]
@@ -838,7 +846,9 @@ def test_a_crash_in_a_retried_step_in_a_nested_child_reruns_that_attempt(tmp_pat
     assert retries == [{"CurrentAttempt": 1, "NextAttemptDelaySeconds": 0.001}]
 
 
-def test_a_callback_timing_out_before_its_creating_invocation_ends(tmp_path: Path) -> None:
+def test_a_callback_timing_out_before_its_creating_invocation_ends(
+    new_store: Callable[[], str],
+) -> None:
     # The submitter outlasts the callback's timeout, so the timeout is
     # journalled inside the invocation that created the callback; that
     # invocation still suspends in result() and the execution runs again at
@@ -850,7 +860,7 @@ def test_a_callback_timing_out_before_its_creating_invocation_ends(tmp_path: Pat
             _step(value="after"),
         ]
     }
-    reference = drive(tmp_path / "reference", program, Control())
+    reference = drive(new_store(), program, Control())
     check_model(program, reference)
     kinds = [event["EventType"] for event in reference.history]
     timed_out = kinds.index("CallbackTimedOut")
@@ -858,7 +868,7 @@ def test_a_callback_timing_out_before_its_creating_invocation_ends(tmp_path: Pat
     assert reference.outcome[1][0]["caught"] == "CallbackTimeoutError"
     # Crash right after the callback op, then once more at the end.
     control = Control(crash_at=frozenset({1, 3}), restart_at=frozenset({0}))
-    interrupted = drive(tmp_path / "interrupted", program, control)
+    interrupted = drive(new_store(), program, control)
     check_equivalent(reference, interrupted)
     assert control.crashes == 2
 
@@ -870,7 +880,7 @@ def short_wait(ctx: DurableContext, _input: Any) -> str:
 
 
 def test_a_wake_between_invocation_end_and_finish_is_not_lost(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    store: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Regression: a wake-up (here the wait's timer) that commits after an
     invocation's EndInvocation (which therefore asked for no rerun) but before
@@ -904,7 +914,7 @@ def test_a_wake_between_invocation_end_and_finish_is_not_lost(
             return rerun
 
     monkeypatch.setattr(perdure.engine, "Core", HoldInvocationEnd)
-    with Engine(tmp_path / "store", durability="none", workers=1, poll_interval=0.002) as engine:
+    with Engine(store, durability="none", workers=1, poll_interval=0.002) as engine:
         handle = engine.start(short_wait, None, execution_id="short-wait")
         assert handle.result(timeout=2) == "done"
 

@@ -31,7 +31,7 @@ from perdure import (
     registry,
 )
 from perdure.verify import ReplayReport
-from support import wait_for
+from support import store_exists, wait_for
 
 WORKFLOWS = Path(W.__file__).resolve()
 LINEAR = [f"linear-{i}" for i in range(4)]
@@ -43,8 +43,8 @@ ACTIVE = {"waiting-0", "waiting-1", "sleeper-1", "fanwait-1"}
 
 
 @pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    path = tmp_path_factory.mktemp("replay-verify") / "store"
+def recorded(module_new_store: Callable[[], str]) -> Iterator[str]:
+    path = module_new_store()
     with Engine(path, durability="none") as engine:
         finished = [engine.start(W.linear, i, execution_id=f"linear-{i}") for i in range(4)]
         finished.append(engine.start(W.fanout, 1, execution_id="fanout-1"))
@@ -68,7 +68,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         registry._functions["rv.gone"] = gone
 
 
-def _snapshot(path: Path) -> dict[str, Any]:
+def _snapshot(path: str) -> dict[str, Any]:
     """Every execution's row, raw journal and AWS history."""
     with Engine(path, owner=False) as engine:
         core = engine._core
@@ -79,16 +79,16 @@ def _snapshot(path: Path) -> dict[str, Any]:
 
 
 @pytest.fixture
-def untouched(store: Path) -> Iterator[Path]:
+def untouched(recorded: str) -> Iterator[str]:
     """The store, checked afterwards: nothing written, no step body run."""
-    before = _snapshot(store)
+    before = _snapshot(recorded)
     calls = len(W.BODY_CALLS)
-    yield store
+    yield recorded
     assert len(W.BODY_CALLS) == calls, "a step body ran during a replay"
-    assert _snapshot(store) == before, "a replay changed the store"
+    assert _snapshot(recorded) == before, "a replay changed the store"
 
 
-def _replay(path: Path, **kwargs: Any) -> ReplayReport:
+def _replay(path: str, **kwargs: Any) -> ReplayReport:
     with Engine(path, owner=False) as engine:
         return engine.replay(**kwargs)
 
@@ -110,7 +110,7 @@ def version(name: str, function: Callable[..., Any]) -> Iterator[None]:
 
 
 @pytest.mark.parametrize("verify", [False, True], ids=["replay", "verify"])
-def test_unchanged_code_replays_every_execution(untouched: Path, verify: bool) -> None:
+def test_unchanged_code_replays_every_execution(untouched: str, verify: bool) -> None:
     report = _replay(untouched, verify=verify, workers=2)
     assert report.ok, report.summary()
     assert report.divergences == [] and report.errors == []
@@ -130,7 +130,7 @@ def test_unchanged_code_replays_every_execution(untouched: Path, verify: bool) -
     assert as_json["ok"] is True and as_json["skipped"] == {"rv.gone": 1}
 
 
-def test_filters_by_function_and_ids(untouched: Path) -> None:
+def test_filters_by_function_and_ids(untouched: str) -> None:
     assert _replay(untouched, function="rv.linear").executions == 4
     assert _replay(untouched, function=W.linear, verify=True).executions == 4
     report = _replay(untouched, execution_ids=["linear-1", "fanwait-1", "linear-1"])
@@ -140,7 +140,7 @@ def test_filters_by_function_and_ids(untouched: Path) -> None:
     assert (gone.executions, gone.skipped) == (0, {"rv.gone": 1})
 
 
-def test_bad_arguments_are_refused(untouched: Path) -> None:
+def test_bad_arguments_are_refused(untouched: str) -> None:
     with pytest.raises(ExecutionNotFoundError):
         _replay(untouched, execution_ids=["no-such-execution"])
     with pytest.raises(UnknownFunctionError):
@@ -151,7 +151,7 @@ def test_bad_arguments_are_refused(untouched: Path) -> None:
         _replay(untouched, execution_ids="linear-1")  # type: ignore[arg-type]
 
 
-def test_progress_reaches_total(untouched: Path) -> None:
+def test_progress_reaches_total(untouched: str) -> None:
     calls: list[tuple[int, int]] = []
     report = _replay(untouched, progress=lambda done, total: calls.append((done, total)))
     assert calls, "progress was never called"
@@ -342,7 +342,7 @@ CASES: list[tuple[str, str, Callable[..., Any], bool, dict[str, tuple[str | None
     ids=[case[0] for case in CASES],
 )
 def test_changed_code_is_reported_at_the_first_differing_operation(
-    untouched: Path,
+    untouched: str,
     name: str,
     new: Callable[..., Any],
     verify: bool,
@@ -364,7 +364,7 @@ def test_changed_code_is_reported_at_the_first_differing_operation(
         assert divergence.execution_id in report.summary()
 
 
-def test_an_exception_without_verify_is_an_error_not_a_crash(untouched: Path) -> None:
+def test_an_exception_without_verify_is_an_error_not_a_crash(untouched: str) -> None:
     with version("rv.linear", linear_raises):
         report = _replay(untouched)
     assert report.divergences == []
@@ -401,7 +401,7 @@ def linear(ctx, n):
 """
 
 
-def test_cli_exit_0_when_everything_replays(untouched: Path, tmp_path: Path) -> None:
+def test_cli_exit_0_when_everything_replays(untouched: str, tmp_path: Path) -> None:
     marker = tmp_path / "bodies"
     done = _cli("--store", str(untouched), "--verify", "--import", str(WORKFLOWS), marker=marker)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -414,7 +414,7 @@ def test_cli_exit_0_when_everything_replays(untouched: Path, tmp_path: Path) -> 
     assert report["operations"] > 0 and report["divergences"] == []
 
 
-def test_cli_exit_1_prints_each_divergence(untouched: Path, tmp_path: Path) -> None:
+def test_cli_exit_1_prints_each_divergence(untouched: str, tmp_path: Path) -> None:
     (tmp_path / "v2.py").write_text(V2)
     imports = ["--import", str(WORKFLOWS), str(tmp_path / "v2.py")]
     done = _cli("--store", str(untouched), *imports)
@@ -438,10 +438,11 @@ def test_cli_exit_1_prints_each_divergence(untouched: Path, tmp_path: Path) -> N
     assert json.loads(done.stdout)["executions"] == 2
 
 
-def test_cli_usage_errors_exit_2(untouched: Path, tmp_path: Path) -> None:
-    done = _cli("--store", str(tmp_path / "nowhere"))
+def test_cli_usage_errors_exit_2(untouched: str, new_store: Callable[[], str]) -> None:
+    nowhere = new_store()
+    done = _cli("--store", nowhere)
     assert done.returncode == 2 and "no perdure store" in done.stderr
-    assert not (tmp_path / "nowhere").exists()
+    assert not store_exists(nowhere)
     done = _cli("--store", str(untouched), "--function", "rv.linear")
     assert done.returncode == 2 and "--import" in done.stderr
     done = _cli("--store", str(untouched), "--import", "no_such_module_for_perdure")
@@ -450,7 +451,7 @@ def test_cli_usage_errors_exit_2(untouched: Path, tmp_path: Path) -> None:
     assert done.returncode == 2
 
 
-def test_cli_without_imports_skips_and_says_so(untouched: Path) -> None:
+def test_cli_without_imports_skips_and_says_so(untouched: str) -> None:
     done = _cli("--store", str(untouched), "--json")
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
@@ -459,8 +460,7 @@ def test_cli_without_imports_skips_and_says_so(untouched: Path) -> None:
     assert "--import" in done.stderr
 
 
-def test_cli_beside_a_live_engine(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_cli_beside_a_live_engine(store: str) -> None:
     live = subprocess.Popen(
         [sys.executable, str(WORKFLOWS), "live", str(store)],
         stdout=subprocess.PIPE,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 from collections import Counter
-from pathlib import Path
 
 import perdure
 from perdure import DurableContext, Engine
@@ -34,9 +33,9 @@ def two_steps(ctx: DurableContext, n: int) -> list[int]:
     return [ctx.step(first), ctx.step(second)]
 
 
-def test_ten_thousand_executions_started_at_once_all_complete(tmp_path: Path) -> None:
+def test_ten_thousand_executions_started_at_once_all_complete(store: str) -> None:
     _runs.clear()
-    with Engine(tmp_path / "store", durability="process") as engine:
+    with Engine(store, durability="process") as engine:
         handles = [engine.start(two_steps, n, execution_id=f"scale-{n}") for n in range(EXECUTIONS)]
         results = [handle.result(timeout=300) for handle in handles]
         succeeded = engine.list(status="SUCCEEDED")

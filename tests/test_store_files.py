@@ -30,7 +30,9 @@ import lmdb
 import pytest
 from perdure.check import check_store
 from perdure.errors import CorruptStoreError
-from support import STORE_CHILD, copy_store, perdure_cli, store_child
+from support import STORE_CHILD, copy_store, lmdb_only, perdure_cli, store_child
+
+pytestmark = lmdb_only("damages the LMDB files (data.mdb, lock.mdb); perdure check of them")
 
 
 @pytest.fixture(scope="module")

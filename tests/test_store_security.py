@@ -15,13 +15,15 @@ import os
 from pathlib import Path
 
 import pytest
-from support import copy_store, perdure_cli, store_child
+from support import copy_store, lmdb_only, perdure_cli, store_child
 
 NOBODY = 65534
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="handing files to another user (chown) needs root"
 )
+
+pytestmark = lmdb_only("owners and modes of the LMDB store's files and links to them")
 
 
 def _refused(path: Path, names: str, *words: str) -> None:

@@ -5,7 +5,6 @@ operation's history ``SubType`` and checked on replay like its name."""
 from __future__ import annotations
 
 import queue
-from pathlib import Path
 from typing import Any
 
 import perdure
@@ -101,8 +100,7 @@ def _finish(engine: Engine, function: Any, execution_id: str, answers: int) -> A
     return handle
 
 
-def test_labels_show_in_history_and_survive_a_restart(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_labels_show_in_history_and_survive_a_restart(store: str) -> None:
     with Engine(store, durability="none") as engine:
         handle = _finish(engine, labelled, "labelled", answers=1)
         # Suspended on the second callback: the next engine replays the rest.
@@ -134,8 +132,8 @@ def test_labels_show_in_history_and_survive_a_restart(tmp_path: Path) -> None:
     ]
 
 
-def test_async_workflows_label_the_same_way(tmp_path: Path) -> None:
-    with Engine(tmp_path / "store", durability="none") as engine:
+def test_async_workflows_label_the_same_way(store: str) -> None:
+    with Engine(store, durability="none") as engine:
         handle = _finish(engine, labelled_async, "async", answers=1)
         assert handle.result(TIMEOUT) == [6, "answer 0"]
         labels = {(name, sub) for _, name, sub in _sub_types(handle.history())}
@@ -143,8 +141,8 @@ def test_async_workflows_label_the_same_way(tmp_path: Path) -> None:
     assert ("sign create callback id", "Signature") in labels
 
 
-def test_built_in_names_and_empty_labels_are_the_defaults(tmp_path: Path) -> None:
-    with Engine(tmp_path / "store", durability="none") as engine:
+def test_built_in_names_and_empty_labels_are_the_defaults(store: str) -> None:
+    with Engine(store, durability="none") as engine:
         handle = engine.start(built_in, None)
         assert handle.result(TIMEOUT) == 3
         assert [sub for _, _, sub in _sub_types(handle.history())] == [
@@ -155,15 +153,14 @@ def test_built_in_names_and_empty_labels_are_the_defaults(tmp_path: Path) -> Non
         ]
 
 
-def test_with_retry_labels_each_attempt(tmp_path: Path) -> None:
-    with Engine(tmp_path / "store", durability="none") as engine:
+def test_with_retry_labels_each_attempt(store: str) -> None:
+    with Engine(store, durability="none") as engine:
         handle = engine.start(retried, None)
         assert handle.result(TIMEOUT) == 7
         assert ("ContextSucceeded", "pay attempt 1", "Payment") in _sub_types(handle.history())
 
 
-def test_a_changed_label_is_non_deterministic(tmp_path: Path) -> None:
-    store = tmp_path / "store"
+def test_a_changed_label_is_non_deterministic(store: str) -> None:
     with Engine(store, durability="none") as engine:
         handle = _finish(engine, labelled, "changed", answers=2)
         assert handle.result(TIMEOUT)[0] == 6
@@ -184,10 +181,10 @@ def test_a_changed_label_is_non_deterministic(tmp_path: Path) -> None:
 
 
 def test_a_label_the_core_cannot_store_is_refused_and_the_store_is_intact(
-    tmp_path: Path,
+    store: str,
 ) -> None:
     # Configs check labels first; the core checks again for any other caller.
-    with Engine(tmp_path / "store", durability="none") as engine:
+    with Engine(store, durability="none") as engine:
         assert engine.run(built_in, None, execution_id="kept", timeout=TIMEOUT) == 3
         core = engine._core
         summary = core.execution("kept")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import queue
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 import perdure
@@ -76,9 +75,9 @@ def next_callback(kind: str) -> str:
     return callback_id
 
 
-def test_a_week_of_workflow_in_a_test(tmp_path: Path, clock: TimeSkippingClock) -> None:
+def test_a_week_of_workflow_in_a_test(store: str, clock: TimeSkippingClock) -> None:
     start = clock.now()
-    with perdure.Engine(tmp_path / "store", durability="none", clock=clock) as engine:
+    with perdure.Engine(store, durability="none", clock=clock) as engine:
         run = engine.start(place_order, {"id": "o-1"}, execution_id="o-1")
         # Two retries (2 and 4 minutes of backoff) were skipped; the
         # approval's 7-day timeout is not: the clock waits for the test.
@@ -112,10 +111,10 @@ def test_a_week_of_workflow_in_a_test(tmp_path: Path, clock: TimeSkippingClock) 
 
 
 def test_without_auto_skip_time_moves_only_when_advanced(
-    tmp_path: Path, clock: TimeSkippingClock
+    store: str, clock: TimeSkippingClock
 ) -> None:
     clock.auto_skip = False
-    with perdure.Engine(tmp_path / "store", durability="none", clock=clock) as engine:
+    with perdure.Engine(store, durability="none", clock=clock) as engine:
         run = engine.start(place_order, {"id": "o-2"})
         with pytest.raises(TimeoutError):
             run.result(0.3)  # the first retry's 2 minutes have not passed

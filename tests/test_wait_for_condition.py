@@ -81,10 +81,10 @@ def count_up(state: int, check_ctx: WaitForConditionCheckContext) -> int:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[perdure.Engine]:
+def engine(store: str) -> Iterator[perdure.Engine]:
     calls.clear()
     seen.clear()
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
@@ -371,9 +371,8 @@ def slow_first_workflow(ctx: DurableContext, _: Any) -> int:
     return ctx.wait_for_condition(count_up, config, name="slow")
 
 
-def test_waits_between_polls_are_durable(tmp_path: Path) -> None:
+def test_waits_between_polls_are_durable(store: str) -> None:
     calls.clear()
-    store = tmp_path / "store"
     with perdure.Engine(store, durability="full", workers=2) as engine:
         handle = engine.start(slow_first_workflow, execution_id="slow")
         wait_for(lambda: handle.status() == "SUSPENDED", "the first poll to suspend the execution")
@@ -610,8 +609,8 @@ def big_state(ctx: DurableContext, size: int) -> int:
     return len(ctx.wait_for_condition(check, config, name="big"))
 
 
-def test_state_over_the_payload_limit_is_refused(tmp_path: Path) -> None:
-    with perdure.Engine(tmp_path / "store", durability="none", max_payload_size=1000) as engine:
+def test_state_over_the_payload_limit_is_refused(store: str) -> None:
+    with perdure.Engine(store, durability="none", max_payload_size=1000) as engine:
         with pytest.raises(ExecutionFailedError) as failure:
             engine.start(big_state, 5000).result(TIMEOUT)
         assert failure.value.error_type == error_type_of(PayloadTooLargeError)
@@ -745,8 +744,8 @@ def read_log(path: Path) -> list[tuple[str, ...]]:
 
 def test_sigkill_between_polls_and_inside_a_check_keeps_polls_exactly_once(
     tmp_path: Path,
+    store: str,
 ) -> None:
-    store = tmp_path / "store"
     log = tmp_path / "side-effects.log"
     gates = tmp_path / "gates"
     gates.mkdir()

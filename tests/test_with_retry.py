@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import perdure
@@ -52,9 +51,9 @@ def fast_retry(attempts: int, **kwargs: Any) -> Any:
 
 
 @pytest.fixture
-def engine(tmp_path: Path) -> Iterator[perdure.Engine]:
+def engine(store: str) -> Iterator[perdure.Engine]:
     runs.clear()
-    with perdure.Engine(tmp_path / "store", durability="none", workers=4) as engine:
+    with perdure.Engine(store, durability="none", workers=4) as engine:
         yield engine
 
 
