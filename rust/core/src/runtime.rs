@@ -715,6 +715,7 @@ impl Runtime {
                 executor.shutdown(Duration::from_millis(200));
             }
             owner.stop.store(true, Ordering::SeqCst);
+            self.backend.interrupt_news();
             owner.timers.close();
             let threads = std::mem::take(&mut *owner.threads.lock());
             for thread in threads {

@@ -126,6 +126,8 @@ pub trait Backend: Send + Sync {
         std::thread::sleep(timeout);
         News::default()
     }
+    /// Ends a `wait_for_news` in progress (the engine is closing).
+    fn interrupt_news(&self) {}
 
     // Owner liveness: how a crashed engine is told from a live one without
     // waiting for its lease to time out.

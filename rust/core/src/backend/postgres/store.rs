@@ -58,6 +58,10 @@ impl Default for PgOptions {
 /// wakes more of one owner's sends `*` (look at them all).
 const MAX_NAMED: usize = 500;
 
+/// How long the listener waits for a message before it looks whether it
+/// must stop: a closing engine waits up to this long for it.
+const LISTEN_WAIT: Duration = Duration::from_millis(20);
+
 /// The delays between tries to reach a lost server: the first, and the
 /// longest (they double).
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(50);
@@ -413,6 +417,10 @@ impl Backend for PgStore {
         self.news.wait(timeout)
     }
 
+    fn interrupt_news(&self) {
+        self.news.push(|news| news.poll_now = true);
+    }
+
     /// The owner's advisory lock, held by a listener connection of its own
     /// that also receives its wake-up messages.
     fn hold_owner(&self, owner: u64) -> Result<Box<dyn OwnerHold>> {
@@ -529,7 +537,7 @@ impl Listener {
             };
             let lost = {
                 let mut messages = connection.notifications();
-                let mut received = messages.timeout_iter(Duration::from_millis(100));
+                let mut received = messages.timeout_iter(LISTEN_WAIT);
                 loop {
                     match received.next() {
                         Ok(Some(message)) => self.hear(message.channel(), message.payload()),
