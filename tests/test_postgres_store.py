@@ -46,3 +46,25 @@ def test_the_cli_refuses_a_schema_without_a_store_and_creates_nothing(pg_url: st
         assert done.returncode == 2, (command, done)
         assert "no perdure store" in done.stderr, done
     assert not postgres_store_exists(pg_url)
+
+
+def test_an_engine_over_tls_checks_the_servers_certificate() -> None:
+    """The server with ssl=on that scripts/postgres.sh starts (certificate for
+    localhost, signed by PERDURE_TEST_PG_TLS_CA); rust/core/tests/postgres_tls.rs
+    covers each sslmode."""
+    base = os.environ.get("PERDURE_TEST_PG_TLS")
+    if not base:
+        if os.environ.get("CI"):
+            pytest.fail("PERDURE_TEST_PG_TLS is not set: scripts/postgres.sh starts it")
+        pytest.skip("no PostgreSQL server with TLS (PERDURE_TEST_PG_TLS unset)")
+    base = base.replace("postgresql://postgres@", "postgresql://postgres:s3cret@", 1)
+    schema = f"t_{secrets.token_hex(6)}"
+    right = f"{base}?sslmode=verify-full&sslrootcert={os.environ['PERDURE_TEST_PG_TLS_CA']}"
+    with Engine(f"{right}&schema={schema}") as engine:
+        assert engine.run(double, 4, execution_id="tls", timeout=30) == 8
+    other_ca = os.environ["PERDURE_TEST_PG_TLS_OTHER_CA"]
+    with pytest.raises(perdure.StoreError) as refused:
+        Engine(f"{base}?sslmode=verify-full&sslrootcert={other_ca}&schema={schema}")
+    message = str(refused.value)
+    assert "TLS certificate is refused" in message and other_ca in message, message
+    assert "s3cret" not in message

@@ -7,6 +7,7 @@ pub mod liveness;
 pub mod reads;
 pub mod schema;
 pub mod store;
+pub mod tls;
 
 pub use store::{PgOptions, PgStore};
 
@@ -23,6 +24,7 @@ pub struct PgLocation {
     config: postgres::Config,
     schema: String,
     shown: String,
+    tls: tls::Tls,
 }
 
 impl std::fmt::Debug for PgLocation {
@@ -41,7 +43,8 @@ const DEFAULT_SCHEMA: &str = "perdure";
 impl PgLocation {
     /// Parses `postgresql://user[:password]@host[:port]/database[?options]`.
     /// `schema=` is perdure's own option; every other option is libpq's
-    /// (`host=/socket/dir`, `sslmode`, `application_name`, ...).
+    /// (`host=/socket/dir`, `sslmode`, `sslrootcert`, `application_name`,
+    /// ...).
     pub fn parse(url: &str) -> Result<PgLocation> {
         if !is_url(url) {
             return Err(Error::InvalidInput(format!(
@@ -59,13 +62,29 @@ impl PgLocation {
             }
         }
         check_schema_name(&schema)?;
-        let libpq_url = if kept.is_empty() {
-            base.to_owned()
-        } else {
-            format!("{base}?{}", kept.join("&"))
+        // tokio-postgres reads every option but sslmode's and sslrootcert's,
+        // which are taken out first and set up here.
+        let libpq = |options: &[&str]| {
+            let ours = |option: &&str| option.starts_with("sslmode=") || option.starts_with("sslrootcert=");
+            with_query(
+                base,
+                &options
+                    .iter()
+                    .copied()
+                    .filter(|option| !ours(option))
+                    .collect::<Vec<_>>(),
+            )
         };
-        let mut config = postgres::Config::from_str(&libpq_url)
+        let mut config = postgres::Config::from_str(&libpq(&kept))
             .map_err(|err| Error::InvalidInput(format!("cannot read the PostgreSQL URL {:?}: {err}", shown(url))))?;
+        let hosts = config.get_hosts();
+        let over_sockets_only =
+            !hosts.is_empty() && hosts.iter().all(|host| !matches!(host, postgres::config::Host::Tcp(_)));
+        let tls = tls::Tls::take(&mut kept, over_sockets_only).map_err(|err| match err {
+            Error::InvalidInput(why) => Error::InvalidInput(format!("{why} (in {:?})", shown(url))),
+            other => other,
+        })?;
+        config.ssl_mode(tls.client_mode());
         if config.get_application_name().is_none() {
             config.application_name("perdure");
         }
@@ -92,6 +111,7 @@ impl PgLocation {
             config,
             schema,
             shown: shown(url),
+            tls,
         })
     }
 
@@ -111,13 +131,25 @@ impl PgLocation {
         move |source| Error::Postgres { what, source }
     }
 
-    /// A new connection to the server (no TLS yet: Unix sockets and trusted
-    /// networks).
+    /// The URL's `sslmode` (libpq's `prefer` when not given).
+    pub fn ssl_mode(&self) -> tls::SslMode {
+        self.tls.mode()
+    }
+
+    /// A new connection to the server, over TLS as `sslmode` asks.
     pub fn connect(&self) -> Result<postgres::Client> {
-        self.config.connect(postgres::NoTls).map_err(|source| Error::Postgres {
-            what: format!("cannot connect to {}", self.shown),
+        self.tls.connect(&self.config).map_err(|source| Error::Postgres {
+            what: self.tls.explain(&source, &self.shown),
             source,
         })
+    }
+}
+
+fn with_query(base: &str, options: &[&str]) -> String {
+    if options.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", options.join("&"))
     }
 }
 
