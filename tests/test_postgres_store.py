@@ -5,6 +5,9 @@ server has."""
 
 from __future__ import annotations
 
+import os
+import secrets
+
 import perdure
 import pytest
 from perdure import DurableContext, Engine
