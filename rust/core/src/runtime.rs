@@ -429,6 +429,16 @@ impl Runtime {
     pub fn load_invocation(&self, exec_key: u64) -> Result<InvocationData> {
         let data = self.backend.load_invocation(exec_key)?;
         if let Some(owner) = &self.owner {
+            // Its last invocation stopped on a failed commit, which may have
+            // been stored after all (a COMMIT without answer) with timers
+            // this engine never armed: arm what the store holds (a timer
+            // armed twice fires once; the second finds it gone).
+            if self.finished.stalls.lock().by_exec.contains_key(&exec_key) {
+                let (timers, _) = self.backend.timers_of(&HashSet::from([exec_key]))?;
+                for timer in timers {
+                    owner.timers.add(timer);
+                }
+            }
             let lease = data.lease.filter(|lease| lease.owner == owner.id);
             let mut invocations = owner.invocations.lock();
             match lease {
