@@ -377,7 +377,15 @@ fn finish_callback<V: TxnView>(
 ) -> Result<Outcome> {
     entry.state = state;
     view.put_callback(callback_id, &entry)?;
-    append(view, entry.exec_key, record)?;
+    if record.op_id.is_empty() {
+        // The answer names the callback, not its operation: read here, in
+        // the commit, rather than by the caller before it.
+        let mut record = record.clone();
+        record.op_id.clone_from(&entry.op_id);
+        append(view, entry.exec_key, &record)?;
+    } else {
+        append(view, entry.exec_key, record)?;
+    }
     Ok(Outcome::Woke(Some(wake(view, entry.exec_key)?)))
 }
 

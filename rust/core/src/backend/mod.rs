@@ -276,7 +276,8 @@ pub enum Mutation {
         callback_id: String,
         entry: CallbackEntry,
     },
-    /// Completes a pending callback (success or failure) and wakes its execution.
+    /// Completes a pending callback (success or failure) and wakes its
+    /// execution. A `record` without operation id gets the callback's.
     CompleteCallback {
         callback_id: String,
         state: CallbackState,

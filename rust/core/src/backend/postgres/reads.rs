@@ -70,16 +70,16 @@ impl Sql {
             execution: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE exec_key = $1"),
             execution_by_id: format!("SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE execution_id = $1"),
             journal: format!("SELECT seq, record FROM {s}.journal WHERE exec_key = $1 ORDER BY seq"),
-            // The row, then its records in order, in one statement: one
-            // round trip and one snapshot (a statement sees one), with the
-            // row's columns sent once rather than with every record.
+            // The row and its whole journal as two arrays, in one statement:
+            // one round trip, one snapshot, one message (rows cost more to
+            // send and receive than the records they hold), and no sort on
+            // the server: the records are put in order here, and their
+            // numbers checked.
             execution_and_journal: format!(
-                "SELECT {EXEC_COLUMNS}, NULL::integer AS seq, NULL::bytea AS record \
-                 FROM {s}.executions WHERE exec_key = $1 \
-                 UNION ALL \
-                 SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, seq, record \
-                 FROM {s}.journal WHERE exec_key = $1 \
-                 ORDER BY seq NULLS FIRST"
+                "SELECT {EXEC_COLUMNS}, j.seqs, j.records FROM {s}.executions e, \
+                 LATERAL (SELECT array_agg(seq) AS seqs, array_agg(record) AS records \
+                          FROM {s}.journal WHERE exec_key = e.exec_key) j \
+                 WHERE e.exec_key = $1"
             ),
             last_record: format!(
                 "SELECT j.seq, j.record, e.execution_id FROM {s}.journal j \
@@ -299,21 +299,27 @@ impl PgReads {
         mut add: impl FnMut(&mut T, Record),
     ) -> Result<(ExecRow, T)> {
         let key = key_param(exec_key).ok_or_else(|| no_metadata(exec_key))?;
-        let failed = || self.failed("cannot read an execution and its journal");
-        let mut client = self.client.lock();
-        let mut rows = client
-            .query_raw(&self.sql.execution_and_journal, [key])
-            .map_err(failed())?;
-        let head = match rows.next().map_err(failed())? {
-            Some(row) if row.get::<_, Option<i32>>(12).is_none() => exec_row(&row)?,
-            _ => return Err(no_metadata(exec_key)),
-        };
-        let mut into = start(&head);
+        let row = self
+            .client
+            .lock()
+            .query_opt(&self.sql.execution_and_journal, &[&key])
+            .map_err(self.failed("cannot read an execution and its journal"))?
+            .ok_or_else(|| no_metadata(exec_key))?;
+        let head = exec_row(&row)?;
         let execution_id = head.meta.execution_id.as_str();
+        let seqs: Vec<i32> = row.get::<_, Option<Vec<i32>>>(12).unwrap_or_default();
+        let records: Vec<&[u8]> = row.get::<_, Option<Vec<&[u8]>>>(13).unwrap_or_default();
+        if seqs.len() != records.len() {
+            return Err(bad_journal(execution_id, "record and sequence counts differ".into()));
+        }
+        let mut journal: Vec<(i32, &[u8])> = seqs.into_iter().zip(records).collect();
+        if !journal.is_sorted_by_key(|(seq, _)| *seq) {
+            journal.sort_unstable_by_key(|(seq, _)| *seq);
+        }
+        let mut into = start(&head);
         let mut order = JournalOrder::new(execution_id);
-        while let Some(row) = rows.next().map_err(failed())? {
-            let sequence = sequence_from(row.get(12), execution_id)?;
-            add(&mut into, order.next(sequence, row.get::<_, &[u8]>(13))?);
+        for (seq, bytes) in journal {
+            add(&mut into, order.next(sequence_from(seq, execution_id)?, bytes)?);
         }
         Ok((head, into))
     }
