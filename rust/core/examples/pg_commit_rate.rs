@@ -1,4 +1,4 @@
-//! Durable appends per second through the PostgreSQL store's `commit_group`,
+//! Durable appends per second through the PostgreSQL store's `PgWriter`,
 //! beside what the same server does with plain INSERTs through the same crate:
 //!
 //! ```text
@@ -8,8 +8,8 @@
 //!
 //! (a) one fenced append per group, one group after another; (b) groups of
 //! 64 batches, each a fence and an append to an execution of its own: each
-//! through `commit_group` (statements sent as text) and through a
-//! `PgWriter` (statements kept prepared on its connection); then
+//! through an unprepared `PgWriter` (statements sent as text) and through
+//! the store's `PgWriter` (statements kept prepared on its connection); then
 //! the raw baselines: single-row autocommit INSERTs of a 100-byte bytea, and
 //! 64-row INSERTs, one transaction each. Every commit is synced (the
 //! server's default `synchronous_commit = on`) unless `--unsynced` is given
@@ -18,7 +18,7 @@
 
 use std::time::{Duration, Instant};
 
-use perdure_core::backend::postgres::commit::{commit_group, PgWriter};
+use perdure_core::backend::postgres::commit::PgWriter;
 use perdure_core::backend::postgres::reads::PgReads;
 use perdure_core::backend::postgres::{schema, PgLocation};
 use perdure_core::backend::{Mutation, Outcome};
@@ -62,8 +62,9 @@ fn step(n: usize) -> Record {
     record
 }
 
-fn commit(client: &mut postgres::Client, location: &PgLocation, group: &[Vec<Mutation>]) -> Vec<Vec<Outcome>> {
-    commit_group(client, location, group)
+fn commit(writer: &mut PgWriter, group: &[Vec<Mutation>]) -> Vec<Vec<Outcome>> {
+    writer
+        .commit(group)
         .unwrap()
         .into_iter()
         .map(|answer| answer.unwrap())
@@ -72,9 +73,9 @@ fn commit(client: &mut postgres::Client, location: &PgLocation, group: &[Vec<Mut
 
 fn run(client: &mut postgres::Client, location: &PgLocation) {
     let reads = PgReads::connect(location).unwrap();
+    let mut unprepared = PgWriter::unprepared(location).unwrap();
     commit(
-        client,
-        location,
+        &mut unprepared,
         &[vec![Mutation::RegisterOwner {
             owner: OWNER,
             entry: OwnerEntry {
@@ -85,8 +86,7 @@ fn run(client: &mut postgres::Client, location: &PgLocation) {
         }]],
     );
     let created = commit(
-        client,
-        location,
+        &mut unprepared,
         &(0..WIDTH)
             .map(|i| {
                 vec![Mutation::CreateExecution {
@@ -118,24 +118,24 @@ fn run(client: &mut postgres::Client, location: &PgLocation) {
     };
 
     let mut n = 1;
-    let mut writer_client = location.connect().unwrap();
+    let mut writer = PgWriter::connect(location).unwrap();
     if !synced() {
         client.batch_execute("SET synchronous_commit = off").unwrap();
-        writer_client.batch_execute("SET synchronous_commit = off").unwrap();
+        unprepared.batch_execute("SET synchronous_commit = off").unwrap();
+        writer.batch_execute("SET synchronous_commit = off").unwrap();
     }
-    let mut writer = PgWriter::new(writer_client, location.clone());
     let mut rates = Vec::new();
     for prepared in [false, true] {
         let mut commit = |group: &[Vec<Mutation>]| {
             let answers = match prepared {
-                false => commit_group(client, location, group),
+                false => unprepared.commit(group),
                 true => writer.commit(group),
             };
             for answer in answers.unwrap() {
                 answer.unwrap();
             }
         };
-        let how = if prepared { "PgWriter   " } else { "commit_group" };
+        let how = if prepared { "PgWriter  " } else { "unprepared" };
         let start = Instant::now();
         for _ in 0..SEQUENTIAL {
             commit(&[batch(execs[0], n)]);

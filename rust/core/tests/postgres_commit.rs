@@ -1,6 +1,6 @@
 //! The write side of the PostgreSQL store against a real server: the same
 //! groups of mutations committed through the LMDB store and through
-//! `commit_group` give the same answers, batch by batch, and leave stores
+//! a `PgWriter` give the same answers, batch by batch, and leave stores
 //! that answer every read question alike (the same journal bytes,
 //! executions, leases, callbacks, timers, owners and lists).
 
@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::HashSet;
 
-use perdure_core::backend::postgres::commit::{commit_group, PgWriter};
+use perdure_core::backend::postgres::commit::PgWriter;
 use perdure_core::backend::postgres::reads::PgReads;
 use perdure_core::backend::postgres::PgLocation;
 use perdure_core::backend::{Backend, Lease, Mutation, Outcome};
@@ -64,7 +64,7 @@ struct Both {
     lmdb: std::sync::Arc<Store>,
     _dir: tempfile::TempDir,
     /// Statements kept prepared; the tests on PostgreSQL alone commit
-    /// through `commit_group`, which keeps none.
+    /// through a writer that keeps none.
     writer: PgWriter,
     reads: PgReads,
 }
@@ -238,7 +238,7 @@ fn open() -> Option<(Both, common::Scratch)> {
     let both = Both {
         lmdb,
         _dir: dir,
-        writer: PgWriter::new(scratch.client(), scratch.location.clone()),
+        writer: PgWriter::connect(&scratch.location).unwrap(),
         reads: PgReads::connect(&scratch.location).unwrap(),
     };
     Some((both, scratch))
@@ -751,14 +751,12 @@ fn reads_within_a_group_see_the_groups_own_writes() {
 }
 
 /// Creates executions "x1" (leased to A) and "x2", "x3" (orphans) on PostgreSQL alone.
-fn pg_only() -> Option<(Client, PgReads, common::Scratch)> {
+fn pg_only() -> Option<(PgWriter, PgReads, common::Scratch)> {
     let scratch = common::store()?;
-    let mut client = scratch.client();
+    let mut client = PgWriter::unprepared(&scratch.location).unwrap();
     let reads = PgReads::connect(&scratch.location).unwrap();
-    let results = commit_group(
-        &mut client,
-        &scratch.location,
-        &[
+    let results = client
+        .commit(&[
             vec![Mutation::RegisterOwner {
                 owner: A,
                 entry: owner_entry(11, 1_000),
@@ -766,9 +764,8 @@ fn pg_only() -> Option<(Client, PgReads, common::Scratch)> {
             vec![create("x1", "wf", Some(A), None, None)],
             vec![create("x2", "wf", None, None, None)],
             vec![create("x3", "wf", None, None, None)],
-        ],
-    )
-    .unwrap();
+        ])
+        .unwrap();
     assert!(results.iter().all(|r| r.is_ok()), "{results:?}");
     Some((client, reads, scratch))
 }
@@ -785,60 +782,55 @@ fn a_group_failed_by_the_server_stores_nothing_of_any_batch() {
         .unwrap();
     let lease = reads.lease(1).unwrap().unwrap();
     let wake_before = reads.wake_seq().unwrap();
-    let failed = commit_group(
-        &mut client,
-        &scratch.location,
-        &[
-            vec![
-                Mutation::Fence { exec_key: 1, lease },
-                Mutation::Append {
-                    exec_key: 1,
-                    record: step("s1", b"one"),
-                },
-            ],
-            vec![Mutation::CreateCallback {
-                callback_id: "cb".into(),
-                entry: callback(2, "wait", 0, 0),
-            }],
-            vec![Mutation::AddTimer(Timer {
-                due_ms: 200_000,
+    let failed = client.commit(&[
+        vec![
+            Mutation::Fence { exec_key: 1, lease },
+            Mutation::Append {
                 exec_key: 1,
-                kind: TimerKind::Wake,
-                subject: String::new(),
-            })],
+                record: step("s1", b"one"),
+            },
         ],
-    );
+        vec![Mutation::CreateCallback {
+            callback_id: "cb".into(),
+            entry: callback(2, "wait", 0, 0),
+        }],
+        vec![Mutation::AddTimer(Timer {
+            due_ms: 200_000,
+            exec_key: 1,
+            kind: TimerKind::Wake,
+            subject: String::new(),
+        })],
+    ]);
     assert!(
-        matches!(failed, Err(perdure_core::Error::Postgres { .. })),
+        // The write's own error (its COMMIT, pipelined, rolled back): a
+        // failure before commit, not a commit of unknown outcome.
+        matches!(failed, Err(perdure_core::Error::Postgres { ref what, .. }) if what.starts_with("cannot write a group")),
         "{failed:?}"
     );
     assert_eq!(reads.journal(1).unwrap().len(), 1, "only the start record");
     assert!(reads.callback("cb").unwrap().is_none());
     assert_eq!(reads.wake_seq().unwrap(), wake_before);
     // The connection is fit for the next group.
-    let results = commit_group(
-        &mut client,
-        &scratch.location,
-        &[vec![
+    let results = client
+        .commit(&[vec![
             Mutation::Fence { exec_key: 1, lease },
             Mutation::Append {
                 exec_key: 1,
                 record: step("s1", b"one"),
             },
-        ]],
-    )
-    .unwrap();
+        ]])
+        .unwrap();
     assert!(results[0].is_ok());
     assert_eq!(reads.journal(1).unwrap().len(), 2);
 }
 
 #[test]
 fn a_writer_whose_group_the_server_failed_commits_the_next() {
-    let Some((client, reads, scratch)) = pg_only() else {
+    let Some((_unprepared, reads, scratch)) = pg_only() else {
         return;
     };
     let schema = scratch.location.schema().to_string();
-    let mut writer = PgWriter::new(client, scratch.location.clone());
+    let mut writer = PgWriter::connect(&scratch.location).unwrap();
     let lease = reads.lease(1).unwrap().unwrap();
     let append = |op_id: &str, due_ms: u64| {
         vec![
@@ -863,7 +855,9 @@ fn a_writer_whose_group_the_server_failed_commits_the_next() {
         .unwrap();
     let failed = writer.commit(&[append("s2", 200_000)]);
     assert!(
-        matches!(failed, Err(perdure_core::Error::Postgres { .. })),
+        // The write's own error (its COMMIT, pipelined, rolled back): a
+        // failure before commit, not a commit of unknown outcome.
+        matches!(failed, Err(perdure_core::Error::Postgres { ref what, .. }) if what.starts_with("cannot write a group")),
         "{failed:?}"
     );
     assert_eq!(reads.journal(1).unwrap().len(), 2);
@@ -946,22 +940,12 @@ fn a_claim_skips_orphans_another_commit_holds() {
             &[],
         )
         .unwrap();
-    let results = commit_group(
-        &mut client,
-        &scratch.location,
-        &[vec![Mutation::Claim { owner: A, max: 10 }]],
-    )
-    .unwrap();
+    let results = client.commit(&[vec![Mutation::Claim { owner: A, max: 10 }]]).unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &vec![Outcome::Claimed(vec![(3, true)])]);
     holding.commit().unwrap();
     assert!(reads.lease(2).unwrap().is_none(), "x2 is still an orphan");
     assert_eq!(reads.lease(3).unwrap().unwrap().owner, A);
-    let results = commit_group(
-        &mut client,
-        &scratch.location,
-        &[vec![Mutation::Claim { owner: A, max: 10 }]],
-    )
-    .unwrap();
+    let results = client.commit(&[vec![Mutation::Claim { owner: A, max: 10 }]]).unwrap();
     assert_eq!(results[0].as_ref().unwrap(), &vec![Outcome::Claimed(vec![(2, true)])]);
 }
 
@@ -1061,7 +1045,7 @@ fn an_execution_another_session_creates_meanwhile_is_found_not_duplicated() {
 /// (to be blocked by a transaction the test holds open).
 fn commit_elsewhere(location: &PgLocation, group: Vec<Vec<Mutation>>) -> std::thread::JoinHandle<GroupResults> {
     let location = location.clone();
-    std::thread::spawn(move || commit_group(&mut location.connect()?, &location, &group))
+    std::thread::spawn(move || PgWriter::unprepared(&location)?.commit(&group))
 }
 
 type GroupResults = Result<Vec<Result<Vec<Outcome>>>>;

@@ -7,6 +7,7 @@
 use std::io::{Read, Write};
 use std::net::TcpListener;
 
+use perdure_core::backend::postgres::commit::PgWriter;
 use perdure_core::backend::postgres::tls::SslMode;
 use perdure_core::backend::postgres::PgLocation;
 use perdure_core::error::Error;
@@ -86,6 +87,40 @@ fn verify_full_with_the_servers_ca_connects() {
     let Some(server) = server() else { return };
     let at = server.at(&format!("sslmode=verify-full&sslrootcert={}", server.ca));
     assert!(encrypted(&mut at.connect().unwrap()));
+}
+
+/// The writer's connection (the async client, for pipelining) is made
+/// with the same TLS as every other.
+#[test]
+fn the_writers_connection_uses_tls_as_asked() {
+    let Some(server) = server() else { return };
+    let name = "perdure_tls_writer";
+    let at = server.at(&format!(
+        "sslmode=verify-full&sslrootcert={}&application_name={name}",
+        server.ca
+    ));
+    let writer = PgWriter::connect(&at).unwrap();
+    assert_eq!(writer.execute("SELECT 1", &[]).unwrap(), 1);
+    let seen: Vec<bool> = at
+        .connect()
+        .unwrap()
+        .query(
+            "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) WHERE a.application_name = $1",
+            &[&name],
+        )
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    // The writer's and this one's.
+    assert_eq!(seen, [true, true]);
+    drop(writer);
+    let other = server.at(&format!("sslmode=verify-full&sslrootcert={}", server.other_ca));
+    let err = PgWriter::connect(&other)
+        .err()
+        .expect("the connection should be refused");
+    assert!(err.to_string().contains("certificate"), "{err}");
+    assert!(!err.to_string().contains("s3cret"), "{err}");
 }
 
 #[test]

@@ -17,18 +17,26 @@
 //! locked when read, so two groups may still meet in a deadlock, which the
 //! server breaks by failing one, run again here. The group's writes are
 //! held and sent as one statement just before COMMIT (pending.rs, phase 2
-//! of §4.3), so a group costs a handful of round trips whatever its size:
-//! BEGIN, the lock, the writes, COMMIT, plus one per counter bumped and per
-//! row, callback or owner first met on the way.
+//! of §4.3), so a group costs a handful of round trips whatever its size.
+//! Fewer still, pipelined (link.rs): BEGIN goes with the group's first
+//! statement (the lock, the lookups of the ids and callbacks it names, in
+//! one round trip), the writes with COMMIT; so two round trips in all,
+//! plus one per counter bumped and per row, callback or owner first met
+//! on the way.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
 
+mod link;
 mod pending;
 mod prepared;
 
+use futures_util::future::{join, join3};
 use postgres::types::{ToSql, Type};
-use postgres::{Client, Row, Transaction};
+use postgres::{Row, Statement};
 
 use super::reads::{
     callback_row, exec_key_from, exec_row, journal_row, key_param, owner_row, sequence_from, ExecRow, CALLBACK_COLUMNS,
@@ -40,75 +48,72 @@ use crate::backend::{JournalOrder, Lease, Mutation, Outcome};
 use crate::error::{Error, Result};
 use crate::keys::{CallbackEntry, ExecMeta, ExecState, OwnerEntry, Timer};
 use crate::record::Record;
+use link::Link;
 use pending::{CallbackColumns, Change, MetaColumns, Pending, TimerRow};
 use prepared::Prepared;
 
-/// Commits a group of batches in one transaction: each batch's answer, or
-/// the error that failed the whole group (nothing of it is stored then; a
-/// failure of the COMMIT itself leaves the group's fate unknown, to be
-/// resolved by reading, never by retrying blind). A group the server rolled
-/// back for a deadlock with another group is run again, a few times.
+/// A connection that commits groups of batches, each in one transaction:
+/// each batch's answer, or the error that failed the whole group (nothing
+/// of it is stored then; a failure of the COMMIT itself leaves the group's
+/// fate unknown, to be resolved by reading, never by retrying blind). A
+/// group the server rolled back for a deadlock with another group is run
+/// again, a few times.
 ///
-/// Each statement goes as text (nothing is kept on `client` for the next
-/// group): a connection that commits group after group does better as a
-/// [`PgWriter`].
-pub fn commit_group(
-    client: &mut Client,
-    location: &PgLocation,
-    group: &[Vec<Mutation>],
-) -> Result<Vec<Result<Vec<Outcome>>>> {
-    commit_with(client, location, &mut Prepared::none(), group)
-}
-
-/// A connection that commits groups (as [`commit_group`]), keeping the
-/// statements it runs prepared: after the first groups, the server neither
+/// The statements it runs are kept prepared (unless made
+/// [`PgWriter::unprepared`]): after the first groups, the server neither
 /// parses nor plans them again.
 pub struct PgWriter {
-    client: Client,
+    link: Link,
     location: PgLocation,
     prepared: Prepared,
 }
 
 impl PgWriter {
-    /// A writer over a new connection to the store at `location`.
+    /// A writer over a new connection to the store at `location` (used by
+    /// nothing else: its prepared statements are the writer's).
     pub fn connect(location: &PgLocation) -> Result<PgWriter> {
-        Ok(PgWriter::new(location.connect()?, location.clone()))
-    }
-
-    /// A writer over `client`, a connection to the store at `location`
-    /// (used by nothing else: its prepared statements are the writer's).
-    pub fn new(client: Client, location: PgLocation) -> PgWriter {
-        PgWriter {
-            client,
-            location,
+        Ok(PgWriter {
+            link: Link::connect(location)?,
+            location: location.clone(),
             prepared: Prepared::kept(),
-        }
+        })
     }
 
-    /// As [`commit_group`].
+    /// A writer whose statements go as text each time (nothing is kept on
+    /// the connection from one group to the next).
+    pub fn unprepared(location: &PgLocation) -> Result<PgWriter> {
+        Ok(PgWriter {
+            prepared: Prepared::none(),
+            ..PgWriter::connect(location)?
+        })
+    }
+
+    /// Commits a group of batches in one transaction (as the type says).
     pub fn commit(&mut self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
-        commit_with(&mut self.client, &self.location, &mut self.prepared, group)
-    }
-
-    /// The connection, for statements of the caller's own between groups
-    /// (not in a group's transaction).
-    pub fn client(&mut self) -> &mut Client {
-        &mut self.client
-    }
-}
-
-fn commit_with(
-    client: &mut Client,
-    location: &PgLocation,
-    prepared: &mut Prepared,
-    group: &[Vec<Mutation>],
-) -> Result<Vec<Result<Vec<Outcome>>>> {
-    let mut tries = 1;
-    loop {
-        match try_group(client, location, prepared, group) {
-            Err(err) if tries < MAX_TRIES && rolled_back_to_retry(&err) => tries += 1,
-            other => return other,
+        let mut tries = 1;
+        loop {
+            match try_group(&self.link, &self.location, &mut self.prepared, group) {
+                Err(err) if tries < MAX_TRIES && rolled_back_to_retry(&err) => tries += 1,
+                other => return other,
+            }
         }
+    }
+
+    /// Runs `sql`, statements of the caller's own between groups (not in a
+    /// group's transaction), sent as text.
+    pub fn batch_execute(&self, sql: &str) -> std::result::Result<(), postgres::Error> {
+        self.link.block_on(self.link.client().batch_execute(sql))
+    }
+
+    /// Runs a statement of the caller's own between groups: how many rows
+    /// it changed.
+    pub fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> std::result::Result<u64, postgres::Error> {
+        self.link.block_on(self.link.client().execute(sql, params))
+    }
+
+    /// Whether the connection is gone (to be opened again).
+    pub fn is_closed(&self) -> bool {
+        self.link.client().is_closed()
     }
 }
 
@@ -139,14 +144,14 @@ fn rolled_back_to_retry(err: &Error) -> bool {
 }
 
 fn try_group(
-    client: &mut Client,
+    link: &Link,
     location: &PgLocation,
     prepared: &mut Prepared,
     group: &[Vec<Mutation>],
 ) -> Result<Vec<Result<Vec<Outcome>>>> {
-    let txn = client.transaction().map_err(location.failed("cannot begin a commit"))?;
     let mut view = PgTxn {
-        txn: RefCell::new(txn),
+        link,
+        open: Cell::new(false),
         location,
         prepared: RefCell::new(prepared),
         ids: HashMap::new(),
@@ -156,17 +161,45 @@ fn try_group(
         owners: RefCell::new(HashSet::new()),
         pending: Pending::default(),
     };
-    view.lock_rows(group)?;
-    // No savepoint per batch: apply_batch checks a whole batch before it
-    // writes anything, so a refused batch has written nothing to undo (and
-    // what it read and locked stays true for the batches after it).
-    let mut results: Vec<Result<Vec<Outcome>>> = Vec::with_capacity(group.len());
-    for batch in group {
-        results.push(apply_batch(&mut view, batch)?);
+    let answer = (|| {
+        view.lock_rows(group)?;
+        // No savepoint per batch: apply_batch checks a whole batch before it
+        // writes anything, so a refused batch has written nothing to undo (and
+        // what it read and locked stays true for the batches after it).
+        let mut results: Vec<Result<Vec<Outcome>>> = Vec::with_capacity(group.len());
+        for batch in group {
+            results.push(apply_batch(&mut view, batch)?);
+        }
+        view.commit()?;
+        Ok(results)
+    })();
+    if answer.is_err() && view.open.get() {
+        // Whatever this answers, the connection is fit for the next group
+        // or closed (and opened again by its user).
+        let _ = link.block_on(link.client().batch_execute("ROLLBACK"));
     }
-    view.flush()?;
-    view.txn.into_inner().commit().map_err(location.failed(COMMIT_FAILED))?;
-    Ok(results)
+    answer
+}
+
+/// Runs `first` then `then`, pipelined: `then` is sent only once `first`
+/// was (a statement is sent whole when its future is first polled, or not
+/// at all: an error before, say a parameter that cannot be encoded, ends
+/// it at once), so that a statement never runs where the one before it
+/// was not sent. `None` for `then`: `first` failed so, and `then` was not
+/// run.
+async fn pipelined<T, E, B: Future>(
+    first: impl Future<Output = std::result::Result<T, E>>,
+    then: impl FnOnce() -> B,
+) -> (std::result::Result<T, E>, Option<B::Output>) {
+    let mut first = pin!(first);
+    match std::future::poll_fn(|cx| Poll::Ready(first.as_mut().poll(cx))).await {
+        Poll::Ready(Err(err)) => (Err(err), None),
+        Poll::Ready(Ok(value)) => (Ok(value), Some(then().await)),
+        Poll::Pending => {
+            let (first, then) = join(first, then()).await;
+            (first, Some(then))
+        }
+    }
 }
 
 /// One transaction seen by check-then-apply. Its getters take `&self`, a
@@ -179,8 +212,11 @@ fn try_group(
 /// journal from the stored records then the pending ones, and a statement
 /// the server must run over rows the group may have written (taking the
 /// orphans, releasing leases: rare, never a step's path) flushes first.
-struct PgTxn<'a, 'c> {
-    txn: RefCell<Transaction<'c>>,
+struct PgTxn<'a> {
+    link: &'a Link,
+    /// Whether BEGIN was sent (and COMMIT not yet): it goes with the
+    /// group's first statement, pipelined.
+    open: Cell<bool>,
     location: &'a PgLocation,
     prepared: RefCell<&'a mut Prepared>,
     /// Execution ids given to new keys whose row `put_meta` has not yet
@@ -291,7 +327,7 @@ fn meta_columns(meta: &ExecMeta) -> MetaColumns {
     }
 }
 
-impl PgTxn<'_, '_> {
+impl PgTxn<'_> {
     fn s(&self) -> &str {
         self.location.schema()
     }
@@ -300,17 +336,58 @@ impl PgTxn<'_, '_> {
         self.location.failed(what)
     }
 
-    fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
-        let mut txn = self.txn.borrow_mut();
+    /// The statement for `sql`, prepared if it is new (outside the
+    /// pipelines: the statements of one are sent in the order given).
+    fn statement(&self, sql: &str, params: &[(&(dyn ToSql + Sync), Type)], what: &str) -> Result<Option<Statement>> {
         let mut prepared = self.prepared.borrow_mut();
-        prepared.query(&mut txn, sql, &typed(params)).map_err(self.failed(what))
+        self.link
+            .block_on(prepared.statement(self.link.client(), sql, params))
+            .map_err(self.failed(what))
+    }
+
+    /// Runs `reads` in the group's transaction: if it is not yet open, the
+    /// BEGIN that opens it goes with them, pipelined. Reads only: were the
+    /// BEGIN refused, they would have run outside any transaction (a write
+    /// there would stay).
+    fn read<T, F: Future<Output = Result<T>>>(&self, reads: impl FnOnce() -> F) -> Result<T> {
+        if self.open.get() {
+            return self.link.block_on(reads());
+        }
+        self.open.set(true);
+        let begin = self.link.client().batch_execute("BEGIN");
+        let (began, read) = self.link.block_on(pipelined(begin, reads));
+        began.map_err(self.failed("cannot begin a commit"))?;
+        read.unwrap_or_else(|| unreachable!("run once BEGIN was sent"))
+    }
+
+    /// Opens the group's transaction if it is not yet (a round trip of
+    /// its own: see [`PgTxn::read`]).
+    fn open(&self) -> Result<()> {
+        if !self.open.get() {
+            self.open.set(true);
+            self.link
+                .block_on(self.link.client().batch_execute("BEGIN"))
+                .map_err(self.failed("cannot begin a commit"))?;
+        }
+        Ok(())
+    }
+
+    fn query(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<Vec<Row>> {
+        let params = typed(params);
+        let statement = self.statement(sql, &params, what)?;
+        self.read(|| async {
+            prepared::query(self.link.client(), statement.as_ref(), sql, &params)
+                .await
+                .map_err(self.failed(what))
+        })
     }
 
     fn execute(&self, sql: &str, params: &[&dyn Param], what: &str) -> Result<u64> {
-        let mut txn = self.txn.borrow_mut();
-        let mut prepared = self.prepared.borrow_mut();
-        prepared
-            .execute(&mut txn, sql, &typed(params))
+        let params = typed(params);
+        let statement = self.statement(sql, &params, what)?;
+        self.open()?;
+        self.link
+            .block_on(prepared::execute(self.link.client(), statement.as_ref(), sql, &params))
             .map_err(self.failed(what))
     }
 
@@ -319,16 +396,65 @@ impl PgTxn<'_, '_> {
         let Some((sql, params)) = self.pending.take_statement(self.location.schema()) else {
             return Ok(());
         };
-        self.prepared
-            .get_mut()
-            .execute(self.txn.get_mut(), &sql, &pending::typed(&params))
-            .map_err(self.location.failed("cannot write a group"))?;
+        let params = pending::typed(&params);
+        let what = "cannot write a group";
+        let statement = self.statement(&sql, &params, what)?;
+        self.open()?;
+        self.link
+            .block_on(prepared::execute(self.link.client(), statement.as_ref(), &sql, &params))
+            .map_err(self.failed(what))?;
+        self.flushed();
+        Ok(())
+    }
+
+    /// The callbacks written are stored now (a write is an update).
+    fn flushed(&mut self) {
         for slot in self.callbacks.get_mut().values_mut() {
             if matches!(slot.row, CallbackRow::Entry(_)) {
                 slot.stored = true;
             }
         }
-        Ok(())
+    }
+
+    /// Sends every pending write and COMMIT, pipelined. A write the server
+    /// refused aborts the transaction, whose COMMIT then rolls back: the
+    /// write's error, the group not stored. A COMMIT that failed or got no
+    /// answer (the connection lost), after writes that did not fail at the
+    /// server: [`COMMIT_FAILED`], the group's fate unknown. Nothing sent
+    /// (a group that neither read nor wrote): nothing to commit.
+    fn commit(&mut self) -> Result<()> {
+        let write = self.pending.take_statement(self.location.schema());
+        if write.is_none() && !self.open.get() {
+            return Ok(());
+        }
+        let params = write.as_ref().map(|(_, params)| pending::typed(params));
+        let what = "cannot write a group";
+        let statement = match (&write, &params) {
+            (Some((sql, _)), Some(params)) => self.statement(sql, params, what)?,
+            _ => None,
+        };
+        self.open()?;
+        let client = self.link.client();
+        let writes = async {
+            match (&write, &params) {
+                (Some((sql, _)), Some(params)) => prepared::execute(client, statement.as_ref(), sql, params)
+                    .await
+                    .map(drop),
+                _ => Ok(()),
+            }
+        };
+        let (written, committed) = self.link.block_on(pipelined(writes, || client.batch_execute("COMMIT")));
+        let Some(committed) = committed else {
+            // Neither the writes nor COMMIT sent: the transaction is open,
+            // to be rolled back.
+            return written.map_err(self.failed(what));
+        };
+        self.open.set(false);
+        match written {
+            Err(err) if err.as_db_error().is_some() => Err(self.failed(what)(err)),
+            Err(err) => Err(self.failed(COMMIT_FAILED)(committed.err().unwrap_or(err))),
+            Ok(()) => committed.map_err(self.failed(COMMIT_FAILED)),
+        }
     }
 
     /// What `f` makes of the execution's row, locked to the commit.
@@ -368,7 +494,7 @@ impl PgTxn<'_, '_> {
     /// rows in the same order (rows found only on the way, a parent, a
     /// callback's execution, a child, are locked when read). Then the
     /// execution ids the group creates and the callbacks it names, one
-    /// statement each.
+    /// statement each, all three pipelined (with BEGIN).
     fn lock_rows(&self, group: &[Vec<Mutation>]) -> Result<()> {
         let mut keys: Vec<i64> = group
             .iter()
@@ -384,33 +510,8 @@ impl PgTxn<'_, '_> {
             })
             .filter_map(key_param)
             .collect();
-        if !keys.is_empty() {
-            keys.sort_unstable();
-            keys.dedup();
-            let sql = format!(
-                "SELECT {EXEC_COLUMNS} FROM {}.executions WHERE exec_key = ANY($1) ORDER BY exec_key FOR NO KEY UPDATE",
-                self.s()
-            );
-            let found = self.query(&sql, &[&keys], "cannot lock executions")?;
-            let mut rows = self.rows.borrow_mut();
-            for &key in &keys {
-                rows.insert(key as u64, None);
-            }
-            for row in &found {
-                // A damaged row is read again, and reported, where it is used.
-                let key: i64 = row.get(0);
-                match exec_row(row) {
-                    Ok(parsed) => rows.insert(key as u64, Some(parsed)),
-                    Err(_) => rows.remove(&(key as u64)),
-                };
-            }
-        }
-        self.look_up_ids(group)?;
-        self.lock_callbacks(group)
-    }
-
-    /// The keys of the execution ids the group's creations name.
-    fn look_up_ids(&self, group: &[Vec<Mutation>]) -> Result<()> {
+        keys.sort_unstable();
+        keys.dedup();
         let mut ids: Vec<String> = group
             .iter()
             .flatten()
@@ -419,34 +520,12 @@ impl PgTxn<'_, '_> {
                 _ => None,
             })
             .collect();
-        if ids.is_empty() {
-            return Ok(());
-        }
         ids.sort_unstable();
         ids.dedup();
-        let sql = format!(
-            "SELECT exec_key, execution_id FROM {}.executions WHERE execution_id = ANY($1)",
-            self.s()
-        );
-        let found = self.query(&sql, &[&ids], "cannot look up execution ids")?;
-        let mut known = self.known_ids.borrow_mut();
-        for id in ids {
-            known.insert(id, None);
-        }
-        for row in &found {
-            let id: String = row.get(1);
-            let exec_key = exec_key_from(row.get(0), &id)?;
-            known.insert(id, Some(exec_key));
-        }
-        Ok(())
-    }
-
-    /// Locks and reads the callbacks the group's mutations name, in id
-    /// order. Only those the group creates are taken as absent when not
-    /// found (an insert meets one made meanwhile, and the group runs again).
-    fn lock_callbacks(&self, group: &[Vec<Mutation>]) -> Result<()> {
+        // Only the callbacks the group creates are taken as absent when not
+        // found (an insert meets one made meanwhile, and the group runs again).
         let mut created = HashSet::new();
-        let mut ids: Vec<String> = group
+        let mut callback_ids: Vec<String> = group
             .iter()
             .flatten()
             .filter_map(|mutation| match mutation {
@@ -460,29 +539,103 @@ impl PgTxn<'_, '_> {
                 _ => None,
             })
             .collect();
-        if ids.is_empty() {
+        callback_ids.sort_unstable();
+        callback_ids.dedup();
+
+        let s = self.s();
+        let reads = [
+            (!keys.is_empty()).then(|| {
+                (
+                    format!(
+                        "SELECT {EXEC_COLUMNS} FROM {s}.executions WHERE exec_key = ANY($1) ORDER BY exec_key \
+                         FOR NO KEY UPDATE"
+                    ),
+                    typed(&[&keys]),
+                    "cannot lock executions",
+                )
+            }),
+            (!ids.is_empty()).then(|| {
+                (
+                    format!("SELECT exec_key, execution_id FROM {s}.executions WHERE execution_id = ANY($1)"),
+                    typed(&[&ids]),
+                    "cannot look up execution ids",
+                )
+            }),
+            (!callback_ids.is_empty()).then(|| {
+                (
+                    format!(
+                        "SELECT {CALLBACK_COLUMNS}, callback_id FROM {s}.callbacks WHERE callback_id = ANY($1) \
+                         ORDER BY callback_id FOR UPDATE"
+                    ),
+                    typed(&[&callback_ids]),
+                    "cannot lock callbacks",
+                )
+            }),
+        ];
+        if reads.iter().all(Option::is_none) {
             return Ok(());
         }
-        ids.sort_unstable();
-        ids.dedup();
-        let sql = format!(
-            "SELECT {CALLBACK_COLUMNS}, callback_id FROM {}.callbacks WHERE callback_id = ANY($1) \
-             ORDER BY callback_id FOR UPDATE",
-            self.s()
-        );
-        let found = self.query(&sql, &[&ids], "cannot lock callbacks")?;
-        let mut slots = self.callbacks.borrow_mut();
-        for id in created {
-            slots.insert(
-                id,
-                CallbackSlot {
-                    row: CallbackRow::Absent,
-                    stored: false,
-                },
-            );
+        let mut statements = Vec::with_capacity(reads.len());
+        for read in &reads {
+            statements.push(match read {
+                Some((sql, params, what)) => self.statement(sql, params, what)?,
+                None => None,
+            });
         }
-        for row in &found {
-            slots.insert(row.get("callback_id"), stored_callback(row));
+        let (reads, statements) = (&reads, &statements);
+        let run = |i: usize| async move {
+            match &reads[i] {
+                Some((sql, params, what)) => prepared::query(self.link.client(), statements[i].as_ref(), sql, params)
+                    .await
+                    .map(Some)
+                    .map_err(self.failed(what)),
+                None => Ok(None),
+            }
+        };
+        let (locked, known, callbacks) = self.read(|| async {
+            // Polled, so sent, in this order.
+            Ok(join3(run(0), run(1), run(2)).await)
+        })?;
+
+        if let Some(found) = locked? {
+            let mut rows = self.rows.borrow_mut();
+            for &key in &keys {
+                rows.insert(key as u64, None);
+            }
+            for row in &found {
+                // A damaged row is read again, and reported, where it is used.
+                let key: i64 = row.get(0);
+                match exec_row(row) {
+                    Ok(parsed) => rows.insert(key as u64, Some(parsed)),
+                    Err(_) => rows.remove(&(key as u64)),
+                };
+            }
+        }
+        if let Some(found) = known? {
+            let mut known = self.known_ids.borrow_mut();
+            for id in ids {
+                known.insert(id, None);
+            }
+            for row in &found {
+                let id: String = row.get(1);
+                let exec_key = exec_key_from(row.get(0), &id)?;
+                known.insert(id, Some(exec_key));
+            }
+        }
+        if let Some(found) = callbacks? {
+            let mut slots = self.callbacks.borrow_mut();
+            for id in created {
+                slots.insert(
+                    id,
+                    CallbackSlot {
+                        row: CallbackRow::Absent,
+                        stored: false,
+                    },
+                );
+            }
+            for row in &found {
+                slots.insert(row.get("callback_id"), stored_callback(row));
+            }
         }
         Ok(())
     }
@@ -524,7 +677,7 @@ fn stored_callback(row: &Row) -> CallbackSlot {
     }
 }
 
-impl TxnView for PgTxn<'_, '_> {
+impl TxnView for PgTxn<'_> {
     /// A server or connection error, or a storage failure: the transaction
     /// is gone or cannot be trusted, so the whole group fails.
     fn aborts(err: &Error) -> bool {

@@ -21,7 +21,7 @@ use crate::error::{Error, Result};
 /// several stores can share one database.
 #[derive(Clone)]
 pub struct PgLocation {
-    config: postgres::Config,
+    config: tokio_postgres::Config,
     schema: String,
     shown: String,
     tls: tls::Tls,
@@ -75,11 +75,13 @@ impl PgLocation {
                     .collect::<Vec<_>>(),
             )
         };
-        let mut config = postgres::Config::from_str(&libpq(&kept))
+        let mut config = tokio_postgres::Config::from_str(&libpq(&kept))
             .map_err(|err| Error::InvalidInput(format!("cannot read the PostgreSQL URL {:?}: {err}", shown(url))))?;
         let hosts = config.get_hosts();
-        let over_sockets_only =
-            !hosts.is_empty() && hosts.iter().all(|host| !matches!(host, postgres::config::Host::Tcp(_)));
+        let over_sockets_only = !hosts.is_empty()
+            && hosts
+                .iter()
+                .all(|host| !matches!(host, tokio_postgres::config::Host::Tcp(_)));
         let tls = tls::Tls::take(&mut kept, over_sockets_only).map_err(|err| match err {
             Error::InvalidInput(why) => Error::InvalidInput(format!("{why} (in {:?})", shown(url))),
             other => other,
@@ -138,10 +140,25 @@ impl PgLocation {
 
     /// A new connection to the server, over TLS as `sslmode` asks.
     pub fn connect(&self) -> Result<postgres::Client> {
-        self.tls.connect(&self.config).map_err(|source| Error::Postgres {
+        self.tls
+            .connect(&postgres::Config::from(self.config.clone()))
+            .map_err(|source| self.unreached(source))
+    }
+
+    /// As [`PgLocation::connect`], a client of the async API, its connection
+    /// the task spawned on the runtime this runs in (which must drive it).
+    pub(crate) async fn connect_async(&self) -> Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)> {
+        self.tls
+            .connect_async(&self.config)
+            .await
+            .map_err(|source| self.unreached(source))
+    }
+
+    fn unreached(&self, source: postgres::Error) -> Error {
+        Error::Postgres {
             what: self.tls.explain(&source, &self.shown),
             source,
-        })
+        }
     }
 }
 

@@ -122,11 +122,10 @@ impl PgStore {
     /// Connects to the store at `location`, creating or upgrading its
     /// schema.
     pub fn open(location: PgLocation, options: PgOptions) -> Result<Arc<PgStore>> {
-        let mut client = location.connect()?;
-        schema::ensure(&mut client, &location)?;
-        prepare_writer(&mut client, &location, options.durability)?;
+        schema::ensure(&mut location.connect()?, &location)?;
+        let writer = PgWriter::connect(&location)?;
+        prepare_writer(&writer, &location, options.durability)?;
         let reads = (0..options.read_connections.max(1)).map(|_| Mutex::new(None)).collect();
-        let writer = PgWriter::new(client, location.clone());
         Ok(Arc::new(PgStore {
             location,
             options,
@@ -167,18 +166,17 @@ impl PgStore {
     fn commit_on_writer(&self, group: &[Vec<Mutation>]) -> Result<Vec<Result<Vec<Outcome>>>> {
         let mut writer = self.writer.lock();
         if writer.is_none() {
-            let client = self.reconnect.open(|| {
-                let mut client = self.location.connect()?;
-                prepare_writer(&mut client, &self.location, self.options.durability)?;
-                Ok(client)
-            })?;
-            *writer = Some(PgWriter::new(client, self.location.clone()));
+            *writer = Some(self.reconnect.open(|| {
+                let writer = PgWriter::connect(&self.location)?;
+                prepare_writer(&writer, &self.location, self.options.durability)?;
+                Ok(writer)
+            })?);
         }
         let connection = writer.as_mut().expect("connected above");
         let answer = connection.commit(group);
         match &answer {
-            Ok(results) => self.notify(connection.client(), group, results),
-            Err(err) if connection_lost(err) || connection.client().is_closed() => *writer = None,
+            Ok(results) => self.notify(connection, group, results),
+            Err(err) if connection_lost(err) || connection.is_closed() => *writer = None,
             Err(_) => {}
         }
         answer.map_err(|err| match err {
@@ -196,7 +194,7 @@ impl PgStore {
     /// groups that woke another engine: no step's commit pays for it). A
     /// message lost (this process dying now, a listener reconnecting) is
     /// made up for by the owners' polls.
-    fn notify(&self, client: &mut Client, group: &[Vec<Mutation>], results: &[Result<Vec<Outcome>>]) {
+    fn notify(&self, writer: &PgWriter, group: &[Vec<Mutation>], results: &[Result<Vec<Outcome>>]) {
         let me = self.me.load(Ordering::Relaxed);
         let mut woken: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
         let mut orphans = false;
@@ -236,19 +234,19 @@ impl PgStore {
             .iter()
             .flat_map(|(channel, payload)| [channel as _, payload as _])
             .collect();
-        let _ = client.execute(&format!("SELECT {}", calls.join(", ")), &params);
+        let _ = writer.execute(&format!("SELECT {}", calls.join(", ")), &params);
     }
 }
 
 /// The writer connection's settings: `process` and `none` durability ask the
 /// server not to wait for its WAL flush (a server crash may lose the last
 /// commits; a crash of this process loses nothing acknowledged).
-fn prepare_writer(client: &mut Client, location: &PgLocation, durability: Durability) -> Result<()> {
+fn prepare_writer(writer: &PgWriter, location: &PgLocation, durability: Durability) -> Result<()> {
     let synchronous = match durability {
         Durability::Full => "on",
         Durability::Process | Durability::None => "off",
     };
-    client
+    writer
         .batch_execute(&format!("SET synchronous_commit = {synchronous}"))
         .map_err(location.failed("cannot set up the writer connection"))
 }

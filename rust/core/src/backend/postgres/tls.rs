@@ -153,6 +153,26 @@ impl Tls {
         }
     }
 
+    /// As [`Tls::connect`], a client of the async API; its connection is
+    /// the task spawned on the runtime this runs in, which must drive it.
+    pub(crate) async fn connect_async(
+        &self,
+        config: &tokio_postgres::Config,
+    ) -> std::result::Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), postgres::Error> {
+        // A connection that ends in an error leaves it to the client's next
+        // request to report.
+        Ok(match &self.connector {
+            Some(connector) => {
+                let (client, connection) = config.connect(connector.clone()).await?;
+                (client, tokio::spawn(async move { drop(connection.await) }))
+            }
+            None => {
+                let (client, connection) = config.connect(tokio_postgres::NoTls).await?;
+                (client, tokio::spawn(async move { drop(connection.await) }))
+            }
+        })
+    }
+
     /// Says what failed in a connection attempt, for `Error::Postgres`.
     pub(crate) fn explain(&self, err: &postgres::Error, shown: &str) -> String {
         let mode = self.mode.name();

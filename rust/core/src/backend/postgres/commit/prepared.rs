@@ -2,11 +2,15 @@
 //! group's statements are few and their text rarely varies (a group's size
 //! goes in its array parameters, not its text), so after the first groups
 //! each is bound and run without the server parsing and planning it again.
+//!
+//! A statement is prepared (a round trip, the first time) apart from its
+//! run, so that runs can be pipelined: each is sent, whole, when first
+//! polled, in the order polled.
 
 use std::collections::HashMap;
 
 use postgres::types::{ToSql, Type};
-use postgres::{Row, Statement, Transaction};
+use tokio_postgres::{Client, Row, Statement};
 
 /// How many statements one connection keeps prepared, at most; past that,
 /// a new text is sent to be parsed each time (as with no cache).
@@ -32,10 +36,11 @@ impl Prepared {
         Prepared { statements: None }
     }
 
-    /// The statement for `sql`, prepared now if it is new and there is room.
-    fn statement(
+    /// The statement for `sql`, prepared now if it is new and there is room
+    /// (`None`: run it as text, [`query`] and [`execute`] tell).
+    pub(super) async fn statement(
         &mut self,
-        txn: &mut Transaction<'_>,
+        client: &Client,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<Statement>, postgres::Error> {
@@ -49,35 +54,36 @@ impl Prepared {
             return Ok(None);
         }
         let types: Vec<Type> = params.iter().map(|(_, sql_type)| sql_type.clone()).collect();
-        let statement = txn.prepare_typed(sql, &types)?;
+        let statement = client.prepare_typed(sql, &types).await?;
         statements.insert(sql.to_string(), statement.clone());
         Ok(Some(statement))
     }
+}
 
-    /// The rows `sql` answers.
-    pub(super) fn query(
-        &mut self,
-        txn: &mut Transaction<'_>,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, postgres::Error> {
-        match self.statement(txn, sql, params)? {
-            Some(statement) => txn.query(&statement, &values(params)),
-            None => txn.query_typed(sql, params),
-        }
+/// The rows `sql` answers, run as `statement` where prepared, else as
+/// text with its parameters (in one round trip all the same).
+pub(super) async fn query(
+    client: &Client,
+    statement: Option<&Statement>,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<Vec<Row>, postgres::Error> {
+    match statement {
+        Some(statement) => client.query(statement, &values(params)).await,
+        None => client.query_typed(sql, params).await,
     }
+}
 
-    /// How many rows `sql` changed.
-    pub(super) fn execute(
-        &mut self,
-        txn: &mut Transaction<'_>,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<u64, postgres::Error> {
-        match self.statement(txn, sql, params)? {
-            Some(statement) => txn.execute(&statement, &values(params)),
-            None => txn.execute_typed(sql, params),
-        }
+/// How many rows `sql` changed (run as [`query`] runs it).
+pub(super) async fn execute(
+    client: &Client,
+    statement: Option<&Statement>,
+    sql: &str,
+    params: &[(&(dyn ToSql + Sync), Type)],
+) -> Result<u64, postgres::Error> {
+    match statement {
+        Some(statement) => client.execute(statement, &values(params)).await,
+        None => client.execute_typed(sql, params).await,
     }
 }
 
