@@ -318,7 +318,11 @@ def test_hosts_killed_mid_fan_out_fifty_times(tmp_path: Path, pg: Pg) -> None:
             hosts.spawn()
         start(12)
         wait_for(lambda: any(f[0] == "body" for f in read_log(log)), "a first step body")
-        while len(kills) < 50:
+        # Fifty kills of a host with branches in flight; a look that finds
+        # none (every started fan-out finished) starts more and looks again.
+        deadline = time.monotonic() + 120
+        while mid < 50:
+            assert time.monotonic() < deadline, f"only {mid} kills mid fan-out in 120 s"
             start(3)
             records = read_log(log)
             finished = {f[1] for f in records if f[0] == "ack" and f[2] == "total"}
@@ -334,9 +338,9 @@ def test_hosts_killed_mid_fan_out_fifty_times(tmp_path: Path, pg: Pg) -> None:
                 None,
             )
             if victim is None:
-                victim = rng.choice(hosts.live)
-            else:
-                mid += 1
+                time.sleep(0.02)
+                continue
+            mid += 1
             unfinished = {
                 f[1]
                 for f in records
@@ -374,7 +378,6 @@ def test_hosts_killed_mid_fan_out_fifty_times(tmp_path: Path, pg: Pg) -> None:
                 firsts.append(after[0] - at)
         if firsts:
             takeovers.append(min(firsts))
-    assert mid >= 25, f"only {mid} of {len(kills)} kills landed mid fan-out {context}"
     assert takeovers, "no kill was followed by a takeover"
     takeovers.sort()
     report(
