@@ -524,7 +524,12 @@ impl Listener {
         let mut delay = FIRST_RECONNECT_DELAY;
         while !self.stop.load(Ordering::SeqCst) {
             let Some(connection) = client.as_mut() else {
-                std::thread::sleep(delay);
+                // Slept in slices, so that a closing engine is not held for
+                // the whole back-off while the server is away.
+                let until = Instant::now() + delay;
+                while Instant::now() < until && !self.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(LISTEN_WAIT);
+                }
                 delay = (delay * 2).min(MAX_RECONNECT_DELAY);
                 if let Ok(again) = listen(&self.location, self.owner) {
                     client = Some(again);
